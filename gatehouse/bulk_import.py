@@ -1,0 +1,217 @@
+"""Bulk device import from CSV in ThingsBoard's format (SPEC §8): one code path for
+`gatehouse device import`, `POST /api/device/bulk_import` and the web UI.
+
+Rows are applied in batches, one transaction per batch, each row in its own savepoint: a bad
+row is reported ("Line N: ...") and leaves nothing behind, the good rows around it are kept,
+and re-running the same file updates devices instead of duplicating them.
+"""
+from __future__ import annotations
+
+import csv
+import enum
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from . import certificates
+from .credentials import AccessToken, MqttBasic, NewCredentials, X509Certificate
+from .errors import GatehouseError, ValidationError
+from .models import AttributeScope
+from .payloads import PayloadError, kv_entries
+from .registry import Registry
+
+BATCH_SIZE = 500
+
+
+class ColumnType(str, enum.Enum):
+    NAME = "NAME"
+    TYPE = "TYPE"
+    LABEL = "LABEL"
+    DESCRIPTION = "DESCRIPTION"
+    IS_GATEWAY = "IS_GATEWAY"
+    SHARED_ATTRIBUTE = "SHARED_ATTRIBUTE"
+    SERVER_ATTRIBUTE = "SERVER_ATTRIBUTE"
+    TIMESERIES = "TIMESERIES"
+    ACCESS_TOKEN = "ACCESS_TOKEN"
+    X509 = "X509"
+    MQTT_CLIENT_ID = "MQTT_CLIENT_ID"
+    MQTT_USER_NAME = "MQTT_USER_NAME"
+    MQTT_PASSWORD = "MQTT_PASSWORD"
+
+
+_KEYED = {ColumnType.SHARED_ATTRIBUTE, ColumnType.SERVER_ATTRIBUTE, ColumnType.TIMESERIES}
+
+
+@dataclass(frozen=True)
+class Column:
+    type: ColumnType
+    key: str | None = None
+
+
+def _column_type(name: str) -> ColumnType:
+    try:
+        return ColumnType(name.strip().upper().replace(" ", "_"))
+    except ValueError:
+        supported = ", ".join(t.value for t in ColumnType)
+        raise ValidationError(f"Unsupported column type {name!r} (supported: {supported})") from None
+
+
+@dataclass(frozen=True)
+class BulkImportMapping:
+    columns: tuple[Column, ...]
+    delimiter: str = ","
+    update: bool = True
+    header: bool = True
+
+    def __post_init__(self):
+        types = [c.type for c in self.columns]
+        if ColumnType.NAME not in types:
+            raise ValidationError("The mapping needs a NAME column")
+        for column in self.columns:
+            if column.type in _KEYED and not column.key:
+                raise ValidationError(f"A {column.type.value} column needs a key")
+        if len(self.delimiter) != 1:
+            raise ValidationError("The delimiter must be one character")
+
+    @classmethod
+    def from_json(cls, obj: object) -> BulkImportMapping:
+        """ThingsBoard's `mapping` object: {"columns":[{"type":..,"key":..}], "delimiter", "update", "header"}."""
+        if not isinstance(obj, dict) or not isinstance(obj.get("columns"), list):
+            raise ValidationError("mapping.columns must be a list")
+        columns = []
+        for column in obj["columns"]:
+            if not isinstance(column, dict) or not isinstance(column.get("type"), str):
+                raise ValidationError("each mapping column needs a type")
+            columns.append(Column(_column_type(column["type"]), column.get("key") or None))
+        return cls(tuple(columns), delimiter=obj.get("delimiter") or ",", update=obj.get("update") is not False,
+                   header=obj.get("header") is not False)
+
+    @classmethod
+    def from_header(cls, cells: Iterable[str], *, delimiter: str = ",", update: bool = True) -> BulkImportMapping:
+        """The CLI's convention: each header cell names its column type (`NAME`, `access token`,
+        ...), attribute and telemetry columns as `SHARED_ATTRIBUTE:key`, `SERVER_ATTRIBUTE:key`,
+        `TIMESERIES:key`."""
+        columns = []
+        for cell in cells:
+            type_name, _, key = cell.partition(":")
+            columns.append(Column(_column_type(type_name), key.strip() or None))
+        return cls(tuple(columns), delimiter=delimiter, update=update, header=True)
+
+
+@dataclass
+class BulkImportResult:
+    created: int = 0
+    updated: int = 0
+    errors: int = 0
+    errors_list: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"created": self.created, "updated": self.updated, "errors": self.errors,
+                "errorsList": self.errors_list}
+
+
+def read_header(text: str, delimiter: str = ",") -> list[str]:
+    return next(csv.reader(io.StringIO(text), delimiter=delimiter), [])
+
+
+def import_devices(registry: Registry, text: str, mapping: BulkImportMapping, *,
+                   progress: Callable[[int], None] | None = None) -> BulkImportResult:
+    """Import every row; `progress(n)` is called after each batch with the rows it handled."""
+    result = BulkImportResult()
+    reader = csv.reader(io.StringIO(text), delimiter=mapping.delimiter)
+    if mapping.header:
+        next(reader, None)
+    batch: list[tuple[int, list[str]]] = []
+    for cells in reader:
+        if any(cell.strip() for cell in cells):
+            batch.append((reader.line_num, cells))
+        if len(batch) >= BATCH_SIZE:
+            _import_batch(registry, batch, mapping, result, progress)
+            batch = []
+    _import_batch(registry, batch, mapping, result, progress)
+    return result
+
+
+def _import_batch(registry, batch, mapping, result, progress) -> None:
+    if not batch:
+        return
+    with registry.batch():
+        for line, cells in batch:
+            try:
+                created = _import_row(registry, cells, mapping)
+            except GatehouseError as e:
+                result.errors += 1
+                result.errors_list.append(f"Line {line}: {e}")
+            else:
+                if created:
+                    result.created += 1
+                else:
+                    result.updated += 1
+    if progress is not None:
+        progress(len(batch))
+
+
+def _import_row(registry: Registry, cells: list[str], mapping: BulkImportMapping) -> bool:
+    if len(cells) != len(mapping.columns):
+        raise ValidationError(f"expected {len(mapping.columns)} columns, found {len(cells)}")
+    fields: dict[ColumnType, str] = {}
+    keyed: dict[ColumnType, dict[str, str]] = {t: {} for t in _KEYED}
+    for column, cell in zip(mapping.columns, cells):
+        value = cell.strip()
+        if column.type in _KEYED:
+            if value:
+                keyed[column.type][column.key] = value
+        else:
+            fields[column.type] = value
+    additional_info = {}
+    if fields.get(ColumnType.DESCRIPTION):
+        additional_info["description"] = fields[ColumnType.DESCRIPTION]
+    if ColumnType.IS_GATEWAY in fields:
+        additional_info["gateway"] = fields[ColumnType.IS_GATEWAY].lower() == "true"
+    scopes = {ColumnType.SHARED_ATTRIBUTE: AttributeScope.SHARED, ColumnType.SERVER_ATTRIBUTE: AttributeScope.SERVER}
+    return registry.upsert_device(
+        fields.get(ColumnType.NAME, ""),
+        profile=fields.get(ColumnType.TYPE) or None,
+        label=fields.get(ColumnType.LABEL) or None,
+        additional_info=additional_info,
+        credentials=_row_credentials(fields),
+        attributes={scope: _typed(keyed[column]) for column, scope in scopes.items()},
+        telemetry=_typed(keyed[ColumnType.TIMESERIES]),
+        write_data_of_existing=mapping.update,
+    )
+
+
+def _row_credentials(fields: dict[ColumnType, str]) -> NewCredentials | None:
+    """ThingsBoard's precedence: X509, then any MQTT column, then ACCESS_TOKEN; None lets a new
+    device get a generated token and an existing one keep its credentials."""
+    if fields.get(ColumnType.X509):
+        return X509Certificate.from_text(_parsed_certificate(fields[ColumnType.X509]))
+    client_id, user_name, password = (fields.get(t) or None for t in (
+        ColumnType.MQTT_CLIENT_ID, ColumnType.MQTT_USER_NAME, ColumnType.MQTT_PASSWORD))
+    if client_id or user_name or password:
+        return MqttBasic(client_id, user_name, password)
+    if fields.get(ColumnType.ACCESS_TOKEN):
+        return AccessToken(fields[ColumnType.ACCESS_TOKEN])
+    return None
+
+
+def _parsed_certificate(text: str) -> str:
+    try:
+        return certificates.base64_body(certificates.parse_certificate(text))
+    except certificates.CertificateError as e:
+        raise ValidationError(str(e)) from None
+
+
+def _typed(values: dict[str, str]):
+    # Cells are text; ThingsBoard's type cast makes "42" a LONG and "true" a BOOLEAN.
+    entries = kv_entries({k: _cell_value(v) for k, v in values.items()})
+    if isinstance(entries, PayloadError):
+        raise ValidationError(entries.message)
+    return entries
+
+
+def _cell_value(cell: str):
+    lowered = cell.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    return cell

@@ -1,0 +1,360 @@
+"""The `gatehouse` command: a thin client of `gatehouse.registry.Registry`.
+
+Every command that prints data takes `--json` (ThingsBoard's field names); every refusal is one
+line on stderr and a non-zero exit, with nothing changed.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from . import certificates, pki
+from .bulk_import import BulkImportMapping, import_devices, read_header
+from .credentials import AccessToken, MqttBasic, NewCredentials, X509Certificate
+from .data_dir import DEFAULT_DATA_DIR, DataDir
+from .errors import GatehouseError
+from .models import Device, DeviceCredentials, DeviceProfile, ProvisionType
+from .registry import Registry
+from .server_key import ServerKeyError
+from .supervisor import Settings, components, supervise
+
+STRATEGIES = {
+    "allow-create": ProvisionType.ALLOW_CREATE_NEW_DEVICES,
+    "check-pre-provisioned": ProvisionType.CHECK_PRE_PROVISIONED_DEVICES,
+    "x509-chain": ProvisionType.X509_CERTIFICATE_CHAIN,
+    "disabled": ProvisionType.DISABLED,
+}
+_EXPECTED_ERRORS = (GatehouseError, pki.PkiError, certificates.CertificateError, ServerKeyError, OSError)
+
+
+class GatehouseGroup(click.Group):
+    """Turns the library's refusals into one-line errors instead of tracebacks."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _EXPECTED_ERRORS as e:
+            raise click.ClickException(str(e)) from None
+
+
+def _emit(as_json: bool, data, text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else text)
+
+
+def _registry(ctx: click.Context) -> Registry:
+    registry = Registry.open(ctx.obj)
+    ctx.call_on_close(registry.close)
+    return registry
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (ThingsBoard's field names).")
+
+
+@click.group(cls=GatehouseGroup)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GATEHOUSE_DATA_DIR",
+              default=DEFAULT_DATA_DIR, show_default=True, help="Where the database, keys and certificates live.")
+@click.version_option(package_name="gatehouse")
+@click.pass_context
+def main(ctx: click.Context, data_dir: Path) -> None:
+    """Gatehouse: ThingsBoard-compatible device credentials and provisioning for MQTT fleets."""
+    ctx.obj = data_dir
+
+
+@main.command()
+@click.option("--hostname", "hostnames", multiple=True, help="Extra DNS name or IP for the server certificate.")
+@click.pass_context
+def init(ctx: click.Context, hostnames: tuple[str, ...]) -> None:
+    """Create the database, server key and development CA + server certificate (idempotent)."""
+    _initialise(ctx.obj, hostnames)
+
+
+def _initialise(data_dir: Path, hostnames=()) -> None:
+    Registry.initialise(data_dir, hostnames=hostnames).close()
+    paths = DataDir(data_dir)
+    click.echo(f"Gatehouse data in {paths.root}: database {paths.database.name}, "
+               f"CA certificate for clients {paths.pki / 'ca.pem'}")
+
+
+# --- profiles ------------------------------------------------------------------------------
+
+def _profile_text(p: DeviceProfile) -> str:
+    lines = [f"{p.name}{' (default)' if p.is_default else ''}", f"  id:        {p.id}",
+             f"  strategy:  {p.provision_type.value}"]
+    if p.provision_type in (ProvisionType.ALLOW_CREATE_NEW_DEVICES, ProvisionType.CHECK_PRE_PROVISIONED_DEVICES):
+        lines += [f"  key:       {p.provision_device_key}", f"  secret:    {p.provision_device_secret}"]
+    elif p.provision_type is ProvisionType.X509_CERTIFICATE_CHAIN:
+        lines += [f"  key:       {p.provision_device_key} (SHA3 of the CA certificate)",
+                  f"  CN regex:  {p.certificate_regex}",
+                  f"  creates devices: {'yes' if p.allow_create_by_x509 else 'no'}"]
+    return "\n".join(lines)
+
+
+@main.group()
+def profile() -> None:
+    """Device profiles and their provisioning strategies."""
+
+
+@profile.command("create")
+@click.argument("name")
+@click.option("--strategy", type=click.Choice(list(STRATEGIES)), default="disabled", show_default=True)
+@click.option("--key", help="Provision device key (generated if omitted).")
+@click.option("--secret", help="Provision device secret (generated if omitted).")
+@click.option("--ca-cert", type=click.File("r"), help="x509-chain: the CA certificate (PEM) that issues device certificates.")
+@click.option("--cn-regex", default="(.*)", show_default=True, help="x509-chain: group 1 of this regex on the CN is the device name.")
+@click.option("--allow-create/--no-allow-create", default=True, show_default=True,
+              help="x509-chain: create devices that do not exist yet.")
+@click.option("--default", "is_default", is_flag=True, help="Make this the default profile.")
+@json_option
+@click.pass_context
+def profile_create(ctx, name, strategy, key, secret, ca_cert, cn_regex, allow_create, is_default, as_json) -> None:
+    """Create a device profile."""
+    created = _registry(ctx).create_profile(
+        name, STRATEGIES[strategy], key=key, secret=secret, ca_certificate_pem=ca_cert.read() if ca_cert else None,
+        cn_regex=cn_regex, allow_create=allow_create, default=is_default)
+    _emit(as_json, created.to_json(), _profile_text(created))
+
+
+@profile.command("list")
+@json_option
+@click.pass_context
+def profile_list(ctx, as_json) -> None:
+    """List device profiles."""
+    profiles = _registry(ctx).list_profiles()
+    _emit(as_json, [p.to_json() for p in profiles],
+          "\n".join(f"{p.name}\t{p.provision_type.value}{chr(9) + 'default' if p.is_default else ''}"
+                    for p in profiles))
+
+
+@profile.command("show")
+@click.argument("name")
+@json_option
+@click.pass_context
+def profile_show(ctx, name, as_json) -> None:
+    """Show a device profile, with its provision key and secret."""
+    p = _registry(ctx).get_profile(name)
+    _emit(as_json, p.to_json(), _profile_text(p))
+
+
+@profile.command("delete")
+@click.argument("name")
+@click.pass_context
+def profile_delete(ctx, name) -> None:
+    """Delete a device profile that no device uses."""
+    _registry(ctx).delete_profile(name)
+    click.echo(f"Deleted profile {name}")
+
+
+# --- devices -------------------------------------------------------------------------------
+
+def _credentials_options(func):
+    for option in reversed([
+        click.option("--token", help="Access token (generated if no credentials are given)."),
+        click.option("--client-id", help="MQTT basic: client id."),
+        click.option("--username", help="MQTT basic: user name."),
+        click.option("--password", help="MQTT basic: password."),
+        click.option("--cert", type=click.File("r"), help="X.509: the device certificate (PEM)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _chosen_credentials(token, client_id, username, password, cert) -> NewCredentials | None:
+    chosen = [kind for kind, given in (("--token", token), ("MQTT basic", client_id or username or password),
+                                       ("--cert", cert)) if given]
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one kind of credentials, not {' and '.join(chosen)}")
+    if token:
+        return AccessToken(token)
+    if client_id or username or password:
+        return MqttBasic(client_id, username, password)
+    if cert:
+        return X509Certificate(certificates.base64_body(certificates.parse_certificate(cert.read())))
+    return None
+
+
+def _device_text(d: Device, c: DeviceCredentials | None = None) -> str:
+    lines = [d.name, f"  id:          {d.id}", f"  profile:     {d.profile_name}"]
+    if d.label:
+        lines.append(f"  label:       {d.label}")
+    if d.is_gateway:
+        lines.append("  gateway:     yes")
+    if c is not None:
+        lines.append(_credentials_text(c))
+    return "\n".join(lines)
+
+
+def _credentials_text(c: DeviceCredentials) -> str:
+    lines = [f"  credentials: {c.credentials_type.value}"]
+    if c.credentials_type.value == "ACCESS_TOKEN":
+        lines.append(f"  token:       {c.credentials_id}")
+    elif c.credentials_type.value == "MQTT_BASIC":
+        value = json.loads(c.credentials_value)
+        lines += [f"  client id:   {value['clientId'] or ''}", f"  user name:   {value['userName'] or ''}",
+                  f"  password:    {value['password'] or ''}"]
+    else:
+        lines.append(f"  thumbprint:  {c.credentials_id}")
+    return "\n".join(lines)
+
+
+def _device_json(d: Device, c: DeviceCredentials) -> dict:
+    return {"device": d.to_json(), "credentials": c.to_json()}
+
+
+@main.group()
+def device() -> None:
+    """Devices and their credentials."""
+
+
+@device.command("create")
+@click.argument("name")
+@click.option("--profile", help="Device profile (default profile if omitted).")
+@click.option("--label")
+@click.option("--gateway", is_flag=True, help="Mark the device as a gateway.")
+@_credentials_options
+@json_option
+@click.pass_context
+def device_create(ctx, name, profile, label, gateway, token, client_id, username, password, cert, as_json) -> None:
+    """Create a device with the given credentials (a generated access token by default)."""
+    registry = _registry(ctx)
+    created = registry.create_device(name, profile=profile, label=label,
+                                     additional_info={"gateway": True} if gateway else None,
+                                     credentials=_chosen_credentials(token, client_id, username, password, cert))
+    credentials = registry.get_credentials(created.id)
+    _emit(as_json, _device_json(created, credentials), _device_text(created, credentials))
+
+
+@device.command("list")
+@click.option("--search", help="Only devices whose name contains this text.")
+@click.option("--limit", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--offset", type=click.IntRange(0), default=0)
+@json_option
+@click.pass_context
+def device_list(ctx, search, limit, offset, as_json) -> None:
+    """List devices by name."""
+    devices = _registry(ctx).list_devices(offset=offset, limit=limit, name_contains=search)
+    _emit(as_json, [d.to_json() for d in devices], "\n".join(f"{d.name}\t{d.profile_name}" for d in devices))
+
+
+@device.command("show")
+@click.argument("name")
+@json_option
+@click.pass_context
+def device_show(ctx, name, as_json) -> None:
+    """Show a device and its credentials."""
+    registry = _registry(ctx)
+    found = registry.get_device(name)
+    credentials = registry.get_credentials(found.id)
+    _emit(as_json, _device_json(found, credentials), _device_text(found, credentials))
+
+
+@device.command("delete")
+@click.argument("name")
+@click.pass_context
+def device_delete(ctx, name) -> None:
+    """Delete a device with its credentials and data."""
+    _registry(ctx).delete_device(name)
+    click.echo(f"Deleted device {name}")
+
+
+@device.command("credentials")
+@click.argument("name")
+@click.option("--rotate", is_flag=True, help="Replace the credentials with a new generated access token.")
+@_credentials_options
+@json_option
+@click.pass_context
+def device_credentials(ctx, name, rotate, token, client_id, username, password, cert, as_json) -> None:
+    """Show a device's credentials, or replace them."""
+    registry = _registry(ctx)
+    new = _chosen_credentials(token, client_id, username, password, cert)
+    if rotate and new is not None:
+        raise click.UsageError("--rotate generates a token; do not combine it with other credentials")
+    if rotate or new is not None:
+        credentials = registry.set_credentials(name, new)
+    else:
+        credentials = registry.get_credentials(name)
+    _emit(as_json, credentials.to_json(), _credentials_text(credentials).lstrip())
+
+
+@device.command("import")
+@click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--delimiter", default=",", show_default=True)
+@click.option("--update/--no-update", default=True, show_default=True,
+              help="Write attribute and telemetry columns to devices that already exist.")
+@json_option
+@click.pass_context
+def device_import(ctx, csv_file, delimiter, update, as_json) -> None:
+    """Create or update devices from a CSV file in ThingsBoard's bulk-provisioning format.
+
+    The header names each column's type: NAME, TYPE (profile), LABEL, DESCRIPTION, IS_GATEWAY,
+    ACCESS_TOKEN, X509, MQTT_CLIENT_ID, MQTT_USER_NAME, MQTT_PASSWORD, and SHARED_ATTRIBUTE:key,
+    SERVER_ATTRIBUTE:key, TIMESERIES:key. Bad rows are reported by line and change nothing;
+    the exit status is 1 if any row failed.
+    """
+    text = csv_file.read()
+    mapping = BulkImportMapping.from_header(read_header(text, delimiter), delimiter=delimiter, update=update)
+    rows = max(0, sum(1 for line in text.splitlines() if line.strip()) - 1)
+    with click.progressbar(length=rows, label="Importing", file=sys.stderr) as bar:
+        result = import_devices(_registry(ctx), text, mapping, progress=bar.update)
+    _emit(as_json, result.to_json(),
+          f"created {result.created}, updated {result.updated}, errors {result.errors}")
+    for error in result.errors_list:
+        click.echo(error, err=True)
+    if result.errors:
+        ctx.exit(1)
+
+
+# --- PKI, admin users, running -----------------------------------------------------------
+
+@main.group("pki")
+def pki_group() -> None:
+    """The development CA."""
+
+
+@pki_group.command("issue")
+@click.argument("name")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--days", type=click.IntRange(1), default=365, show_default=True)
+@click.pass_context
+def pki_issue(ctx, name, out_dir, days) -> None:
+    """Issue a client certificate for an X.509 device: OUT/NAME.pem and OUT/NAME.key."""
+    ca = pki.DevelopmentPki.in_directory(DataDir(ctx.obj).pki)
+    cert_path, key_path = pki.issue_device_certificate(ca, name, out_dir, days=days)
+    click.echo(f"{cert_path}\n{key_path}")
+
+
+@main.group()
+def admin() -> None:
+    """Administrator accounts (admin REST API and web UI)."""
+
+
+@admin.command("add")
+@click.argument("username")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+@click.pass_context
+def admin_add(ctx, username, password) -> None:
+    """Add an administrator."""
+    _registry(ctx).add_admin(username, password)
+    click.echo(f"Added administrator {username}")
+
+
+@main.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address every listener binds to.")
+@click.option("--mqtt-port", type=click.IntRange(0, 65535), default=1883, show_default=True)
+@click.option("--mqtts-port", type=click.IntRange(0, 65535), default=8883, show_default=True)
+@click.option("--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True)
+@click.option("--coap-port", type=click.IntRange(0, 65535), default=5683, show_default=True)
+@click.option("--coaps-port", type=click.IntRange(0, 65535), default=5684, show_default=True)
+@click.pass_context
+def up(ctx, host, mqtt_port, mqtts_port, http_port, coap_port, coaps_port) -> None:
+    """Initialise if needed, then run and supervise every component until Ctrl-C or SIGTERM."""
+    _initialise(ctx.obj)
+    settings = Settings(data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port,
+                        http_port=http_port, coap_port=coap_port, coaps_port=coaps_port)
+    parts = components(settings)
+    if not parts:
+        click.echo("No network components are installed in this build; nothing to run.")
+        return
+    ctx.exit(supervise(parts))

@@ -1,0 +1,647 @@
+"""The device registry: Gatehouse's library API.
+
+Profiles, devices and their credentials, logins, provisioning, attributes and telemetry. The
+CLI, the broker plugin, the sidecar and the CoAP bridge are all thin clients of this class.
+Decisions come from the I/O-free modules (credentials, provisioning, payloads); this class
+loads what they need, seals and digests secrets, and applies their answers atomically.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from . import certificates
+from .credentials import (
+    AccessToken,
+    CredentialsError,
+    MqttBasic,
+    NewCredentials,
+    StoredCredentials,
+    X509Certificate,
+    authenticate_basic,
+    certificate_thumbprint,
+    generate_secret,
+    sha3_hash,
+)
+from .data_dir import DataDir
+from .errors import NotFoundError, ValidationError
+from .login import LoginOutcome, LoginResult, is_provision_login, refusal_for_unknown_credentials
+from .models import AttributeScope, CredentialsType, Device, DeviceCredentials, DeviceProfile, ProvisionType
+from .pki import ensure_development_pki
+from .payloads import KvEntry, TelemetryRecord, ValueKind, entry_to_json_value
+from .provisioning import (
+    PROVISION_STATE_KEY,
+    PROVISIONED,
+    CreateDevice,
+    ExistingDevice,
+    Failure,
+    MarkProvisioned,
+    NotFound,
+    ProvisionRequest,
+    ProvisionResult,
+    ProvisionStatus,
+    UseExisting,
+    decide_provision,
+    decide_x509_chain,
+)
+from .server_key import ServerKey
+from .store import IntegrityError, Store, now_ms
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROFILE_NAME = "default"
+DEFAULT_CN_REGEX = "(.*)"
+
+# ThingsBoard's messages for the uniqueness rules, keyed by the constraint SQLite reports.
+_CONSTRAINT_MESSAGES = {
+    "device_profile.name": "Device profile with such name already exists!",
+    "device_profile.provision_device_key": "Device profile with such provision device key already exists!",
+    "device.name": "Device with such name already exists!",
+    "device_credentials.lookup_digest": "Device credentials are already assigned to another device!",
+    "admin_user.username": "User with such username already exists!",
+}
+
+
+def _integrity_message(error: IntegrityError) -> str:
+    return _CONSTRAINT_MESSAGES.get(error.constraint, f"Constraint violated: {error.constraint}")
+
+
+class Registry:
+    def __init__(self, database: Path | str, server_key: ServerKey):
+        self.store = Store(database)
+        self.key = server_key
+        if self.store.default_profile() is None:
+            with self.store.transaction():
+                if self.store.default_profile() is None:
+                    self._insert_profile(DEFAULT_PROFILE_NAME, ProvisionType.DISABLED, is_default=True)
+
+    @classmethod
+    def initialise(cls, data_dir: Path | str, *, hostnames: Iterable[str] = ()) -> Registry:
+        """`gatehouse init`: database, server key and development PKI; creates only what is
+        missing, so running it again is harmless."""
+        paths = DataDir(Path(data_dir))
+        paths.create()
+        key = ServerKey.load_or_create(paths.server_key)
+        registry = cls(paths.database, key)
+        ensure_development_pki(paths.pki, hostnames=hostnames)
+        return registry
+
+    @classmethod
+    def open(cls, data_dir: Path | str) -> Registry:
+        """Open a data dir made by `initialise`."""
+        paths = DataDir(Path(data_dir))
+        if not paths.exists():
+            raise NotFoundError(f"no Gatehouse data in {paths.root} (run `gatehouse init`)")
+        return cls(paths.database, ServerKey(paths.server_key.read_bytes()))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- device profiles ------------------------------------------------------------------
+
+    def create_profile(
+        self,
+        name: str,
+        strategy: ProvisionType = ProvisionType.DISABLED,
+        *,
+        key: str | None = None,
+        secret: str | None = None,
+        ca_certificate_pem: str | None = None,
+        cn_regex: str = DEFAULT_CN_REGEX,
+        allow_create: bool = True,
+        description: str | None = None,
+        default: bool = False,
+    ) -> DeviceProfile:
+        """Key and secret are generated when not given; an X.509 chain profile's key is the
+        SHA3 hash of its CA certificate, as in ThingsBoard."""
+        strategy = ProvisionType(strategy)
+        name = (name or "").strip()
+        if not name:
+            raise ValidationError("Device profile name should be specified!")
+        with self.store.transaction():
+            profile_id = self._insert_profile(
+                name, strategy, is_default=default, key=key, secret=secret, ca_certificate_pem=ca_certificate_pem,
+                cn_regex=cn_regex, allow_create=allow_create, description=description)
+            return self._profile(self.store.profile(id=profile_id))
+
+    def _insert_profile(self, name, strategy, *, is_default=False, key=None, secret=None, ca_certificate_pem=None,
+                        cn_regex=DEFAULT_CN_REGEX, allow_create=True, description=None) -> str:
+        profile_id = str(uuid.uuid4())
+        row = {"id": profile_id, "created_time": now_ms(), "name": name, "description": description,
+               "is_default": int(is_default), "provision_type": strategy.value}
+        if strategy in (ProvisionType.ALLOW_CREATE_NEW_DEVICES, ProvisionType.CHECK_PRE_PROVISIONED_DEVICES):
+            key, secret = key or generate_secret(), secret or generate_secret()
+            for label, value in (("key", key), ("secret", secret)):
+                if value != value.strip() or re.search(r"[\x00-\x1f\x7f]", value):
+                    raise ValidationError(f"Provision device {label} must not contain whitespace at its ends "
+                                          "or control characters")
+            row["provision_device_key"] = key
+            row["sealed_provision_secret"] = self.key.seal(secret, f"device_profile:{profile_id}")
+        elif strategy is ProvisionType.X509_CERTIFICATE_CHAIN:
+            row.update(self._x509_chain_columns(ca_certificate_pem, cn_regex, allow_create))
+        elif key or secret or ca_certificate_pem:
+            raise ValidationError("A DISABLED profile takes no provision key, secret or certificate")
+        try:
+            if is_default:
+                self.store.clear_default_profile()
+            self.store.insert_profile(row)
+        except IntegrityError as e:
+            raise ValidationError(_integrity_message(e)) from None
+        return profile_id
+
+    @staticmethod
+    def _x509_chain_columns(ca_pem: str | None, cn_regex: str, allow_create: bool) -> dict:
+        if not ca_pem:
+            raise ValidationError("An X509_CERTIFICATE_CHAIN profile needs a CA certificate")
+        try:
+            blocks = certificates.split_pem_certificates(ca_pem)
+            certificates.parse_certificate(blocks[0])
+        except certificates.CertificateError as e:
+            raise ValidationError(f"Invalid CA certificate: {e}") from None
+        try:
+            if re.compile(cn_regex).groups < 1:
+                raise ValidationError("The CN regex needs a capture group for the device name, e.g. (.*)")
+        except re.error as e:
+            raise ValidationError(f"Invalid CN regex: {e}") from None
+        normalised = "\n".join(blocks)
+        return {"provision_device_key": sha3_hash(blocks[0]), "ca_certificate_pem": normalised,
+                "certificate_regex": cn_regex, "allow_create_by_x509": int(bool(allow_create))}
+
+    def _profile(self, row: dict) -> DeviceProfile:
+        strategy = ProvisionType(row["provision_type"])
+        secret = row["ca_certificate_pem"]
+        if row["sealed_provision_secret"] is not None:
+            secret = self.key.open(row["sealed_provision_secret"], f"device_profile:{row['id']}")
+        allow = row["allow_create_by_x509"]
+        return DeviceProfile(
+            id=row["id"], created_time=row["created_time"], name=row["name"], description=row["description"],
+            is_default=bool(row["is_default"]), provision_type=strategy,
+            provision_device_key=row["provision_device_key"], provision_device_secret=secret,
+            certificate_regex=row["certificate_regex"], allow_create_by_x509=None if allow is None else bool(allow))
+
+    def _profile_row(self, name_or_id: str) -> dict:
+        row = self.store.profile(name=name_or_id) or self.store.profile(id=name_or_id)
+        if row is None:
+            raise NotFoundError(f"Device profile {name_or_id!r} not found")
+        return row
+
+    def get_profile(self, name_or_id: str) -> DeviceProfile:
+        return self._profile(self._profile_row(name_or_id))
+
+    def list_profiles(self) -> list[DeviceProfile]:
+        return [self._profile(row) for row in self.store.profiles()]
+
+    def default_profile(self) -> DeviceProfile:
+        return self._profile(self.store.default_profile())
+
+    def set_default_profile(self, name_or_id: str) -> DeviceProfile:
+        with self.store.transaction():
+            row = self._profile_row(name_or_id)
+            self.store.clear_default_profile()
+            self.store.update_profile(row["id"], {"is_default": 1})
+        return self.get_profile(row["id"])
+
+    def delete_profile(self, name_or_id: str) -> None:
+        with self.store.transaction():
+            row = self._profile_row(name_or_id)
+            if row["is_default"]:
+                raise ValidationError("Deletion of Default Device Profile is prohibited!")
+            if self.store.count_devices_in_profile(row["id"]):
+                raise ValidationError("The device profile referenced by the devices cannot be deleted!")
+            self.store.delete_profile(row["id"])
+
+    # --- devices and credentials ----------------------------------------------------------
+
+    def create_device(
+        self,
+        name: str,
+        *,
+        profile: str | None = None,
+        label: str | None = None,
+        additional_info: dict | None = None,
+        credentials: NewCredentials | None = None,
+    ) -> Device:
+        """A device in `profile` (default profile if None) with `credentials` (a generated
+        access token if None). All or nothing: a credentials clash leaves no device behind."""
+        with self.store.transaction():
+            profile_row = self._profile_row(profile) if profile else self.store.default_profile()
+            device_id = self._insert_device(name, profile_row["id"], label, additional_info,
+                                            credentials or AccessToken(generate_secret()))
+            return self.get_device(device_id)
+
+    def _insert_device(self, name: str, profile_id: str, label: str | None, additional_info: dict | None,
+                       credentials: NewCredentials) -> str:
+        name = (name or "").strip()
+        if not name:
+            raise ValidationError("Device name should be specified!")
+        if len(name) > 255:
+            raise ValidationError("Device name should be at most 255 characters long")
+        device_id = str(uuid.uuid4())
+        try:
+            self.store.insert_device({
+                "id": device_id, "created_time": now_ms(), "name": name, "profile_id": profile_id,
+                "label": label, "additional_info": json.dumps(additional_info or {}),
+            })
+            credentials_id = str(uuid.uuid4())
+            self.store.insert_credentials({
+                "id": credentials_id, "created_time": now_ms(), "device_id": device_id,
+                **self._credentials_columns(credentials_id, credentials),
+            })
+        except IntegrityError as e:
+            raise ValidationError(_integrity_message(e)) from None
+        return device_id
+
+    def upsert_device(
+        self,
+        name: str,
+        *,
+        profile: str | None = None,
+        label: str | None = None,
+        additional_info: dict | None = None,
+        credentials: NewCredentials | None = None,
+        attributes: dict[AttributeScope, Iterable[KvEntry]] | None = None,
+        telemetry: Iterable[KvEntry] = (),
+        write_data_of_existing: bool = True,
+    ) -> bool:
+        """Create the device or update the one of that name (bulk import, SPEC §8); returns True
+        when created. A profile named but missing is created, as ThingsBoard does. Existing
+        devices keep their credentials unless new ones are given; attribute and telemetry
+        columns are written to them only with `write_data_of_existing`."""
+        with self.store.transaction():
+            profile_row = self.store.default_profile()
+            if profile:
+                profile_row = self.store.profile(name=profile) or self.store.profile(
+                    id=self._insert_profile(profile.strip(), ProvisionType.DISABLED))
+            existing = self.store.device(name=(name or "").strip())
+            if existing is None:
+                device_id = self._insert_device(name, profile_row["id"], label, additional_info,
+                                                credentials or AccessToken(generate_secret()))
+            else:
+                device_id = existing["id"]
+                info = {**json.loads(existing["additional_info"]), **(additional_info or {})}
+                self.store.update_device(device_id, {"profile_id": profile_row["id"], "label": label,
+                                                     "additional_info": json.dumps(info)})
+                if credentials is not None:
+                    self._replace_credentials(self.store.credentials(device_id), credentials)
+            if existing is None or write_data_of_existing:
+                ts = now_ms()
+                for scope, entries in (attributes or {}).items():
+                    self.store.save_attributes(device_id, AttributeScope(scope).value,
+                                               [(e.key, e.kind.value, _db_value(e)) for e in entries], ts)
+                self.store.save_telemetry(device_id, [(ts, e.key, e.kind.value, _db_value(e)) for e in telemetry])
+            return existing is None
+
+    def batch(self):
+        """One transaction around many calls (bulk import): far fewer commits, and each call
+        inside still succeeds or fails on its own (a savepoint)."""
+        return self.store.transaction()
+
+    def _credentials_columns(self, credentials_row_id: str, creds: NewCredentials) -> dict:
+        context = f"device_credentials:{credentials_row_id}"
+        columns = {
+            "credentials_type": creds.credentials_type.value,
+            "lookup_digest": self.key.digest(creds.credentials_id),
+            "public_credentials_id": None, "sealed_value": None, "client_id_digest": None,
+            "user_name_digest": None, "password_digest": None, "certificate": None,
+        }
+        if isinstance(creds, AccessToken):
+            columns["sealed_value"] = self.key.seal(creds.token, context)
+        elif isinstance(creds, MqttBasic):
+            columns["sealed_value"] = self.key.seal(creds.credentials_value, context)
+            if creds.credentials_id_is_public:
+                columns["public_credentials_id"] = creds.credentials_id
+            for column, part in (("client_id_digest", creds.client_id), ("user_name_digest", creds.user_name),
+                                 ("password_digest", creds.password)):
+                columns[column] = self.key.digest(part) if part else None
+        else:
+            columns["public_credentials_id"] = creds.credentials_id
+            columns["certificate"] = creds.body
+        return columns
+
+    def _device(self, row: dict) -> Device:
+        return Device(id=row["id"], created_time=row["created_time"], name=row["name"],
+                      profile_id=row["profile_id"], profile_name=row["profile_name"], label=row["label"],
+                      additional_info=json.loads(row["additional_info"]))
+
+    def _device_row(self, name_or_id: str) -> dict:
+        row = self.store.device(name=name_or_id) or self.store.device(id=name_or_id)
+        if row is None:
+            raise NotFoundError(f"Device {name_or_id!r} not found")
+        return row
+
+    def get_device(self, name_or_id: str) -> Device:
+        return self._device(self._device_row(name_or_id))
+
+    def find_device(self, name_or_id: str) -> Device | None:
+        try:
+            return self.get_device(name_or_id)
+        except NotFoundError:
+            return None
+
+    def list_devices(self, *, offset: int = 0, limit: int = 100, name_contains: str | None = None) -> list[Device]:
+        return [self._device(row) for row in self.store.devices(offset=offset, limit=limit,
+                                                                name_contains=name_contains)]
+
+    def count_devices(self) -> int:
+        return self.store.count_devices()
+
+    def delete_device(self, name_or_id: str) -> None:
+        with self.store.transaction():
+            self.store.delete_device(self._device_row(name_or_id)["id"])
+
+    def get_credentials(self, device: str) -> DeviceCredentials:
+        """The device's credentials with secrets revealed (admin view)."""
+        row = self.store.credentials(self._device_row(device)["id"])
+        return self._reveal(row)
+
+    def _reveal(self, row: dict) -> DeviceCredentials:
+        kind = CredentialsType(row["credentials_type"])
+        context = f"device_credentials:{row['id']}"
+        if kind is CredentialsType.ACCESS_TOKEN:
+            credentials_id, value = self.key.open(row["sealed_value"], context), None
+        elif kind is CredentialsType.MQTT_BASIC:
+            value = self.key.open(row["sealed_value"], context)
+            credentials_id = row["public_credentials_id"] or json.loads(value)["userName"]
+        else:
+            credentials_id, value = row["public_credentials_id"], row["certificate"]
+        return DeviceCredentials(id=row["id"], device_id=row["device_id"], credentials_type=kind,
+                                 credentials_id=credentials_id, credentials_value=value)
+
+    def set_credentials(self, device: str, credentials: NewCredentials | None = None) -> DeviceCredentials:
+        """Replace the device's credentials (a new generated access token if None)."""
+        with self.store.transaction():
+            row = self.store.credentials(self._device_row(device)["id"])
+            self._replace_credentials(row, credentials or AccessToken(generate_secret()))
+            return self._reveal(self.store.credentials(row["device_id"]))
+
+    def _replace_credentials(self, row: dict, credentials: NewCredentials) -> None:
+        try:
+            self.store.update_credentials(row["device_id"], self._credentials_columns(row["id"], credentials))
+        except IntegrityError as e:
+            raise ValidationError(_integrity_message(e)) from None
+
+    # --- logins -----------------------------------------------------------------------------
+
+    def _find_credentials(self, credentials_id: str) -> StoredCredentials | None:
+        row = self.store.credentials_by_digest(self.key.digest(credentials_id))
+        if row is None:
+            return None
+        return StoredCredentials(device_id=row["device_id"], credentials_type=CredentialsType(row["credentials_type"]),
+                                 client_id_digest=row["client_id_digest"], user_name_digest=row["user_name_digest"],
+                                 password_digest=row["password_digest"])
+
+    def login(self, client_id: str | None, username: str | None = None, password: str | None = None,
+              cert_der: bytes | None = None) -> LoginResult:
+        """Who is this MQTT client? ThingsBoard's order (SPEC §2.1): a provisioning session,
+        then the client certificate (username and password ignored), then token / MQTT basic.
+        Never raises: an internal error is SERVER_UNAVAILABLE."""
+        client_id = client_id or ""
+        try:
+            if is_provision_login(client_id, username):
+                return LoginResult(LoginOutcome.PROVISION_SESSION)
+            if cert_der is not None:
+                return self._certificate_login(cert_der)
+            found = authenticate_basic(client_id, username, password, find=self._find_credentials,
+                                       matches=self.key.matches)
+            if found is None:
+                return LoginResult(refusal_for_unknown_credentials(client_id, username, password))
+            return LoginResult(LoginOutcome.ACCEPTED, self.get_device(found.device_id))
+        except Exception:
+            log.exception("login lookup failed")
+            return LoginResult(LoginOutcome.SERVER_UNAVAILABLE)
+
+    def token_login(self, token: str) -> Device | None:
+        """HTTP and CoAP: the token in the path must be an ACCESS_TOKEN credential (SPEC §1.2)."""
+        found = self._find_credentials(token) if token else None
+        if found is None or found.credentials_type is not CredentialsType.ACCESS_TOKEN:
+            return None
+        return self.get_device(found.device_id)
+
+    def certificate_device(self, cert_der: bytes) -> Device | None:
+        """The X.509 device owning exactly this certificate (DTLS and TLS logins)."""
+        found = self._find_credentials(certificate_thumbprint(cert_der))
+        if found is None or found.credentials_type is not CredentialsType.X509_CERTIFICATE:
+            return None
+        return self.get_device(found.device_id)
+
+    def _certificate_login(self, cert_der: bytes) -> LoginResult:
+        try:
+            cert = certificates.parse_certificate(cert_der)
+        except certificates.CertificateError:
+            return LoginResult(LoginOutcome.NOT_AUTHORIZED)
+        if not certificates.is_within_validity(cert):
+            return LoginResult(LoginOutcome.NOT_AUTHORIZED)
+        device = self.certificate_device(cert_der)
+        if device is None:
+            result = self.provision_by_certificate(cert_der)
+            if result.status is ProvisionStatus.SUCCESS:
+                device = self.get_device(result.device_id)
+        if device is None:
+            return LoginResult(LoginOutcome.NOT_AUTHORIZED)
+        return LoginResult(LoginOutcome.ACCEPTED, device)
+
+    # --- provisioning -----------------------------------------------------------------------
+
+    def provision(self, request: ProvisionRequest, *, transport: str | None = None,
+                  remote_address: str | None = None) -> ProvisionResult:
+        """Run a key/secret provisioning request (SPEC §3.4) in one write transaction: the
+        decision and its effects commit together or not at all. Raises ProvisionRequestError
+        for a key/secret request against an X.509-chain profile, as ThingsBoard does."""
+        with self.store.transaction():
+            profile_row = (self.store.profile(key=request.provision_device_key)
+                           if request.provision_device_key else None)
+            profile = self._profile(profile_row) if profile_row else None
+            existing = self._existing_device(request.device_name.strip())
+            decision = decide_provision(request, profile, existing)
+            result = self._apply(decision, profile)
+            self._record_event(result, profile, request.device_name.strip() or None, transport, remote_address)
+        return result
+
+    def provision_by_certificate(self, cert_der: bytes, *, transport: str | None = "MQTT",
+                                 remote_address: str | None = None) -> ProvisionResult:
+        """X.509 certificate-chain provisioning at a TLS login (SPEC §1.4.2). Only the leaf is
+        available, so the chain profile is the one whose CA issued (and signed) the leaf."""
+        try:
+            leaf = certificates.parse_certificate(cert_der)
+        except certificates.CertificateError:
+            return ProvisionResult(ProvisionStatus.NOT_FOUND, reason="unparseable certificate")
+        with self.store.transaction():
+            profile = self._chain_profile_for(leaf)
+            if profile is None:
+                return ProvisionResult(ProvisionStatus.NOT_FOUND, reason="no chain profile trusts the issuer")
+            decision = decide_x509_chain(profile, certificates.common_name(leaf),
+                                         X509Certificate(certificates.base64_body(leaf)), self._existing_device)
+            result = self._apply(decision, profile)
+            self._record_event(result, profile, certificates.common_name(leaf), transport, remote_address)
+        return result
+
+    def _chain_profile_for(self, leaf) -> DeviceProfile | None:
+        for row in self.store.profiles(provision_type=ProvisionType.X509_CERTIFICATE_CHAIN.value):
+            ca = certificates.parse_certificate(certificates.split_pem_certificates(row["ca_certificate_pem"])[0])
+            if certificates.is_issued_by(leaf, ca):
+                return self._profile(row)
+        return None
+
+    def _existing_device(self, name: str) -> ExistingDevice | None:
+        row = self.store.device(name=name) if name else None
+        if row is None:
+            return None
+        state = self.store.attributes(row["id"], AttributeScope.SERVER.value, [PROVISION_STATE_KEY])
+        return ExistingDevice(id=row["id"], name=row["name"], profile_id=row["profile_id"],
+                              credentials_type=CredentialsType(row["credentials_type"]),
+                              provision_state=str(state[0]["value"]) if state else None)
+
+    def _apply(self, decision, profile: DeviceProfile | None) -> ProvisionResult:
+        if isinstance(decision, NotFound):
+            return ProvisionResult(ProvisionStatus.NOT_FOUND, reason=decision.reason)
+        if isinstance(decision, Failure):
+            return ProvisionResult(ProvisionStatus.FAILURE, device_id=decision.device_id, reason=decision.reason)
+        if isinstance(decision, CreateDevice):
+            try:
+                with self.store.transaction():  # a savepoint: a clash leaves no half-made device
+                    device_id = self._insert_device(
+                        decision.name or generate_secret(), profile.id, None,
+                        {"gateway": True} if decision.gateway else {},
+                        decision.credentials or AccessToken(generate_secret()))
+                    self._mark_provisioned(device_id)
+            except ValidationError as e:
+                return ProvisionResult(ProvisionStatus.FAILURE, reason=str(e))
+        elif isinstance(decision, MarkProvisioned):
+            device_id = decision.device_id
+            self._mark_provisioned(device_id)
+        else:
+            assert isinstance(decision, UseExisting)
+            device_id = decision.device_id
+            if decision.rotate_to is not None:
+                try:
+                    with self.store.transaction():
+                        self._replace_credentials(self.store.credentials(device_id), decision.rotate_to)
+                except ValidationError as e:
+                    return ProvisionResult(ProvisionStatus.FAILURE, device_id=device_id, reason=str(e))
+        return self._success(device_id)
+
+    def _mark_provisioned(self, device_id: str) -> None:
+        self.store.save_attributes(device_id, AttributeScope.SERVER.value,
+                                   [(PROVISION_STATE_KEY, ValueKind.STRING.value, PROVISIONED)], now_ms())
+
+    def _success(self, device_id: str) -> ProvisionResult:
+        credentials = self._reveal(self.store.credentials(device_id))
+        value: str | dict | None = credentials.credentials_value
+        if credentials.credentials_type is CredentialsType.ACCESS_TOKEN:
+            value = credentials.credentials_id
+        elif credentials.credentials_type is CredentialsType.MQTT_BASIC:
+            value = json.loads(value)  # an object in provisioning responses (SPEC §3.3)
+        return ProvisionResult(ProvisionStatus.SUCCESS, credentials.credentials_type, value, device_id,
+                               self.store.device(id=device_id)["name"])
+
+    def _record_event(self, result: ProvisionResult, profile: DeviceProfile | None, device_name: str | None,
+                      transport: str | None, remote_address: str | None) -> None:
+        self.store.add_provisioning_event({
+            "ts": now_ms(), "profile_id": profile.id if profile else None, "device_id": result.device_id,
+            "device_name": result.device_name or device_name,
+            "strategy": profile.provision_type.value if profile else None, "outcome": result.status.value,
+            "reason": result.reason, "transport": transport, "remote_address": remote_address,
+        })
+
+    def provisioning_events(self, device: str | None = None) -> list[dict]:
+        device_id = self._device_row(device)["id"] if device else None
+        return self.store.provisioning_events(device_id=device_id)
+
+    # --- attributes and telemetry -----------------------------------------------------------
+
+    def save_attributes(self, device_id: str, scope: AttributeScope, entries: Iterable[KvEntry]) -> None:
+        with self.store.transaction():
+            self.store.save_attributes(device_id, AttributeScope(scope).value,
+                                       [(e.key, e.kind.value, _db_value(e)) for e in entries], now_ms())
+
+    def delete_attributes(self, device_id: str, scope: AttributeScope, keys: Iterable[str]) -> None:
+        with self.store.transaction():
+            self.store.delete_attributes(device_id, AttributeScope(scope).value, keys)
+
+    def get_attributes(self, device_id: str, scope: AttributeScope, keys: Iterable[str] | None = None) -> dict:
+        return {row["key"]: _json_value(row) for row in self.store.attributes(device_id, AttributeScope(scope).value, keys)}
+
+    def device_attributes(self, device_id: str, client_keys: Iterable[str] | None,
+                          shared_keys: Iterable[str] | None) -> dict:
+        """A device's attribute request (SPEC §2.4): no key lists means all client and shared
+        attributes; one list means that scope only; empty sections are left out."""
+        if client_keys is None and shared_keys is None:
+            wanted = {"client": None, "shared": None}
+        else:
+            wanted = {name: keys for name, keys in (("client", client_keys), ("shared", shared_keys))
+                      if keys is not None}
+        scopes = {"client": AttributeScope.CLIENT, "shared": AttributeScope.SHARED}
+        answer = {name: self.get_attributes(device_id, scopes[name], keys) for name, keys in wanted.items()}
+        return {name: values for name, values in answer.items() if values}
+
+    def save_telemetry(self, device_id: str, records: Iterable[TelemetryRecord]) -> None:
+        ts_now = now_ms()
+        points = [(record.ts if record.ts is not None else ts_now, e.key, e.kind.value, _db_value(e))
+                  for record in records for e in record.values]
+        with self.store.transaction():
+            self.store.save_telemetry(device_id, points)
+
+    def latest_telemetry(self, device_id: str) -> dict:
+        return {row["key"]: {"ts": row["ts"], "value": _json_value(row)}
+                for row in self.store.latest_telemetry(device_id)}
+
+    # --- admin users ------------------------------------------------------------------------
+
+    def add_admin(self, username: str, password: str) -> None:
+        if len(password or "") < 8:
+            raise ValidationError("Admin password must be at least 8 characters long")
+        try:
+            with self.store.transaction():
+                self.store.insert_admin_user({"username": username.strip(), "created_time": now_ms(),
+                                              "password_hash": _hash_password(password)})
+        except IntegrityError as e:
+            raise ValidationError(_integrity_message(e)) from None
+
+    def verify_admin(self, username: str, password: str) -> bool:
+        row = self.store.admin_user(username)
+        # Hash even for unknown users so that response time does not reveal which exist.
+        return _verify_password(password, row["password_hash"] if row else _dummy_hash()) and row is not None
+
+
+def _db_value(entry: KvEntry):
+    return int(entry.value) if entry.kind is ValueKind.BOOLEAN else entry.value
+
+
+def _json_value(row: dict):
+    kind = ValueKind(row["kind"])
+    return entry_to_json_value(KvEntry(key="", kind=kind, value=bool(row["value"]) if kind is ValueKind.BOOLEAN
+                                       else row["value"]))
+
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+
+
+def _hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT)
+    return f"scrypt${_SCRYPT['n']}${_SCRYPT['r']}${_SCRYPT['p']}${salt.hex()}${digest.hex()}"
+
+
+def _verify_password(password: str, encoded: str) -> bool:
+    _, n, r, p, salt, digest = encoded.split("$")
+    candidate = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p))
+    return hmac.compare_digest(candidate, bytes.fromhex(digest))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    return _hash_password(secrets.token_hex(16))

@@ -1,0 +1,236 @@
+"""SQLite storage: the only module that speaks SQL.
+
+One database file is shared by several processes (broker, sidecar, CoAP bridge, CLI), so the
+connection uses WAL, a busy timeout and foreign keys, and every write goes through
+`transaction()`, which takes the write lock up front (BEGIN IMMEDIATE): a read-then-write such as
+"does this device exist? then create it" cannot be overtaken by another process in between.
+"""
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from .migrations import MIGRATIONS
+
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class IntegrityError(Exception):
+    """A uniqueness or reference rule of the schema was violated; `constraint` names it."""
+
+    def __init__(self, constraint: str):
+        super().__init__(constraint)
+        self.constraint = constraint
+
+
+def _constraint_of(error: sqlite3.IntegrityError) -> str:
+    # "UNIQUE constraint failed: device.name" -> "device.name"
+    message = str(error)
+    return message.split(": ", 1)[1] if ": " in message else message
+
+
+class Store:
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes in WAL mode
+        conn.execute("PRAGMA foreign_keys = ON")
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        with self.transaction():  # serialises processes racing to create a new database
+            MIGRATIONS.apply(self.db)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def schema_version(self) -> list[str]:
+        return [m.name for m in MIGRATIONS.applied(self.db)]
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self.conn.in_transaction:
+            with self.db.atomic():  # nested: a savepoint
+                yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _write(self, sql: str, params: Iterable = ()) -> sqlite3.Cursor:
+        try:
+            return self.conn.execute(sql, tuple(params))
+        except sqlite3.IntegrityError as e:
+            raise IntegrityError(_constraint_of(e)) from None
+
+    def _insert(self, table: str, row: dict) -> None:
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        self._write(f"INSERT INTO {table} ({columns}) VALUES ({marks})", row.values())
+
+    def _update(self, table: str, key: str, key_value, changes: dict) -> None:
+        assignments = ", ".join(f"{column} = ?" for column in changes)
+        self._write(f"UPDATE {table} SET {assignments} WHERE {key} = ?", [*changes.values(), key_value])
+
+    def _one(self, sql: str, params: Iterable = ()) -> dict | None:
+        row = self.conn.execute(sql, tuple(params)).fetchone()
+        return dict(row) if row is not None else None
+
+    def _all(self, sql: str, params: Iterable = ()) -> list[dict]:
+        return [dict(row) for row in self.conn.execute(sql, tuple(params))]
+
+    # --- device profiles ------------------------------------------------------------------
+
+    def insert_profile(self, row: dict) -> None:
+        self._insert("device_profile", row)
+
+    def update_profile(self, profile_id: str, changes: dict) -> None:
+        self._update("device_profile", "id", profile_id, changes)
+
+    def delete_profile(self, profile_id: str) -> None:
+        self._write("DELETE FROM device_profile WHERE id = ?", [profile_id])
+
+    def profile(self, *, id: str | None = None, name: str | None = None, key: str | None = None) -> dict | None:
+        column, value = next((c, v) for c, v in (("id", id), ("name", name), ("provision_device_key", key))
+                             if v is not None)
+        return self._one(f"SELECT * FROM device_profile WHERE {column} = ?", [value])
+
+    def default_profile(self) -> dict | None:
+        return self._one("SELECT * FROM device_profile WHERE is_default = 1")
+
+    def clear_default_profile(self) -> None:
+        self._write("UPDATE device_profile SET is_default = 0 WHERE is_default = 1")
+
+    def profiles(self, *, provision_type: str | None = None) -> list[dict]:
+        if provision_type is None:
+            return self._all("SELECT * FROM device_profile ORDER BY name")
+        return self._all("SELECT * FROM device_profile WHERE provision_type = ? ORDER BY name", [provision_type])
+
+    def count_devices_in_profile(self, profile_id: str) -> int:
+        return self.conn.execute("SELECT count(*) FROM device WHERE profile_id = ?", [profile_id]).fetchone()[0]
+
+    # --- devices --------------------------------------------------------------------------
+
+    _DEVICE = ("SELECT d.*, p.name AS profile_name, c.credentials_type FROM device d "
+               "JOIN device_profile p ON p.id = d.profile_id "
+               "LEFT JOIN device_credentials c ON c.device_id = d.id")
+
+    def insert_device(self, row: dict) -> None:
+        self._insert("device", row)
+
+    def update_device(self, device_id: str, changes: dict) -> None:
+        self._update("device", "id", device_id, changes)
+
+    def delete_device(self, device_id: str) -> None:
+        self._write("DELETE FROM device WHERE id = ?", [device_id])
+
+    def device(self, *, id: str | None = None, name: str | None = None) -> dict | None:
+        if id is not None:
+            return self._one(f"{self._DEVICE} WHERE d.id = ?", [id])
+        return self._one(f"{self._DEVICE} WHERE d.name = ?", [name])
+
+    def devices(self, *, offset: int = 0, limit: int = 100, name_contains: str | None = None) -> list[dict]:
+        if name_contains:
+            pattern = "%" + name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            return self._all(f"{self._DEVICE} WHERE d.name LIKE ? ESCAPE '\\' ORDER BY d.name LIMIT ? OFFSET ?",
+                             [pattern, limit, offset])
+        return self._all(f"{self._DEVICE} ORDER BY d.name LIMIT ? OFFSET ?", [limit, offset])
+
+    def count_devices(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM device").fetchone()[0]
+
+    # --- credentials ----------------------------------------------------------------------
+
+    def insert_credentials(self, row: dict) -> None:
+        self._insert("device_credentials", row)
+
+    def update_credentials(self, device_id: str, changes: dict) -> None:
+        self._update("device_credentials", "device_id", device_id,
+                     {**changes, "version": self.credentials(device_id)["version"] + 1})
+
+    def credentials(self, device_id: str) -> dict | None:
+        return self._one("SELECT * FROM device_credentials WHERE device_id = ?", [device_id])
+
+    def credentials_by_digest(self, lookup_digest: bytes) -> dict | None:
+        """The login lookup: one indexed probe."""
+        return self._one(
+            "SELECT device_id, credentials_type, client_id_digest, user_name_digest, password_digest "
+            "FROM device_credentials WHERE lookup_digest = ?", [lookup_digest])
+
+    # --- attributes and telemetry ---------------------------------------------------------
+
+    def save_attributes(self, device_id: str, scope: str, entries: Iterable[tuple[str, str, object]], ts: int) -> None:
+        self.conn.executemany(
+            "INSERT INTO attribute (device_id, scope, key, kind, value, last_update_ts) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (device_id, scope, key) DO UPDATE SET kind = excluded.kind, value = excluded.value, "
+            "last_update_ts = excluded.last_update_ts",
+            [(device_id, scope, key, kind, value, ts) for key, kind, value in entries])
+
+    def attributes(self, device_id: str, scope: str, keys: Iterable[str] | None = None) -> list[dict]:
+        if keys is None:
+            return self._all("SELECT key, kind, value, last_update_ts FROM attribute "
+                             "WHERE device_id = ? AND scope = ? ORDER BY key", [device_id, scope])
+        keys = list(keys)
+        marks = ", ".join("?" for _ in keys)
+        return self._all(f"SELECT key, kind, value, last_update_ts FROM attribute WHERE device_id = ? "
+                         f"AND scope = ? AND key IN ({marks}) ORDER BY key", [device_id, scope, *keys])
+
+    def delete_attributes(self, device_id: str, scope: str, keys: Iterable[str]) -> None:
+        self.conn.executemany("DELETE FROM attribute WHERE device_id = ? AND scope = ? AND key = ?",
+                              [(device_id, scope, key) for key in keys])
+
+    def save_telemetry(self, device_id: str, points: Iterable[tuple[int, str, str, object]]) -> None:
+        points = [(device_id, key, ts, kind, value) for ts, key, kind, value in points]
+        self.conn.executemany(
+            "INSERT INTO telemetry_history (device_id, key, ts, kind, value) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (device_id, key, ts) DO UPDATE SET kind = excluded.kind, value = excluded.value", points)
+        # A late point (older ts) must not overwrite a newer latest value.
+        self.conn.executemany(
+            "INSERT INTO telemetry_latest (device_id, key, ts, kind, value) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (device_id, key) DO UPDATE SET ts = excluded.ts, kind = excluded.kind, "
+            "value = excluded.value WHERE excluded.ts >= telemetry_latest.ts", points)
+
+    def latest_telemetry(self, device_id: str) -> list[dict]:
+        return self._all("SELECT key, ts, kind, value FROM telemetry_latest WHERE device_id = ? ORDER BY key",
+                         [device_id])
+
+    def telemetry_history(self, device_id: str, key: str) -> list[dict]:
+        return self._all("SELECT ts, kind, value FROM telemetry_history WHERE device_id = ? AND key = ? ORDER BY ts",
+                         [device_id, key])
+
+    def delete_telemetry_before(self, ts: int) -> int:
+        return self._write("DELETE FROM telemetry_history WHERE ts < ?", [ts]).rowcount
+
+    # --- provisioning events and admin users ----------------------------------------------
+
+    def add_provisioning_event(self, row: dict) -> None:
+        self._insert("provisioning_event", row)
+
+    def provisioning_events(self, *, device_id: str | None = None) -> list[dict]:
+        if device_id is None:
+            return self._all("SELECT * FROM provisioning_event ORDER BY id")
+        return self._all("SELECT * FROM provisioning_event WHERE device_id = ? ORDER BY id", [device_id])
+
+    def insert_admin_user(self, row: dict) -> None:
+        self._insert("admin_user", row)
+
+    def update_admin_password(self, username: str, password_hash: str) -> None:
+        self._update("admin_user", "username", username, {"password_hash": password_hash})
+
+    def admin_user(self, username: str) -> dict | None:
+        return self._one("SELECT * FROM admin_user WHERE username = ?", [username])

@@ -1,0 +1,102 @@
+"""`gatehouse up`: start every component as its own process, watch them, stop them together.
+
+Each component is a `gatehouse` sub-command in a child process, so a crash in one cannot take
+the others' state with it, and each can also be run alone. If one dies, the supervisor says which
+and how, and stops the rest: a half-running system is worse than a stopped one.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+STOP_GRACE_SECONDS = 10.0
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    host: str = "0.0.0.0"
+    mqtt_port: int = 1883
+    mqtts_port: int = 8883
+    http_port: int = 8080
+    coap_port: int = 5683
+    coaps_port: int = 5684
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    argv: Sequence[str]
+    listens_on: str  # shown to the operator
+
+
+def gatehouse_command(settings: Settings, *args: str) -> list[str]:
+    return [sys.executable, "-m", "gatehouse", "--data-dir", str(settings.data_dir), *args]
+
+
+def components(settings: Settings) -> list[Component]:
+    """The components `gatehouse up` runs; each transport's issue adds its own entry."""
+    return []
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print) -> int:
+    """Run `parts` until SIGINT/SIGTERM (exit status 0) or until one of them stops (1)."""
+    stop_requested = []
+
+    def request_stop(signum, _frame):
+        stop_requested.append(signum)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    running: dict[str, subprocess.Popen] = {}
+    status = 0
+    try:
+        for part in parts:
+            # Own process group: a terminal Ctrl-C reaches only the supervisor, which then
+            # stops the children in order instead of all of them racing to exit.
+            running[part.name] = subprocess.Popen(part.argv, start_new_session=True)
+            say(f"{part.name}: {part.listens_on} (pid {running[part.name].pid})")
+        while not stop_requested:
+            failed = next(((name, p.returncode) for name, p in running.items() if p.poll() is not None), None)
+            if failed is not None:
+                name, code = failed
+                say(f"{name} {_describe_exit(code)}; stopping the other components")
+                del running[name]
+                status = 1
+                break
+            time.sleep(POLL_SECONDS)
+        else:
+            say(f"received {signal.Signals(stop_requested[0]).name}; stopping")
+    finally:
+        _stop_all(running, say)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return status
+
+
+def _stop_all(running: dict[str, subprocess.Popen], say: Callable[[str], None]) -> None:
+    for process in running.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for name, process in running.items():
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            say(f"{name} did not stop within {STOP_GRACE_SECONDS:.0f} s; killing it")
+            process.kill()
+            process.wait()

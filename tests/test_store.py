@@ -1,0 +1,106 @@
+"""The store: schema applied once and recorded, SQLite settings for several processes, and
+secrets at rest (DESIGN.md: a stolen database file alone yields no usable credential)."""
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from gatehouse.credentials import AccessToken, MqttBasic
+from gatehouse.data_dir import DataDir
+from gatehouse.models import ProvisionType
+from gatehouse.provisioning import ProvisionRequest
+from gatehouse.registry import Registry
+from gatehouse.server_key import ServerKey, ServerKeyError
+from gatehouse.store import Store
+
+
+def test_schema_is_applied_once_and_recorded(tmp_path):
+    Store(tmp_path / "g.db").close()
+    store = Store(tmp_path / "g.db")  # reopening applies nothing twice
+    assert store.schema_version() == ["0001_initial"]
+    rows = store.conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
+    assert [tuple(r) for r in rows] == [("gatehouse", "0001_initial")]
+
+
+def test_schema_sql_is_the_schema(tmp_path):
+    store = Store(tmp_path / "g.db")
+    tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"device_profile", "device", "device_credentials", "attribute", "telemetry_latest",
+            "telemetry_history", "provisioning_event", "admin_user"} <= tables
+
+
+def test_connection_settings_for_several_processes(tmp_path):
+    store = Store(tmp_path / "g.db")
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
+
+
+def test_a_failed_transaction_leaves_nothing(registry):
+    with pytest.raises(RuntimeError):
+        with registry.batch():
+            registry.create_device("half-made")
+            raise RuntimeError("boom")
+    assert registry.find_device("half-made") is None
+
+
+def test_deleting_a_device_deletes_its_credentials_and_data(registry):
+    device = registry.create_device("doomed", credentials=AccessToken("doomed-token"))
+    registry.delete_device("doomed")
+    assert registry.token_login("doomed-token") is None
+    assert registry.store.credentials(device.id) is None
+
+
+def test_initialise_is_idempotent_and_protects_the_key(data_dir):
+    Registry.initialise(data_dir).close()
+    paths = DataDir(data_dir)
+    key_before = paths.server_key.read_bytes()
+    ca_before = (paths.pki / "ca.pem").read_bytes()
+    Registry.initialise(data_dir).close()
+    assert paths.server_key.read_bytes() == key_before
+    assert (paths.pki / "ca.pem").read_bytes() == ca_before
+    assert stat.S_IMODE(os.stat(paths.server_key).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(paths.pki / "server.key").st_mode) == 0o600
+
+
+def test_secrets_are_not_stored_in_plain_text(data_dir):
+    secrets = ["TokenPlain123456789", "BasicPassword42xyz", "OnlyUserNameSecret7", "OnlyClientIdSecret9",
+               "ProvisionSecretAbc12", "ProvisionedTokenZz99", "PreprovTokenQq88"]
+    with Registry.initialise(data_dir) as registry:
+        registry.create_device("token", credentials=AccessToken(secrets[0]))
+        registry.create_device("basic", credentials=MqttBasic("public-client", "public-user", secrets[1]))
+        registry.create_device("user-only", credentials=MqttBasic(None, secrets[2], None))
+        registry.create_device("client-only", credentials=MqttBasic(secrets[3], None, None))
+        registry.create_profile("p", ProvisionType.ALLOW_CREATE_NEW_DEVICES, key="prov-key", secret=secrets[4])
+        registry.provision(ProvisionRequest("prov-key", secrets[4], "provisioned", token=secrets[5]))
+        registry.create_profile("pre", ProvisionType.CHECK_PRE_PROVISIONED_DEVICES, key="pre-key", secret=secrets[4] + "x")
+        registry.create_device("pre-device", profile="pre", credentials=AccessToken(secrets[6]))
+        # The secrets are usable, so the test would notice if they were stored wrongly.
+        assert registry.token_login(secrets[0]).name == "token"
+        assert registry.login("c", secrets[2]).device.name == "user-only"
+        assert registry.login(secrets[3]).device.name == "client-only"
+        raw = b"".join(p.read_bytes() for p in data_dir.glob("gatehouse.db*"))
+    for secret in secrets:
+        for encoding in ("utf-8", "utf-16-le", "utf-16-be"):
+            assert secret.encode(encoding) not in raw, secret
+
+
+def test_sealed_values_do_not_open_with_another_key_or_in_another_row(tmp_path):
+    key = ServerKey.generate()
+    sealed = key.seal("secret", "device_credentials:1")
+    assert key.open(sealed, "device_credentials:1") == "secret"
+    with pytest.raises(ServerKeyError):
+        key.open(sealed, "device_credentials:2")
+    with pytest.raises(ServerKeyError):
+        ServerKey.generate().open(sealed, "device_credentials:1")
+
+
+def test_digests_are_keyed(tmp_path):
+    assert ServerKey.generate().digest("token") != ServerKey.generate().digest("token")
+
+
+def test_constraint_violations_in_raw_sql_are_enforced(registry):
+    # The schema itself refuses a second default profile and a key-less strategy.
+    with pytest.raises(sqlite3.IntegrityError):
+        registry.store.conn.execute("UPDATE device_profile SET provision_type = 'ALLOW_CREATE_NEW_DEVICES'")
