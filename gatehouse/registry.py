@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROFILE_NAME = "default"
 DEFAULT_CN_REGEX = "(.*)"
+TELEMETRY_RETENTION_DAYS = 30
 
 # ThingsBoard's messages for the uniqueness rules, keyed by the constraint SQLite reports.
 _CONSTRAINT_MESSAGES = {
@@ -594,6 +595,11 @@ class Registry:
                   for record in records for e in record.values]
         with self.store.transaction():
             self.store.save_telemetry(device_id, points)
+
+    def prune_telemetry(self, *, keep_days: float = TELEMETRY_RETENTION_DAYS) -> int:
+        """Delete telemetry history older than `keep_days` (latest values stay); returns rows deleted."""
+        with self.store.transaction():
+            return self.store.delete_telemetry_before(now_ms() - int(keep_days * 86_400_000))
 
     def latest_telemetry(self, device_id: str) -> dict:
         return {row["key"]: {"ts": row["ts"], "value": _json_value(row)}

@@ -54,7 +54,8 @@ def _describe_exit(code: int) -> str:
     return f"exited with status {code}"
 
 
-def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print) -> int:
+def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print,
+              grace_seconds: float = STOP_GRACE_SECONDS) -> int:
     """Run `parts` until SIGINT/SIGTERM (exit status 0) or until one of them stops (1)."""
     stop_requested = []
 
@@ -82,21 +83,21 @@ def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print)
         else:
             say(f"received {signal.Signals(stop_requested[0]).name}; stopping")
     finally:
-        _stop_all(running, say)
+        _stop_all(running, say, grace_seconds)
         for s, handler in previous.items():
             signal.signal(s, handler)
     return status
 
 
-def _stop_all(running: dict[str, subprocess.Popen], say: Callable[[str], None]) -> None:
+def _stop_all(running: dict[str, subprocess.Popen], say: Callable[[str], None], grace_seconds: float) -> None:
     for process in running.values():
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    deadline = time.monotonic() + grace_seconds
     for name, process in running.items():
         try:
             process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            say(f"{name} did not stop within {STOP_GRACE_SECONDS:.0f} s; killing it")
+            say(f"{name} did not stop within {grace_seconds:g} s; killing it")
             process.kill()
             process.wait()

@@ -1,0 +1,78 @@
+"""Attributes and telemetry as devices send and request them (SPEC §2.3, §2.4), stored in the
+real database and read back with their types."""
+import pytest
+
+from gatehouse.models import AttributeScope
+from gatehouse.payloads import parse_attribute_request, parse_attributes, parse_telemetry
+from gatehouse.store import now_ms
+
+
+@pytest.fixture
+def device_id(registry):
+    return registry.create_device("data-device").id
+
+
+def test_client_attributes_keep_their_types(registry, device_id):
+    registry.save_attributes(device_id, AttributeScope.CLIENT, parse_attributes(
+        b'{"fw":"1.2","count":42,"ratio":0.5,"on":true,"cfg":{"a":[1,2]},"numeric":"7"}'))
+    assert registry.get_attributes(device_id, AttributeScope.CLIENT) == {
+        "fw": 1.2, "count": 42, "ratio": 0.5, "on": True, "cfg": {"a": [1, 2]}, "numeric": 7}
+
+
+def _request(registry, device_id, body: bytes):
+    request = parse_attribute_request(body)
+    return registry.device_attributes(device_id, request.client_keys, request.shared_keys)
+
+
+def test_attribute_requests_follow_thingsboard_scoping(registry, device_id):
+    registry.save_attributes(device_id, AttributeScope.CLIENT, parse_attributes(b'{"c1":1,"c2":"two"}'))
+    registry.save_attributes(device_id, AttributeScope.SHARED, parse_attributes(b'{"s1":true}'))
+    registry.save_attributes(device_id, AttributeScope.SERVER, parse_attributes(b'{"hidden":1}'))
+    assert _request(registry, device_id, b"{}") == {"client": {"c1": 1, "c2": "two"}, "shared": {"s1": True}}
+    assert _request(registry, device_id, b'{"clientKeys":"c2"}') == {"client": {"c2": "two"}}
+    assert _request(registry, device_id, b'{"sharedKeys":"s1,nope"}') == {"shared": {"s1": True}}
+    assert _request(registry, device_id, b'{"clientKeys":"c1","sharedKeys":"s1"}') == {
+        "client": {"c1": 1}, "shared": {"s1": True}}
+    # Server-scope attributes are never shown to the device, and empty sections are left out.
+    assert _request(registry, device_id, b'{"clientKeys":"hidden","sharedKeys":"none"}') == {}
+
+
+def test_deleted_attributes_are_gone(registry, device_id):
+    registry.save_attributes(device_id, AttributeScope.SHARED, parse_attributes(b'{"a":1,"b":2}'))
+    registry.delete_attributes(device_id, AttributeScope.SHARED, ["a"])
+    assert registry.get_attributes(device_id, AttributeScope.SHARED) == {"b": 2}
+
+
+def test_telemetry_with_and_without_timestamps(registry, device_id):
+    before = now_ms()
+    registry.save_telemetry(device_id, parse_telemetry(
+        b'[{"ts":1000,"values":{"t":20.5}},{"ts":2000,"values":{"t":21}},{"h":55,"ok":false}]'))
+    latest = registry.latest_telemetry(device_id)
+    assert latest["t"] == {"ts": 2000, "value": 21}
+    assert latest["ok"]["value"] is False and latest["h"]["ts"] >= before
+    history = registry.store.telemetry_history(device_id, "t")
+    assert [(row["ts"], row["value"]) for row in history] == [(1000, 20.5), (2000, 21)]
+
+
+def test_late_telemetry_does_not_replace_the_latest_value(registry, device_id):
+    registry.save_telemetry(device_id, parse_telemetry(b'{"ts":5000,"values":{"t":2}}'))
+    registry.save_telemetry(device_id, parse_telemetry(b'{"ts":4000,"values":{"t":1}}'))
+    assert registry.latest_telemetry(device_id)["t"] == {"ts": 5000, "value": 2}
+    # The same timestamp overwrites, as in ThingsBoard's ts_kv.
+    registry.save_telemetry(device_id, parse_telemetry(b'{"ts":5000,"values":{"t":3}}'))
+    assert registry.latest_telemetry(device_id)["t"]["value"] == 3
+    assert len(registry.store.telemetry_history(device_id, "t")) == 2
+
+
+def test_relaxed_json_from_thingsboard_coap_docs_is_stored(registry, device_id):
+    registry.save_telemetry(device_id, parse_telemetry(b"{temperature:25}"))
+    assert registry.latest_telemetry(device_id)["temperature"]["value"] == 25
+
+
+def test_pruning_keeps_recent_history_and_latest_values(registry, device_id):
+    old = now_ms() - 40 * 86_400_000
+    registry.save_telemetry(device_id, parse_telemetry(b'{"ts":%d,"values":{"t":1}}' % old))
+    registry.save_telemetry(device_id, parse_telemetry(b'{"t":2}'))
+    assert registry.prune_telemetry(keep_days=30) == 1
+    assert [row["value"] for row in registry.store.telemetry_history(device_id, "t")] == [2]
+    assert registry.latest_telemetry(device_id)["t"]["value"] == 2

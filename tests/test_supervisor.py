@@ -1,0 +1,86 @@
+"""`gatehouse up`'s supervisor, with real child processes: a component that dies stops the
+rest, SIGTERM stops everything cleanly, and a child that ignores SIGTERM is killed."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from click.testing import CliRunner
+
+from gatehouse.cli import main
+from gatehouse.supervisor import Component, supervise
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+STUBBORN = [sys.executable, "-c",
+            "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(120)"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes; it only waits to be reaped.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def _pids(lines):
+    return [int(line.rsplit("pid ", 1)[1].rstrip(")")) for line in lines if "(pid " in line]
+
+
+def test_a_component_that_dies_stops_the_others():
+    said = []
+    status = supervise([Component("steady", SLEEPER, "nowhere"),
+                        Component("crasher", [sys.executable, "-c", "import sys; sys.exit(3)"], "nowhere")],
+                       say=said.append)
+    assert status == 1
+    assert "crasher exited with status 3; stopping the other components" in said
+    assert not any(_alive(pid) for pid in _pids(said))
+
+
+def test_a_component_killed_by_a_signal_is_named_with_the_signal():
+    said = []
+    suicide = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    assert supervise([Component("victim", suicide, "nowhere")], say=said.append) == 1
+    assert "victim killed by SIGKILL; stopping the other components" in said
+
+
+def test_sigterm_stops_every_component_and_exits_cleanly(tmp_path):
+    script = textwrap.dedent(f"""
+        import sys
+        from gatehouse.supervisor import Component, supervise
+        parts = [Component("one", {SLEEPER!r}, "port 1"), Component("two", {SLEEPER!r}, "port 2")]
+        sys.exit(supervise(parts, say=lambda line: print(line, flush=True)))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    lines = [proc.stdout.readline().strip() for _ in range(2)]
+    assert lines[0].startswith("one: port 1 (pid ") and lines[1].startswith("two: port 2 (pid ")
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "received SIGTERM; stopping" in rest
+    assert not any(_alive(pid) for pid in _pids(lines))
+
+
+def test_a_component_ignoring_sigterm_is_killed_after_the_grace_period():
+    said = []
+    started = time.monotonic()
+    status = supervise([Component("stubborn", STUBBORN, "nowhere"),
+                        Component("crasher", [sys.executable, "-c", "import time, sys; time.sleep(0.5); sys.exit(1)"],
+                                  "nowhere")],
+                       say=said.append, grace_seconds=0.5)
+    assert status == 1
+    assert "stubborn did not stop within 0.5 s; killing it" in said
+    assert time.monotonic() - started < 30
+    assert not any(_alive(pid) for pid in _pids(said))
+
+
+def test_up_initialises_the_data_dir_and_reports_when_nothing_is_installed(tmp_path):
+    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "d"), "up"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "d" / "gatehouse.db").exists() and (tmp_path / "d" / "pki" / "ca.pem").exists()
+    assert "No network components" in result.output
