@@ -114,27 +114,36 @@ def read_header(text: str, delimiter: str = ",") -> list[str]:
     return next(csv.reader(io.StringIO(text), delimiter=delimiter), [])
 
 
-def import_devices(registry: Registry, text: str, mapping: BulkImportMapping, *,
-                   progress: Callable[[int], None] | None = None) -> BulkImportResult:
-    """Import every row; `progress(n)` is called after each batch with the rows it handled."""
-    result = BulkImportResult()
+def parse_rows(text: str, mapping: BulkImportMapping) -> list[tuple[int, list[str]]]:
+    """The data rows with the physical line each starts on (a quoted PEM cell spans lines)."""
     reader = csv.reader(io.StringIO(text), delimiter=mapping.delimiter)
     if mapping.header:
         next(reader, None)
-    batch: list[tuple[int, list[str]]] = []
-    for cells in reader:
+    rows = []
+    while True:
+        line = reader.line_num + 1
+        cells = next(reader, None)
+        if cells is None:
+            return rows
         if any(cell.strip() for cell in cells):
-            batch.append((reader.line_num, cells))
-        if len(batch) >= BATCH_SIZE:
-            _import_batch(registry, batch, mapping, result, progress)
-            batch = []
-    _import_batch(registry, batch, mapping, result, progress)
+            rows.append((line, cells))
+
+
+def import_devices(registry: Registry, text: str, mapping: BulkImportMapping, *,
+                   progress: Callable[[int], None] | None = None) -> BulkImportResult:
+    return import_rows(registry, parse_rows(text, mapping), mapping, progress=progress)
+
+
+def import_rows(registry: Registry, rows: list[tuple[int, list[str]]], mapping: BulkImportMapping, *,
+                progress: Callable[[int], None] | None = None) -> BulkImportResult:
+    """Import rows from `parse_rows`; `progress(n)` is called after each batch with its size."""
+    result = BulkImportResult()
+    for start in range(0, len(rows), BATCH_SIZE):
+        _import_batch(registry, rows[start:start + BATCH_SIZE], mapping, result, progress)
     return result
 
 
 def _import_batch(registry, batch, mapping, result, progress) -> None:
-    if not batch:
-        return
     with registry.batch():
         for line, cells in batch:
             try:

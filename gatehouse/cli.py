@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 
 from . import certificates, pki
-from .bulk_import import BulkImportMapping, import_devices, read_header
+from .bulk_import import BulkImportMapping, import_rows, parse_rows, read_header
 from .credentials import AccessToken, MqttBasic, NewCredentials, X509Certificate
 from .data_dir import DEFAULT_DATA_DIR, DataDir
-from .errors import GatehouseError
+from .errors import GatehouseError, ValidationError
 from .models import Device, DeviceCredentials, DeviceProfile, ProvisionType
 from .registry import Registry
 from .server_key import ServerKeyError
@@ -165,7 +165,7 @@ def _chosen_credentials(token, client_id, username, password, cert) -> NewCreden
     chosen = [kind for kind, given in (("--token", token), ("MQTT basic", client_id or username or password),
                                        ("--cert", cert)) if given]
     if len(chosen) > 1:
-        raise click.UsageError(f"choose one kind of credentials, not {' and '.join(chosen)}")
+        raise ValidationError(f"choose one kind of credentials, not {' and '.join(chosen)}")
     if token:
         return AccessToken(token)
     if client_id or username or password:
@@ -270,7 +270,7 @@ def device_credentials(ctx, name, rotate, token, client_id, username, password, 
     registry = _registry(ctx)
     new = _chosen_credentials(token, client_id, username, password, cert)
     if rotate and new is not None:
-        raise click.UsageError("--rotate generates a token; do not combine it with other credentials")
+        raise ValidationError("--rotate generates a token; do not combine it with other credentials")
     if rotate or new is not None:
         credentials = registry.set_credentials(name, new)
     else:
@@ -293,11 +293,12 @@ def device_import(ctx, csv_file, delimiter, update, as_json) -> None:
     SERVER_ATTRIBUTE:key, TIMESERIES:key. Bad rows are reported by line and change nothing;
     the exit status is 1 if any row failed.
     """
+    registry = _registry(ctx)
     text = csv_file.read()
     mapping = BulkImportMapping.from_header(read_header(text, delimiter), delimiter=delimiter, update=update)
-    rows = max(0, sum(1 for line in text.splitlines() if line.strip()) - 1)
-    with click.progressbar(length=rows, label="Importing", file=sys.stderr) as bar:
-        result = import_devices(_registry(ctx), text, mapping, progress=bar.update)
+    rows = parse_rows(text, mapping)
+    with click.progressbar(length=len(rows), label="Importing", file=sys.stderr) as bar:
+        result = import_rows(registry, rows, mapping, progress=bar.update)
     _emit(as_json, result.to_json(),
           f"created {result.created}, updated {result.updated}, errors {result.errors}")
     for error in result.errors_list:

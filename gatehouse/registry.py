@@ -161,6 +161,8 @@ class Registry:
                 self.store.clear_default_profile()
             self.store.insert_profile(row)
         except IntegrityError as e:
+            if strategy is ProvisionType.X509_CERTIFICATE_CHAIN and e.constraint == "device_profile.provision_device_key":
+                raise ValidationError("Device profile with such certificate already exists!") from None
             raise ValidationError(_integrity_message(e)) from None
         return profile_id
 
@@ -280,22 +282,28 @@ class Registry:
     ) -> bool:
         """Create the device or update the one of that name (bulk import, SPEC §8); returns True
         when created. A profile named but missing is created, as ThingsBoard does. Existing
-        devices keep their credentials unless new ones are given; attribute and telemetry
+        devices keep what is not given (profile, label, credentials); attribute and telemetry
         columns are written to them only with `write_data_of_existing`."""
         with self.store.transaction():
-            profile_row = self.store.default_profile()
+            profile_row = None
             if profile:
                 profile_row = self.store.profile(name=profile) or self.store.profile(
                     id=self._insert_profile(profile.strip(), ProvisionType.DISABLED))
             existing = self.store.device(name=(name or "").strip())
             if existing is None:
-                device_id = self._insert_device(name, profile_row["id"], label, additional_info,
-                                                credentials or AccessToken(generate_secret()))
+                device_id = self._insert_device(name, (profile_row or self.store.default_profile())["id"], label,
+                                                additional_info, credentials or AccessToken(generate_secret()))
             else:
+                # Only what the row gives changes: a file without a TYPE column must not move
+                # devices to the default profile.
                 device_id = existing["id"]
-                info = {**json.loads(existing["additional_info"]), **(additional_info or {})}
-                self.store.update_device(device_id, {"profile_id": profile_row["id"], "label": label,
-                                                     "additional_info": json.dumps(info)})
+                changes = {"additional_info": json.dumps({**json.loads(existing["additional_info"]),
+                                                          **(additional_info or {})})}
+                if profile_row is not None:
+                    changes["profile_id"] = profile_row["id"]
+                if label is not None:
+                    changes["label"] = label
+                self.store.update_device(device_id, changes)
                 if credentials is not None:
                     self._replace_credentials(self.store.credentials(device_id), credentials)
             if existing is None or write_data_of_existing:
@@ -447,10 +455,10 @@ class Registry:
         if not certificates.is_within_validity(cert):
             return LoginResult(LoginOutcome.NOT_AUTHORIZED)
         device = self.certificate_device(cert_der)
-        if device is None:
-            result = self.provision_by_certificate(cert_der)
-            if result.status is ProvisionStatus.SUCCESS:
-                device = self.get_device(result.device_id)
+        if device is None and self.provision_by_certificate(cert_der).status is ProvisionStatus.SUCCESS:
+            # Provisioning may answer SUCCESS for a device that keeps non-X.509 credentials;
+            # only a device now holding this very certificate may log in with it (SPEC §1.4.2).
+            device = self.certificate_device(cert_der)
         if device is None:
             return LoginResult(LoginOutcome.NOT_AUTHORIZED)
         return LoginResult(LoginOutcome.ACCEPTED, device)
