@@ -352,6 +352,10 @@ class Registry:
             raise NotFoundError(f"Device {name_or_id!r} not found")
         return row
 
+    def _device_by_id(self, device_id: str) -> Device:
+        # Logins know the id: skip get_device's by-name probe, which would always miss.
+        return self._device(self.store.device(id=device_id))
+
     def get_device(self, name_or_id: str) -> Device:
         return self._device(self._device_row(name_or_id))
 
@@ -428,7 +432,7 @@ class Registry:
                                        matches=self.key.matches)
             if found is None:
                 return LoginResult(refusal_for_unknown_credentials(client_id, username, password))
-            return LoginResult(LoginOutcome.ACCEPTED, self.get_device(found.device_id))
+            return LoginResult(LoginOutcome.ACCEPTED, self._device_by_id(found.device_id))
         except Exception:
             log.exception("login lookup failed")
             return LoginResult(LoginOutcome.SERVER_UNAVAILABLE)
@@ -438,14 +442,14 @@ class Registry:
         found = self._find_credentials(token) if token else None
         if found is None or found.credentials_type is not CredentialsType.ACCESS_TOKEN:
             return None
-        return self.get_device(found.device_id)
+        return self._device_by_id(found.device_id)
 
     def certificate_device(self, cert_der: bytes) -> Device | None:
         """The X.509 device owning exactly this certificate (DTLS and TLS logins)."""
         found = self._find_credentials(certificate_thumbprint(cert_der))
         if found is None or found.credentials_type is not CredentialsType.X509_CERTIFICATE:
             return None
-        return self.get_device(found.device_id)
+        return self._device_by_id(found.device_id)
 
     def _certificate_login(self, cert_der: bytes) -> LoginResult:
         try:

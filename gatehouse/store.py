@@ -61,8 +61,16 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         if self.conn.in_transaction:
-            with self.db.atomic():  # nested: a savepoint
+            # Nested: a savepoint. One fixed name (SQLite resolves it to the innermost) lets the
+            # statement be cached; bulk import opens one per row.
+            self.conn.execute("SAVEPOINT nested")
+            try:
                 yield
+            except BaseException:
+                self.conn.execute("ROLLBACK TO nested")
+                self.conn.execute("RELEASE nested")
+                raise
+            self.conn.execute("RELEASE nested")
             return
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -175,6 +183,9 @@ class Store:
     # --- attributes and telemetry ---------------------------------------------------------
 
     def save_attributes(self, device_id: str, scope: str, entries: Iterable[tuple[str, str, object]], ts: int) -> None:
+        entries = list(entries)
+        if not entries:
+            return
         self.conn.executemany(
             "INSERT INTO attribute (device_id, scope, key, kind, value, last_update_ts) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id, scope, key) DO UPDATE SET kind = excluded.kind, value = excluded.value, "
@@ -196,6 +207,8 @@ class Store:
 
     def save_telemetry(self, device_id: str, points: Iterable[tuple[int, str, str, object]]) -> None:
         points = [(device_id, key, ts, kind, value) for ts, key, kind, value in points]
+        if not points:
+            return
         self.conn.executemany(
             "INSERT INTO telemetry_history (device_id, key, ts, kind, value) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id, key, ts) DO UPDATE SET kind = excluded.kind, value = excluded.value", points)
