@@ -125,3 +125,11 @@ CREATE TABLE admin_user (
     -- scrypt, "scrypt$n$r$p$salt_b64$hash_b64"
     password_hash             TEXT NOT NULL
 );
+
+-- Backend applications that consume device data on gatehouse/devices/# (migration 0002).
+CREATE TABLE application_account (
+    name                      TEXT PRIMARY KEY CHECK (length(trim(name)) > 0),
+    created_time              INTEGER NOT NULL,
+    username                  TEXT NOT NULL UNIQUE,
+    password_digest           BLOB NOT NULL
+);

@@ -327,6 +327,41 @@ def pki_issue(ctx, name, out_dir, days) -> None:
 
 
 @main.group()
+def app() -> None:
+    """Backend application accounts: MQTT access to gatehouse/devices/# (device data, shared
+    attributes, RPC)."""
+
+
+@app.command("create")
+@click.argument("name")
+@json_option
+@click.pass_context
+def app_create(ctx, name, as_json) -> None:
+    """Create an application account and print its MQTT username and password (shown once)."""
+    username, password = _registry(ctx).create_application(name)
+    _emit(as_json, {"name": name, "username": username, "password": password},
+          f"{name}\n  username: {username}\n  password: {password}")
+
+
+@app.command("list")
+@json_option
+@click.pass_context
+def app_list(ctx, as_json) -> None:
+    """List application accounts."""
+    names = _registry(ctx).list_applications()
+    _emit(as_json, names, "\n".join(names))
+
+
+@app.command("delete")
+@click.argument("name")
+@click.pass_context
+def app_delete(ctx, name) -> None:
+    """Delete an application account."""
+    _registry(ctx).delete_application(name)
+    click.echo(f"Deleted application {name}")
+
+
+@main.group()
 def admin() -> None:
     """Administrator accounts (admin REST API and web UI)."""
 

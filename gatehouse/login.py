@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from .models import Device
 
 PROVISION_LOGIN = "provision"
+# Application accounts' MQTT user names; no device credential may start with it.
+APPLICATION_USERNAME_PREFIX = "gatehouse-app:"
 
 
 class LoginOutcome(enum.Enum):
     ACCEPTED = "ACCEPTED"
+    APPLICATION = "APPLICATION"  # a backend application account (gatehouse/devices/# namespace)
     PROVISION_SESSION = "PROVISION_SESSION"  # username or client id "provision"
     BAD_USERNAME_OR_PASSWORD = "BAD_USERNAME_OR_PASSWORD"  # MQTT 5 0x86, MQTT 3 0x05
     CLIENT_ID_NOT_VALID = "CLIENT_ID_NOT_VALID"  # MQTT 5 0x85, MQTT 3 0x02
@@ -22,6 +25,7 @@ class LoginOutcome(enum.Enum):
 class LoginResult:
     outcome: LoginOutcome
     device: Device | None = None
+    application: str | None = None
 
     @property
     def accepted(self) -> bool:

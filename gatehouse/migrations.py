@@ -1,8 +1,9 @@
 """Schema migrations, recorded in the database's `_sqlite_migrations` table by sqlite-utils.
 
-`0001_initial` applies schema.sql to a new database. A later schema change is a new function
-here (never an edit of an applied one), and schema.sql is updated to match so that it stays
-the readable picture of the current schema.
+schema.sql is the readable picture of the current schema. A new database gets it in one go
+(`0001_initial`), after which the later migrations find their work done; an older database
+gets each later migration in order. A schema change is therefore two edits: the statement added to
+schema.sql, and a migration here (never an edit of an applied one) doing the same to old files.
 """
 from importlib import resources
 
@@ -25,8 +26,21 @@ def _statements(script: str) -> list[str]:
     return [s for s in statements if s]
 
 
+def _schema_statements() -> list[str]:
+    return _statements(resources.files("gatehouse").joinpath("schema.sql").read_text(encoding="utf-8"))
+
+
+def _statement_creating(table: str) -> str:
+    return next(s for s in _schema_statements() if f"CREATE TABLE {table} (" in s)
+
+
 @MIGRATIONS(name="0001_initial")
 def initial(db: sqlite_utils.Database) -> None:
-    script = resources.files("gatehouse").joinpath("schema.sql").read_text(encoding="utf-8")
-    for statement in _statements(script):
+    for statement in _schema_statements():
         db.execute(statement)
+
+
+@MIGRATIONS(name="0002_application_accounts")
+def application_accounts(db: sqlite_utils.Database) -> None:
+    if not db["application_account"].exists():  # a database created from the current schema.sql
+        db.execute(_statement_creating("application_account"))

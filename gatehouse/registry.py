@@ -33,7 +33,13 @@ from .credentials import (
 )
 from .data_dir import DataDir
 from .errors import NotFoundError, ValidationError
-from .login import LoginOutcome, LoginResult, is_provision_login, refusal_for_unknown_credentials
+from .login import (
+    APPLICATION_USERNAME_PREFIX,
+    LoginOutcome,
+    LoginResult,
+    is_provision_login,
+    refusal_for_unknown_credentials,
+)
 from .models import AttributeScope, CredentialsType, Device, DeviceCredentials, DeviceProfile, ProvisionType
 from .pki import ensure_development_pki
 from .payloads import KvEntry, TelemetryRecord, ValueKind, entry_to_json_value
@@ -320,6 +326,8 @@ class Registry:
         return self.store.transaction()
 
     def _credentials_columns(self, credentials_row_id: str, creds: NewCredentials) -> dict:
+        if creds.credentials_id.startswith(APPLICATION_USERNAME_PREFIX):
+            raise ValidationError(f"Device credentials must not start with {APPLICATION_USERNAME_PREFIX!r}")
         context = f"device_credentials:{credentials_row_id}"
         columns = {
             "credentials_type": creds.credentials_type.value,
@@ -426,6 +434,8 @@ class Registry:
         try:
             if is_provision_login(client_id, username):
                 return LoginResult(LoginOutcome.PROVISION_SESSION)
+            if username and username.startswith(APPLICATION_USERNAME_PREFIX):
+                return self._application_login(username, password)
             if cert_der is not None:
                 return self._certificate_login(cert_der)
             found = authenticate_basic(client_id, username, password, find=self._find_credentials,
@@ -616,6 +626,37 @@ class Registry:
     def latest_telemetry(self, device_id: str) -> dict:
         return {row["key"]: {"ts": row["ts"], "value": _json_value(row)}
                 for row in self.store.latest_telemetry(device_id)}
+
+    # --- application accounts -----------------------------------------------------------------
+
+    def create_application(self, name: str) -> tuple[str, str]:
+        """A backend application's MQTT account; returns (username, password). The password is
+        shown this once and only its digest is kept."""
+        name = (name or "").strip()
+        if not name or re.search(r"[\x00-\x20\x7f/#+]", name):
+            raise ValidationError("Application name must be non-empty, without spaces, control characters, / # +")
+        username, password = APPLICATION_USERNAME_PREFIX + name, generate_secret()
+        try:
+            with self.store.transaction():
+                self.store.insert_application({"name": name, "created_time": now_ms(), "username": username,
+                                               "password_digest": self.key.digest(password)})
+        except IntegrityError:
+            raise ValidationError(f"Application {name!r} already exists") from None
+        return username, password
+
+    def list_applications(self) -> list[str]:
+        return [row["name"] for row in self.store.applications()]
+
+    def delete_application(self, name: str) -> None:
+        with self.store.transaction():
+            if not self.store.delete_application(name):
+                raise NotFoundError(f"Application {name!r} not found")
+
+    def _application_login(self, username: str, password: str | None) -> LoginResult:
+        row = self.store.application(username=username)
+        if row is None or not self.key.matches(password or "", row["password_digest"]):
+            return LoginResult(LoginOutcome.BAD_USERNAME_OR_PASSWORD)
+        return LoginResult(LoginOutcome.APPLICATION, application=row["name"])
 
     # --- admin users ------------------------------------------------------------------------
 

@@ -239,6 +239,18 @@ class Store:
             return self._all("SELECT * FROM provisioning_event ORDER BY id")
         return self._all("SELECT * FROM provisioning_event WHERE device_id = ? ORDER BY id", [device_id])
 
+    def insert_application(self, row: dict) -> None:
+        self._insert("application_account", row)
+
+    def application(self, *, username: str) -> dict | None:
+        return self._one("SELECT * FROM application_account WHERE username = ?", [username])
+
+    def applications(self) -> list[dict]:
+        return self._all("SELECT name, created_time, username FROM application_account ORDER BY name")
+
+    def delete_application(self, name: str) -> bool:
+        return self._write("DELETE FROM application_account WHERE name = ?", [name]).rowcount > 0
+
     def insert_admin_user(self, row: dict) -> None:
         self._insert("admin_user", row)
 

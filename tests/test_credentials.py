@@ -257,3 +257,26 @@ def test_a_token_device_cannot_log_in_with_a_certificate_whose_hash_is_its_token
     cert, _ = pki.create_self_signed("clash")
     registry.create_device("token-device", credentials=AccessToken(certificate_thumbprint(der_bytes(cert))))
     assert registry.login("c", cert_der=der_bytes(cert)).outcome is LoginOutcome.NOT_AUTHORIZED
+
+
+# --- application accounts -----------------------------------------------------------------
+
+def test_application_accounts_log_in_with_their_generated_password(registry):
+    username, password = registry.create_application("dashboard")
+    assert username == "gatehouse-app:dashboard" and len(password) == 20
+    result = registry.login("any-client", username, password)
+    assert (result.outcome, result.application, result.device) == (LoginOutcome.APPLICATION, "dashboard", None)
+    assert registry.login("any-client", username, "wrong").outcome is BAD
+    assert registry.list_applications() == ["dashboard"]
+    registry.delete_application("dashboard")
+    assert registry.login("any-client", username, password).outcome is BAD
+
+
+def test_device_credentials_cannot_impersonate_an_application(registry):
+    with pytest.raises(ValidationError):
+        registry.create_device("sneaky", credentials=MqttBasic(None, "gatehouse-app:dashboard", "pw"))
+    with pytest.raises(ValidationError):
+        registry.create_application("bad name")
+    registry.create_application("dashboard")
+    with pytest.raises(ValidationError, match="already exists"):
+        registry.create_application("dashboard")

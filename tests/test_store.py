@@ -18,9 +18,23 @@ from gatehouse.store import Store
 def test_schema_is_applied_once_and_recorded(tmp_path):
     Store(tmp_path / "g.db").close()
     store = Store(tmp_path / "g.db")  # reopening applies nothing twice
-    assert store.schema_version() == ["0001_initial"]
+    assert store.schema_version() == ["0001_initial", "0002_application_accounts"]
     rows = store.conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
-    assert [tuple(r) for r in rows] == [("gatehouse", "0001_initial")]
+    assert [tuple(r) for r in rows] == [("gatehouse", "0001_initial"), ("gatehouse", "0002_application_accounts")]
+
+
+def test_an_older_database_is_migrated_forward(tmp_path):
+    import sqlite_utils
+
+    from gatehouse.migrations import MIGRATIONS
+
+    old = sqlite_utils.Database(tmp_path / "old.db")
+    MIGRATIONS.apply(old, stop_before="0002_application_accounts")
+    old.execute("DROP TABLE application_account")  # what a file made before 0002 looks like
+    old.close()
+    store = Store(tmp_path / "old.db")
+    assert store.schema_version()[-1] == "0002_application_accounts"
+    assert store.conn.execute("SELECT count(*) FROM application_account").fetchone()[0] == 0
 
 
 def test_schema_sql_is_the_schema(tmp_path):
