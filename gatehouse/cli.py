@@ -377,6 +377,33 @@ def admin_add(ctx, username, password) -> None:
 
 
 @main.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address the listeners bind to.")
+@click.option("--mqtt-port", type=click.IntRange(0, 65535), default=1883, show_default=True, help="0: any free port.")
+@click.option("--mqtts-port", type=click.IntRange(0, 65535), default=8883, show_default=True, help="0: any free port.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Server certificate (PEM) for 8883; default: the data dir's development certificate.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--max-failed-logins", type=click.IntRange(1), default=10, show_default=True,
+              help="Failed logins from one address before it is blocked.")
+@click.option("--block-seconds", type=click.FloatRange(0), default=60.0, show_default=True)
+@click.option("--provision-close-seconds", type=click.FloatRange(0), default=60.0, show_default=True,
+              help="Provisioning connections are closed this long after the answer.")
+@click.pass_context
+def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_logins, block_seconds,
+           provision_close_seconds) -> None:
+    """Run the MQTT broker (plain and TLS listeners) until Ctrl-C or SIGTERM."""
+    if bool(tls_cert) != bool(tls_key):
+        raise ValidationError("--tls-cert and --tls-key go together")
+    Registry.open(ctx.obj).close()  # a clear error now rather than a broker that cannot log anyone in
+    from broker_plugin.server import BrokerSettings, run  # components load lazily: the domain imports none
+
+    ctx.exit(run(BrokerSettings(
+        data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port, tls_cert=tls_cert,
+        tls_key=tls_key, max_failed_logins=max_failed_logins, block_seconds=block_seconds,
+        provision_close_seconds=provision_close_seconds)))
+
+
+@main.command()
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address every listener binds to.")
 @click.option("--mqtt-port", type=click.IntRange(0, 65535), default=1883, show_default=True)
 @click.option("--mqtts-port", type=click.IntRange(0, 65535), default=8883, show_default=True)

@@ -415,6 +415,24 @@ class Registry:
         except IntegrityError as e:
             raise ValidationError(_integrity_message(e)) from None
 
+    # --- watching for changes made elsewhere ---------------------------------------------------
+
+    def change_counter(self) -> int:
+        """A number that changes when another process commits a change (cheap to poll)."""
+        return self.store.data_version()
+
+    def credentials_versions(self, device_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """device id -> (credentials id, version) for the devices that still exist; a device
+        whose entry changed or vanished must be logged out."""
+        return self.store.credentials_versions(list(device_ids))
+
+    def trust_anchors(self) -> list[str]:
+        """Certificates the TLS listener must trust for X.509 devices to complete the handshake
+        (PEM or Base64 DER text): the X.509-chain profiles' CAs and every registered device
+        certificate."""
+        profiles = self.store.profiles(provision_type=ProvisionType.X509_CERTIFICATE_CHAIN.value)
+        return [row["ca_certificate_pem"] for row in profiles] + self.store.x509_certificates()
+
     # --- logins -----------------------------------------------------------------------------
 
     def _find_credentials(self, credentials_id: str) -> StoredCredentials | None:

@@ -174,6 +174,20 @@ class Store:
     def credentials(self, device_id: str) -> dict | None:
         return self._one("SELECT * FROM device_credentials WHERE device_id = ?", [device_id])
 
+    def credentials_versions(self, device_ids: list[str]) -> dict[str, tuple[str, int]]:
+        marks = ", ".join("?" for _ in device_ids)
+        rows = self.conn.execute(f"SELECT device_id, id, version FROM device_credentials WHERE device_id IN ({marks})",
+                                 device_ids) if device_ids else []
+        return {row["device_id"]: (row["id"], row["version"]) for row in rows}
+
+    def x509_certificates(self) -> list[str]:
+        return [row[0] for row in self.conn.execute(
+            "SELECT certificate FROM device_credentials WHERE credentials_type = 'X509_CERTIFICATE'")]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (another process) commits."""
+        return self.conn.execute("PRAGMA data_version").fetchone()[0]
+
     def credentials_by_digest(self, lookup_digest: bytes) -> dict | None:
         """The login lookup: one indexed probe."""
         return self._one(

@@ -41,8 +41,13 @@ def gatehouse_command(settings: Settings, *args: str) -> list[str]:
 
 
 def components(settings: Settings) -> list[Component]:
-    """The components `gatehouse up` runs; each transport's issue adds its own entry."""
-    return []
+    """The components `gatehouse up` runs."""
+    return [
+        Component("broker", gatehouse_command(settings, "broker", "--host", settings.host,
+                                              "--mqtt-port", str(settings.mqtt_port),
+                                              "--mqtts-port", str(settings.mqtts_port)),
+                  f"MQTT on {settings.host}:{settings.mqtt_port}, MQTT over TLS on {settings.host}:{settings.mqtts_port}"),
+    ]
 
 
 def _describe_exit(code: int) -> str:

@@ -1,3 +1,11 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
 from gatehouse.registry import Registry
@@ -12,3 +20,74 @@ def data_dir(tmp_path):
 def registry(data_dir):
     with Registry.initialise(data_dir) as registry:
         yield registry
+
+
+@dataclass
+class RunningBroker:
+    """A real `gatehouse broker` process on free ports, for tests that use real MQTT clients."""
+
+    process: subprocess.Popen
+    data_dir: Path
+    host: str
+    mqtt_port: int
+    mqtts_port: int
+    log_path: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.data_dir / "pki" / "ca.pem"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start_broker(data_dir: Path, log_path: Path, *extra: str, timeout: float = 20) -> RunningBroker:
+    """Start `gatehouse broker` on ports chosen by the OS and wait until it listens."""
+    Registry.initialise(data_dir).close()
+    log_file = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "broker", "--host", "127.0.0.1",
+         "--mqtt-port", "0", "--mqtts-port", "0", *extra],
+        stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log_file.close()
+    deadline = time.monotonic() + timeout
+    ports = {}
+    while time.monotonic() < deadline and len(ports) < 2:
+        if process.poll() is not None:
+            raise RuntimeError(f"broker exited with {process.returncode}:\n{log_path.read_text()}")
+        for line in log_path.read_text().splitlines():
+            for name in ("MQTT ", "MQTTS"):
+                if line.startswith(f"{name} listening on "):
+                    ports[name] = int(line.rsplit(":", 1)[1])
+        time.sleep(0.05)
+    if len(ports) < 2:
+        process.kill()
+        raise RuntimeError(f"broker did not start in {timeout} s:\n{log_path.read_text()}")
+    return RunningBroker(process, data_dir, "127.0.0.1", ports["MQTT "], ports["MQTTS"], log_path)
+
+
+@pytest.fixture
+def broker_factory(tmp_path):
+    """Start brokers with extra `gatehouse broker` options; all are stopped after the test."""
+    started = []
+
+    def start(*extra: str, data_dir: Path | None = None) -> RunningBroker:
+        running = start_broker(data_dir or tmp_path / "data", tmp_path / f"broker-{len(started)}.log", *extra)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+
+
+@pytest.fixture
+def broker(broker_factory):
+    return broker_factory("--provision-close-seconds", "2")

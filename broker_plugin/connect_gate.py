@@ -1,0 +1,103 @@
+"""The first packet of a connection, read before amqtt sees it.
+
+amqtt waits for CONNECT forever (a silent socket holds a connection slot) and misreads an MQTT 5
+CONNECT as 3.1.1, then hangs waiting for bytes that never come. So the broker reads the whole
+first packet here, within a deadline, answers what amqtt cannot, and hands amqtt a reader that
+replays the packet and then continues with the socket.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+
+from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.errors import MQTTError
+
+CONNECT_PACKET_TYPE = 1
+MAX_CONNECT_BYTES = 65536
+MQTT_5 = 5
+# MQTT 3.1.1 CONNACK "unacceptable protocol version": a v5 client understands it as a refusal.
+_CONNACK_UNACCEPTABLE_PROTOCOL = bytes((0x20, 0x02, 0x00, 0x01))
+
+
+class ReplayReader(ReaderAdapter):
+    """Serves `prefix` first, then reads from the wrapped reader."""
+
+    def __init__(self, prefix: bytes, reader: ReaderAdapter):
+        self._buffer = bytearray(prefix)
+        self._reader = reader
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self._buffer:
+            return await self._reader.read(n)
+        if n < 0 or n <= len(self._buffer):
+            size = len(self._buffer) if n < 0 else n
+            data = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            return data
+        head = bytes(self._buffer)
+        self._buffer.clear()
+        return head + await self._reader.read(n - len(head))
+
+    def feed_eof(self) -> None:
+        self._reader.feed_eof()
+
+
+async def _read_packet(reader: ReaderAdapter) -> bytes:
+    first = await reader.read(1)
+    if not first:
+        raise MQTTError("connection closed before CONNECT")
+    if first[0] >> 4 != CONNECT_PACKET_TYPE:
+        raise MQTTError(f"first packet is type {first[0] >> 4}, not CONNECT")
+    length_bytes, remaining, multiplier = bytearray(), 0, 1
+    while True:
+        byte = (await reader.read(1))[0]
+        length_bytes.append(byte)
+        remaining += (byte & 0x7F) * multiplier
+        if not byte & 0x80:
+            break
+        multiplier *= 128
+        if len(length_bytes) == 4:
+            raise MQTTError("malformed remaining length in CONNECT")
+    if remaining > MAX_CONNECT_BYTES:
+        raise MQTTError(f"CONNECT of {remaining} bytes is over the {MAX_CONNECT_BYTES}-byte limit")
+    return first + bytes(length_bytes) + await reader.read(remaining)
+
+
+def protocol_level(packet: bytes) -> int | None:
+    """The protocol level byte of a CONNECT packet, or None if the packet is too short."""
+    offset = 1
+    while packet[offset] & 0x80:
+        offset += 1
+    offset += 1
+    if len(packet) < offset + 2:
+        return None
+    (name_length,) = struct.unpack_from("!H", packet, offset)
+    level_at = offset + 2 + name_length
+    return packet[level_at] if len(packet) > level_at else None
+
+
+async def read_connect(reader: ReaderAdapter, writer: WriterAdapter, timeout: float) -> ReaderAdapter:
+    """Read the first packet within `timeout` seconds and return a reader that replays it.
+    Raises MQTTError, having answered and closed the connection, when amqtt must not see it."""
+    try:
+        packet = await asyncio.wait_for(_read_packet(reader), timeout)
+    except asyncio.TimeoutError:
+        await _close(writer)
+        raise MQTTError(f"no CONNECT within {timeout:g} s") from None
+    except (MQTTError, asyncio.IncompleteReadError, ConnectionError, IndexError) as e:
+        await _close(writer)
+        raise MQTTError(f"bad first packet: {e!r}") from None
+    if protocol_level(packet) == MQTT_5:
+        with contextlib.suppress(Exception):
+            writer.write(_CONNACK_UNACCEPTABLE_PROTOCOL)
+            await writer.drain()
+        await _close(writer)
+        raise MQTTError("MQTT 5 CONNECT refused: this broker speaks MQTT 3.1.1")
+    return ReplayReader(packet, reader)
+
+
+async def _close(writer: WriterAdapter) -> None:
+    with contextlib.suppress(Exception):
+        await writer.close()

@@ -1,0 +1,441 @@
+"""The Gatehouse amqtt plugin: device logins, the per-device ACL, provisioning sessions, the
+device topics, and the application namespace.
+
+One class is amqtt's auth plugin and topic plugin at once. Every decision comes from the
+domain (`gatehouse.registry`, `gatehouse.payloads`, `gatehouse.provisioning`); this module only
+translates between MQTT and the domain, and runs database work on the registry thread.
+
+Under the hardened broker (broker_plugin.server) each PUBLISH reaches `process_publish` before
+any PUBACK. Loaded into a plain amqtt by dotted path, the plugin still authenticates, filters and
+processes messages (from `on_broker_message_received`), but amqtt then acknowledges every QoS 1
+message at once and keeps its own session bugs (README: "Using the plugin in your own amqtt").
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import orjson
+from amqtt.contexts import Action
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+from amqtt.session import Session
+
+from gatehouse import certificates
+from gatehouse.login import LoginOutcome, LoginResult
+from gatehouse.models import AttributeScope, Device
+from gatehouse.payloads import (
+    PayloadError,
+    entry_to_json_value,
+    parse_attribute_request,
+    parse_attributes,
+    parse_json,
+    parse_rpc_request,
+    parse_telemetry,
+)
+from gatehouse.provisioning import ProvisionRequest, ProvisionRequestError, ProvisionStatus
+from gatehouse.registry import Registry
+from gatehouse.store import now_ms
+
+from .interfaces import CONNACK_CODE, PublishVerdict
+from .login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES, LoginLimiter
+from .registry_worker import RegistryWorker
+from .topics import (
+    DEFAULT_ATTRIBUTE_TOPIC,
+    PROVISION_REQUEST,
+    PROVISION_RESPONSE,
+    ApplicationAction,
+    DeviceAction,
+    SubscriptionKind,
+    classify_application_publish,
+    classify_device_publish,
+    device_subscription,
+    device_topic,
+    is_application_filter,
+)
+
+log = logging.getLogger(__name__)
+
+# session.attributes keys (amqtt shares the dict between plugins, hence the prefix)
+ROLE = "gatehouse.role"
+DEVICE = "gatehouse.device"
+CREDENTIALS_VERSION = "gatehouse.credentials_version"
+ATTRIBUTE_UPDATES = "gatehouse.attribute_updates"  # (topic, qos) shared-attribute pushes go to
+RPC_REQUESTS = "gatehouse.rpc_requests"  # (topic prefix, qos) server-side RPC goes to
+PROVISION_QOS = "gatehouse.provision_qos"
+CLIENT_RPC_REPLIES = "gatehouse.client_rpc_replies"  # request id -> reply topic
+
+ROLE_DEVICE, ROLE_PROVISION, ROLE_APPLICATION = "device", "provision", "application"
+
+# MQTT 3.1.1 CONNACK return codes for refused logins (SPEC §2.1)
+_CONNACK_CODES = {
+    LoginOutcome.BAD_USERNAME_OR_PASSWORD: 0x05,
+    LoginOutcome.CLIENT_ID_NOT_VALID: 0x02,
+    LoginOutcome.NOT_AUTHORIZED: 0x05,
+    LoginOutcome.SERVER_UNAVAILABLE: 0x03,
+}
+_BLOCKED_CODE = 0x03  # ThingsBoard's answer when session opening is rate limited
+
+
+def _json(value) -> bytes:
+    return orjson.dumps(value)
+
+
+def _login(registry: Registry, client_id, username, password, cert_der) -> tuple[LoginResult, tuple | None]:
+    result = registry.login(client_id, username, password, cert_der)
+    version = None
+    if result.device is not None:
+        version = registry.credentials_versions([result.device.id]).get(result.device.id)
+    return result, version
+
+
+class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
+    @dataclass
+    class Config:
+        data_dir: str = "gatehouse-data"
+        max_failed_logins: int = DEFAULT_MAX_FAILURES
+        block_seconds: float = DEFAULT_BLOCK_SECONDS
+        provision_close_seconds: float = 60.0
+        change_poll_seconds: float = 1.0
+        max_payload_size: int = 65536
+
+    def __init__(self, context):
+        super().__init__(context)
+        self.worker = RegistryWorker(self.config.data_dir)
+        self.limiter = LoginLimiter(self.config.max_failed_logins, self.config.block_seconds)
+        self.connected_devices: dict[str, Session] = {}
+        self.ready = False
+        self._background: set[asyncio.Task] = set()
+        self._trusted: set[str] = set()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def _broker(self):
+        return self.context._broker_instance  # amqtt has no public way to reach one connection
+
+    @property
+    def _inline(self) -> bool:
+        return getattr(self._broker, "publish_processor", None) is self
+
+    async def on_broker_pre_start(self) -> None:
+        await self.worker.start()
+        self._version = await self.worker.call(Registry.change_counter)
+        self.ready = True
+
+    async def on_broker_post_start(self) -> None:
+        await self._refresh_trust_store()
+        self._spawn(self._watch_for_changes())
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.ready:
+            await self.worker.close()
+            self.ready = False
+
+    def _spawn(self, coroutine) -> asyncio.Task:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    # --- logins -------------------------------------------------------------------------------
+
+    async def authenticate(self, *, session: Session) -> bool:
+        for key in (ROLE, DEVICE, CREDENTIALS_VERSION, ATTRIBUTE_UPDATES, RPC_REQUESTS, CLIENT_RPC_REPLIES):
+            session.attributes.pop(key, None)
+        address = session.remote_address or ""
+        if self.limiter.is_blocked(address):
+            session.attributes[CONNACK_CODE] = _BLOCKED_CODE
+            return False
+        cert_der = session.ssl_object.getpeercert(binary_form=True) if session.ssl_object else None
+        result, version = await self.worker.call(_login, session.client_id, session.username, session.password,
+                                                 cert_der)
+        if result.outcome is LoginOutcome.PROVISION_SESSION:
+            session.attributes[ROLE] = ROLE_PROVISION
+        elif result.outcome is LoginOutcome.APPLICATION:
+            session.attributes[ROLE] = ROLE_APPLICATION
+        elif result.outcome is LoginOutcome.ACCEPTED:
+            session.attributes.update({ROLE: ROLE_DEVICE, DEVICE: result.device, CREDENTIALS_VERSION: version,
+                                       CLIENT_RPC_REPLIES: {}})
+        else:
+            if result.outcome is not LoginOutcome.SERVER_UNAVAILABLE:
+                self.limiter.failed(address)
+            session.attributes[CONNACK_CODE] = _CONNACK_CODES[result.outcome]
+            log.info("login refused (%s) from %s", result.outcome.value, address)
+            return False
+        self.limiter.succeeded(address)
+        return True
+
+    async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
+        device: Device | None = client_session.attributes.get(DEVICE)
+        if device is None:
+            return
+        previous = self.connected_devices.get(device.id)
+        self.connected_devices[device.id] = client_session
+        if previous is not None and previous is not client_session:
+            log.info("device %s connected again; closing its older session", device.name)
+            await self._disconnect(previous)
+        self._publish_event(device.id, "connected")
+
+    async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
+        device: Device | None = client_session.attributes.get(DEVICE)
+        if device is not None and self.connected_devices.get(device.id) is client_session:
+            del self.connected_devices[device.id]
+            self._publish_event(device.id, "disconnected")
+
+    # --- the ACL ------------------------------------------------------------------------------
+
+    async def topic_filtering(self, *, session: Session | None = None, topic: str | None = None,
+                              action: Action | None = None) -> bool:
+        role = session.attributes.get(ROLE) if session is not None else None
+        if role is None or topic is None:
+            return False
+        if action is Action.RECEIVE:
+            # Only applications get broadcasts; devices never see each other's v1/devices/me/...
+            return role == ROLE_APPLICATION and is_application_filter(topic)
+        if action is Action.PUBLISH:
+            return False  # client publishes are processed, never routed as they are
+        if role == ROLE_PROVISION:
+            return topic == PROVISION_RESPONSE
+        if role == ROLE_APPLICATION:
+            return is_application_filter(topic)
+        meaning = device_subscription(topic)
+        if meaning is None:
+            return False
+        kind, push_topic = meaning
+        if kind is SubscriptionKind.ATTRIBUTE_UPDATES:
+            session.attributes[ATTRIBUTE_UPDATES] = (push_topic, 1)
+        elif kind is SubscriptionKind.RPC_REQUESTS:
+            session.attributes[RPC_REQUESTS] = (push_topic, 1)
+        return True
+
+    async def on_broker_client_subscribed(self, *, client_id: str, topic: str, qos: int) -> None:
+        # Server-pushed messages use the QoS the device subscribed with (SPEC §2.4, §9.3).
+        session = self.context.get_session(client_id)
+        if session is None:
+            return
+        if topic == PROVISION_RESPONSE:
+            session.attributes[PROVISION_QOS] = min(qos, 1)
+        meaning = device_subscription(topic)
+        if meaning is not None and meaning[0] is not SubscriptionKind.PLAIN:
+            key = ATTRIBUTE_UPDATES if meaning[0] is SubscriptionKind.ATTRIBUTE_UPDATES else RPC_REQUESTS
+            session.attributes[key] = (meaning[1], min(qos, 1))
+
+    # --- publishes ----------------------------------------------------------------------------
+
+    async def on_broker_message_received(self, *, client_id: str, message) -> None:
+        if self._inline or message is None:
+            return  # the hardened broker calls process_publish itself, before the PUBACK
+        session = self.context.get_session(client_id)
+        if session is not None:
+            verdict = await self.process_publish(session, message.topic, bytes(message.data or b""), message.qos or 0)
+            if verdict is PublishVerdict.CLOSE:
+                await self._disconnect(session)
+
+    async def process_publish(self, session: Session, topic: str, payload: bytes, qos: int) -> PublishVerdict:
+        if len(payload) > self.config.max_payload_size:
+            return PublishVerdict.CLOSE
+        role = session.attributes.get(ROLE)
+        if role == ROLE_DEVICE:
+            return await self._device_publish(session, topic, payload)
+        if role == ROLE_PROVISION:
+            return await self._provision_publish(session, topic, payload)
+        if role == ROLE_APPLICATION:
+            return await self._application_publish(topic, payload)
+        return PublishVerdict.CLOSE
+
+    async def _device_publish(self, session: Session, topic: str, payload: bytes) -> PublishVerdict:
+        device: Device = session.attributes[DEVICE]
+        publish = classify_device_publish(topic)
+        action = publish.action
+        if action is DeviceAction.UNKNOWN:
+            return PublishVerdict.ACK  # dropped; MQTT 3.1.1 still gets a plain PUBACK (SPEC §2.2)
+        if action is DeviceAction.GATEWAY:
+            return PublishVerdict.NO_ACK
+        if action is DeviceAction.CLAIM:
+            return PublishVerdict.ACK  # claiming is out of scope; accepted like ThingsBoard does
+
+        if action is DeviceAction.TELEMETRY:
+            records = parse_telemetry(payload, max_bytes=self.config.max_payload_size)
+            if isinstance(records, PayloadError):
+                return self._invalid_payload(device, topic, records)
+            await self.worker.write(lambda registry: registry.save_telemetry(device.id, records))
+            stamp = now_ms()
+            self._republish(device_topic(device.id, "telemetry"), [
+                {"ts": r.ts if r.ts is not None else stamp,
+                 "values": {e.key: entry_to_json_value(e) for e in r.values}} for r in records])
+        elif action is DeviceAction.ATTRIBUTES:
+            entries = parse_attributes(payload, max_bytes=self.config.max_payload_size)
+            if isinstance(entries, PayloadError):
+                return self._invalid_payload(device, topic, entries)
+            await self.worker.write(lambda registry: registry.save_attributes(device.id, AttributeScope.CLIENT, entries))
+            self._republish(device_topic(device.id, "attributes"), {e.key: entry_to_json_value(e) for e in entries})
+        elif action is DeviceAction.ATTRIBUTE_REQUEST:
+            request = parse_attribute_request(payload)
+            if isinstance(request, PayloadError):
+                return self._invalid_payload(device, topic, request)
+            answer = await self.worker.call(Registry.device_attributes, device.id, request.client_keys,
+                                            request.shared_keys)
+            self._send(session, publish.reply_topic, _json(answer), 1)
+        elif action is DeviceAction.RPC_RESPONSE:
+            self._republish_raw(device_topic(device.id, "rpc", "response", publish.request_id), payload)
+        elif action is DeviceAction.RPC_REQUEST:
+            rpc = parse_rpc_request(payload)
+            if isinstance(rpc, PayloadError):
+                return self._invalid_payload(device, topic, rpc)
+            if rpc.method == "getSessionLimits":
+                self._send(session, publish.reply_topic, _json(self._session_limits(device)), 1)
+            else:
+                session.attributes[CLIENT_RPC_REPLIES][publish.request_id] = publish.reply_topic
+                self._republish(device_topic(device.id, "rpc", "request", publish.request_id),
+                                {"method": rpc.method, "params": rpc.params})
+        return PublishVerdict.ACK
+
+    def _invalid_payload(self, device: Device, topic: str, error: PayloadError) -> PublishVerdict:
+        # MQTT 3.1.1 without sendAckOnValidationException: close, no PUBACK (SPEC §2.2).
+        log.info("closing %s: invalid payload on %s: %s", device.name, topic, error.message)
+        return PublishVerdict.CLOSE
+
+    def _session_limits(self, device: Device) -> dict:
+        no_limits = {"messages": "", "telemetryMessages": "", "telemetryDataPoints": ""}
+        limits = {"maxPayloadSize": self.config.max_payload_size, "maxInflightMessages": 100,
+                  "rateLimits": no_limits}
+        if device.is_gateway:
+            limits["gatewayRateLimits"] = dict(no_limits)
+        return limits
+
+    async def _provision_publish(self, session: Session, topic: str, payload: bytes) -> PublishVerdict:
+        if topic != PROVISION_REQUEST:
+            return PublishVerdict.CLOSE  # a provisioning session may do nothing else (SPEC §3.1)
+        parsed = parse_json(payload)
+        if isinstance(parsed, PayloadError):
+            return PublishVerdict.CLOSE
+        try:
+            request = ProvisionRequest.from_json(parsed)
+            result = await self.worker.call(Registry.provision, request, transport="MQTT",
+                                            remote_address=session.remote_address)
+        except ProvisionRequestError as e:
+            log.info("closing provisioning session from %s: %s", session.remote_address, e)
+            return PublishVerdict.CLOSE
+        self._send(session, PROVISION_RESPONSE, _json(result.to_json()), session.attributes.get(PROVISION_QOS, 1))
+        if result.status is ProvisionStatus.SUCCESS:
+            self._publish_event(result.device_id, "provisioned")
+            await self._refresh_trust_store()  # the device may have brought its own certificate
+        # ThingsBoard closes provisioning connections 60 s after answering, whatever the answer.
+        asyncio.get_running_loop().call_later(
+            self.config.provision_close_seconds, lambda: self._spawn(self._disconnect(session)))
+        return PublishVerdict.ACK
+
+    async def _application_publish(self, topic: str, payload: bytes) -> PublishVerdict:
+        publish = classify_application_publish(topic)
+        if publish is None:
+            return PublishVerdict.ACK
+        target = self.connected_devices.get(publish.device_id)
+        if publish.action is ApplicationAction.SHARED_ATTRIBUTES:
+            await self._update_shared_attributes(publish.device_id, target, payload)
+        elif publish.action is ApplicationAction.RPC_CALL:
+            rpc = parse_rpc_request(payload)
+            if isinstance(rpc, PayloadError):
+                log.info("application RPC to %s ignored: %s", publish.device_id, rpc.message)
+            elif target is None or RPC_REQUESTS not in target.attributes:
+                self._republish(device_topic(publish.device_id, "rpc", "response", publish.request_id),
+                                {"error": "Device is not connected or not subscribed to RPC"})
+            else:
+                prefix, qos = target.attributes[RPC_REQUESTS]
+                self._send(target, f"{prefix}{publish.request_id}",
+                           _json({"method": rpc.method, "params": rpc.params}), qos)
+        elif target is not None:  # RPC_REPLY to the device's client-side RPC
+            replies = target.attributes.get(CLIENT_RPC_REPLIES, {})
+            reply_topic = replies.pop(publish.request_id, f"v1/devices/me/rpc/response/{publish.request_id}")
+            self._send(target, reply_topic, payload, 1)
+        return PublishVerdict.ACK
+
+    async def _update_shared_attributes(self, device_id: str, target: Session | None, payload: bytes) -> None:
+        parsed = parse_json(payload)
+        deleted = parsed.get("deleted") if isinstance(parsed, dict) and len(parsed) == 1 else None
+        try:
+            if isinstance(deleted, list) and all(isinstance(k, str) for k in deleted):
+                await self.worker.write(lambda r: r.delete_attributes(device_id, AttributeScope.SHARED, deleted))
+                update = {"deleted": deleted}
+            else:
+                entries = parse_attributes(payload)
+                if isinstance(entries, PayloadError):
+                    log.info("shared attributes for %s ignored: %s", device_id, entries.message)
+                    return
+                await self.worker.write(lambda r: r.save_attributes(device_id, AttributeScope.SHARED, entries))
+                update = {e.key: entry_to_json_value(e) for e in entries}
+        except Exception as e:  # an unknown device id, most likely
+            log.info("shared attributes for %s not stored: %s", device_id, e)
+            return
+        if target is not None:
+            push_topic, qos = target.attributes.get(ATTRIBUTE_UPDATES, (DEFAULT_ATTRIBUTE_TOPIC, None))
+            if qos is not None:  # pushed only to devices subscribed to attribute updates
+                self._send(target, push_topic, _json(update), qos)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _send(self, session: Session, topic: str, payload: bytes, qos: int) -> None:
+        """Publish to this one connection, subscribed or not (never through the fan-out)."""
+        entry = self._broker._sessions.get(session.client_id)
+        if entry is None or entry[0] is not session or entry[0].transitions.state != "connected":
+            return
+        self._spawn(entry[1].mqtt_publish(topic, payload, qos, retain=False))
+
+    def _republish(self, topic: str, value) -> None:
+        self._republish_raw(topic, _json(value))
+
+    def _republish_raw(self, topic: str, payload: bytes) -> None:
+        self._spawn(self._broker.internal_message_broadcast(topic, payload))
+
+    def _publish_event(self, device_id: str, event: str) -> None:
+        self._republish(device_topic(device_id, "events"), {"event": event, "ts": now_ms()})
+
+    async def _disconnect(self, session: Session) -> None:
+        entry = self._broker._sessions.get(session.client_id)
+        if entry is not None and entry[0] is session and session.transitions.state == "connected":
+            await entry[1].handle_connection_closed()
+
+    # --- changes made by other processes ------------------------------------------------------
+
+    async def _watch_for_changes(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.change_poll_seconds)
+            version = await self.worker.call(Registry.change_counter)
+            if version == self._version:
+                continue
+            self._version = version
+            await self._logout_changed_devices()
+            await self._refresh_trust_store()
+
+    async def _logout_changed_devices(self) -> None:
+        """Credentials changed or device deleted (by the CLI, the sidecar, ...): ThingsBoard
+        closes the device's sessions, and so do we."""
+        sessions = dict(self.connected_devices)
+        current = await self.worker.call(Registry.credentials_versions, list(sessions))
+        for device_id, session in sessions.items():
+            if current.get(device_id) != session.attributes.get(CREDENTIALS_VERSION):
+                log.info("credentials of %s changed; closing its session", device_id)
+                await self._disconnect(session)
+
+    async def _refresh_trust_store(self) -> None:
+        contexts = getattr(self._broker, "ssl_contexts", {})
+        if not contexts:
+            return
+        for text in await self.worker.call(Registry.trust_anchors):
+            if text in self._trusted:
+                continue
+            self._trusted.add(text)
+            try:
+                der = certificates.der_bytes(certificates.parse_certificate(text))
+            except certificates.CertificateError:
+                continue  # provisioning stores what devices send (SPEC §3.4); it cannot log in anyway
+            for context in contexts.values():
+                context.load_verify_locations(cadata=der)

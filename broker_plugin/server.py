@@ -1,0 +1,98 @@
+"""`gatehouse broker`: the hardened amqtt broker with the Gatehouse plugin, on a plain and a TLS
+listener, stopped cleanly by SIGINT or SIGTERM (amqtt's own command skips shutdown on SIGTERM
+and idles on a busy port)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from amqtt.errors import BrokerError
+
+from gatehouse.data_dir import DataDir
+
+from .hardened_broker import HardenedBroker
+from .plugin import GatehousePlugin
+
+log = logging.getLogger(__name__)
+PLUGIN_PATH = f"{GatehousePlugin.__module__}.{GatehousePlugin.__name__}"
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    data_dir: Path
+    host: str = "0.0.0.0"
+    mqtt_port: int = 1883
+    mqtts_port: int = 8883
+    tls_cert: Path | None = None  # default: the development server certificate in the data dir
+    tls_key: Path | None = None
+    connect_timeout: float = 10.0
+    max_failed_logins: int = 10
+    block_seconds: float = 60.0
+    provision_close_seconds: float = 60.0
+
+
+def broker_config(settings: BrokerSettings) -> dict:
+    pki = DataDir(settings.data_dir).pki
+    return {
+        "listeners": {
+            "default": {"type": "tcp", "bind": f"{settings.host}:{settings.mqtt_port}"},
+            "tls": {"type": "tcp", "bind": f"{settings.host}:{settings.mqtts_port}", "ssl": True,
+                    "certfile": str(settings.tls_cert or pki / "server.pem"),
+                    "keyfile": str(settings.tls_key or pki / "server.key"),
+                    "cafile": str(pki / "ca.pem")},
+        },
+        "plugins": {PLUGIN_PATH: {
+            "data_dir": str(settings.data_dir), "max_failed_logins": settings.max_failed_logins,
+            "block_seconds": settings.block_seconds, "provision_close_seconds": settings.provision_close_seconds,
+        }},
+    }
+
+
+class BrokerStartError(Exception):
+    pass
+
+
+async def start_broker(settings: BrokerSettings) -> HardenedBroker:
+    broker = HardenedBroker(broker_config(settings), connect_timeout=settings.connect_timeout)
+    plugin = broker.plugins_manager.get_plugin(GatehousePlugin.__name__)
+    broker.publish_processor = plugin
+    try:
+        await broker.start()
+    except BrokerError as e:
+        await plugin.close()
+        raise BrokerStartError(str(e.__cause__ or e)) from None
+    if not plugin.ready:  # amqtt swallows exceptions from start-up hooks (notes G10)
+        await broker.shutdown()
+        raise BrokerStartError("the Gatehouse plugin did not start (is the data dir initialised?)")
+    return broker
+
+
+async def serve(settings: BrokerSettings, announce=print) -> None:
+    broker = await start_broker(settings)
+    announce(f"MQTT  listening on {settings.host}:{broker.listening_port('default')}")
+    announce(f"MQTTS listening on {settings.host}:{broker.listening_port('tls')}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping the broker")
+        await broker.shutdown()
+
+
+def run(settings: BrokerSettings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("amqtt", "transitions"):  # amqtt logs every connection at INFO
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        asyncio.run(serve(settings, announce=lambda line: print(line, flush=True)))
+    except BrokerStartError as e:
+        print(f"Error: the broker could not start: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
