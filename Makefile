@@ -3,8 +3,14 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# ThingsBoard's own SDK ships a fork of paho under the same module name as paho-mqtt, so it gets
+# a virtual environment of its own; tests run its unchanged client code there.
+SDK_VENV := .venv-sdk
+# Real clients the tests drive, from Debian.
+DEBIAN_TEST_PACKAGES := mosquitto-clients
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: up test bench clean
+.PHONY: up test bench clean debian-test-packages
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +28,24 @@ $(VENV)/.installed-test: $(BIN)/activate setup.cfg pyproject.toml
 up: $(VENV)/.installed
 	$(BIN)/gatehouse up
 
-test: $(VENV)/.installed-test
+$(SDK_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(SDK_VENV)
+	# mmh3 too: the SDK pip-installs it at import time otherwise
+	$(SDK_VENV)/bin/pip install --quiet 'tb-mqtt-client>=1.13' mmh3
+	touch $@
+
+debian-test-packages:
+	@missing=""; for p in $(DEBIAN_TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+test: $(VENV)/.installed-test $(SDK_VENV)/.installed debian-test-packages
 	$(BIN)/pytest
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/registry.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(SDK_VENV) build *.egg-info

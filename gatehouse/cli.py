@@ -388,9 +388,11 @@ def admin_add(ctx, username, password) -> None:
 @click.option("--block-seconds", type=click.FloatRange(0), default=60.0, show_default=True)
 @click.option("--provision-close-seconds", type=click.FloatRange(0), default=60.0, show_default=True,
               help="Provisioning connections are closed this long after the answer.")
+@click.option("--connect-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="Connections that send no CONNECT within this time are closed.")
 @click.pass_context
 def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_logins, block_seconds,
-           provision_close_seconds) -> None:
+           provision_close_seconds, connect_timeout) -> None:
     """Run the MQTT broker (plain and TLS listeners) until Ctrl-C or SIGTERM."""
     if bool(tls_cert) != bool(tls_key):
         raise ValidationError("--tls-cert and --tls-key go together")
@@ -400,7 +402,7 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
     ctx.exit(run(BrokerSettings(
         data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port, tls_cert=tls_cert,
         tls_key=tls_key, max_failed_logins=max_failed_logins, block_seconds=block_seconds,
-        provision_close_seconds=provision_close_seconds)))
+        provision_close_seconds=provision_close_seconds, connect_timeout=connect_timeout)))
 
 
 @main.command()

@@ -7,9 +7,6 @@ import sys
 import textwrap
 import time
 
-from click.testing import CliRunner
-
-from gatehouse.cli import main
 from gatehouse.supervisor import Component, supervise
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
@@ -79,8 +76,20 @@ def test_a_component_ignoring_sigterm_is_killed_after_the_grace_period():
     assert not any(_alive(pid) for pid in _pids(said))
 
 
-def test_up_initialises_the_data_dir_and_reports_when_nothing_is_installed(tmp_path):
-    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "d"), "up"])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "d" / "gatehouse.db").exists() and (tmp_path / "d" / "pki" / "ca.pem").exists()
-    assert "No network components" in result.output
+def test_up_runs_the_whole_system_and_stops_it_on_sigterm(tmp_path):
+    data_dir = tmp_path / "d"
+    proc = subprocess.Popen([sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "up", "--host", "127.0.0.1",
+                             "--mqtt-port", "0", "--mqtts-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    while not any(line.startswith("MQTTS listening on") for line in lines):
+        line = proc.stdout.readline()
+        assert line, "gatehouse up ended early:\n" + "".join(lines)
+        lines.append(line)
+    assert (data_dir / "gatehouse.db").exists() and (data_dir / "pki" / "ca.pem").exists()
+    assert any(line.startswith("broker: ") for line in lines)
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, rest
+    assert "received SIGTERM; stopping" in rest
