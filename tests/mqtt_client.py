@@ -13,6 +13,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 TIMEOUT = 10.0
+# paho 2 maps MQTT 3.1.1 CONNACK return codes onto MQTT 5 reason codes; this undoes it.
+_V5_TO_V3 = {0: 0, 132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
 
 
 @dataclass
@@ -22,6 +24,13 @@ class TestClient:
     messages: queue.Queue = field(default_factory=queue.Queue)
     disconnected: threading.Event = field(default_factory=threading.Event)
     subacks: queue.Queue = field(default_factory=queue.Queue)
+
+    @property
+    def return_code(self) -> int | None:
+        """The MQTT 3.1.1 CONNACK return code (paho reports it as an MQTT 5 reason code)."""
+        if self.connack is None:
+            return None
+        return _V5_TO_V3.get(self.connack.value, self.connack.value)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, timeout: float = TIMEOUT) -> bool:
         """True when a QoS 1 message was acknowledged within `timeout`."""
