@@ -7,7 +7,8 @@
   refusal, not a dropped socket (G4);
 - the auth plugin chooses the CONNACK code (G13), and MQTT 5 gets a clean refusal;
 - keep-alive is enforced at 1.5 × the client's value (G5) and CONNECT must arrive in time (G6);
-- every PUBLISH goes to the Gatehouse plugin, which decides about the PUBACK (G9).
+- every PUBLISH goes to the Gatehouse plugin, which decides about the PUBACK (G9);
+- subscriptions are granted QoS 1 at most, as ThingsBoard does.
 
 It overrides private amqtt methods, so amqtt is pinned to the release these were written
 against; tests/test_hardened_broker.py keeps a regression test for each fix.
@@ -123,6 +124,11 @@ class HardenedBroker(Broker):
     async def _authenticate(self, session, listener) -> bool:
         # Called again by _handle_client_session; the real check already ran above.
         return bool(session.attributes.pop(_PREAUTHENTICATED, False))
+
+    async def add_subscription(self, subscription, session) -> int:
+        topic_filter, qos = subscription
+        # ThingsBoard supports QoS 0 and 1 only: granted QoS is min(requested, 1).
+        return await super().add_subscription((topic_filter, min(qos, QOS_1)), session)
 
     async def _handle_message_delivery(self, client_session, handler, wait_deliver) -> bool:
         if self.publish_processor is None:

@@ -10,6 +10,14 @@ import pytest
 
 from gatehouse.registry import Registry
 
+from . import mqtt_client
+
+
+@pytest.fixture(autouse=True)
+def _close_mqtt_clients():
+    yield
+    mqtt_client.close_all()
+
 
 @pytest.fixture
 def data_dir(tmp_path):

@@ -63,6 +63,20 @@ class TestClient:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        # paho keeps a wake-up socket pair until the client object is collected
+        for name in ("_sockpairR", "_sockpairW"):
+            sock = getattr(self.client, name, None)
+            if sock is not None:
+                sock.close()
+
+
+_open_clients: list[TestClient] = []
+
+
+def close_all() -> None:
+    """Close every client a test opened (called after each test by tests/conftest.py)."""
+    while _open_clients:
+        _open_clients.pop().close()
 
 
 def connect(port: int, client_id: str = "", username: str | None = None, password: str | None = None, *,
@@ -79,6 +93,7 @@ def connect(port: int, client_id: str = "", username: str | None = None, passwor
             context.load_cert_chain(str(cert), str(key))
         client.tls_set_context(context)
     wrapper = TestClient(client)
+    _open_clients.append(wrapper)
     connected = threading.Event()
 
     def on_connect(_client, _userdata, _flags, reason_code, _properties=None):
