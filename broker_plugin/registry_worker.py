@@ -64,7 +64,7 @@ class RegistryWorker:
                 outcomes = await self.call(_commit_together, [fn for fn, _ in batch])
             except Exception as e:  # the commit itself failed: nothing was written
                 outcomes = [e] * len(batch)
-            for (_, done), outcome in zip(batch, outcomes):
+            for (_, done), outcome in zip(batch, outcomes, strict=True):
                 if done.done():
                     continue
                 if outcome is None:

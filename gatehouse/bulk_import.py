@@ -165,7 +165,7 @@ def _import_row(registry: Registry, cells: list[str], mapping: BulkImportMapping
         raise ValidationError(f"expected {len(mapping.columns)} columns, found {len(cells)}")
     fields: dict[ColumnType, str] = {}
     keyed: dict[ColumnType, dict[str, str]] = {t: {} for t in _KEYED}
-    for column, cell in zip(mapping.columns, cells):
+    for column, cell in zip(mapping.columns, cells, strict=True):
         value = cell.strip()
         if column.type in _KEYED:
             if value:

@@ -21,7 +21,6 @@ from pathlib import Path
 from . import certificates
 from .credentials import (
     AccessToken,
-    CredentialsError,
     MqttBasic,
     NewCredentials,
     StoredCredentials,
