@@ -26,6 +26,7 @@ from gatehouse.login import LoginOutcome, LoginResult
 from gatehouse.models import AttributeScope, Device
 from gatehouse.payloads import (
     PayloadError,
+    TelemetryRecord,
     entry_to_json_value,
     parse_attribute_request,
     parse_attributes,
@@ -41,7 +42,6 @@ from .interfaces import CONNACK_CODE, PublishVerdict
 from .login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES, LoginLimiter
 from .registry_worker import RegistryWorker
 from .topics import (
-    DEFAULT_ATTRIBUTE_TOPIC,
     PROVISION_REQUEST,
     PROVISION_RESPONSE,
     ApplicationAction,
@@ -60,9 +60,7 @@ log = logging.getLogger(__name__)
 ROLE = "gatehouse.role"
 DEVICE = "gatehouse.device"
 CREDENTIALS_VERSION = "gatehouse.credentials_version"
-ATTRIBUTE_UPDATES = "gatehouse.attribute_updates"  # (topic, qos) shared-attribute pushes go to
-RPC_REQUESTS = "gatehouse.rpc_requests"  # (topic prefix, qos) server-side RPC goes to
-PROVISION_QOS = "gatehouse.provision_qos"
+SUBSCRIPTIONS = "gatehouse.subscriptions"  # granted filter -> QoS
 CLIENT_RPC_REPLIES = "gatehouse.client_rpc_replies"  # request id -> reply topic
 
 ROLE_DEVICE, ROLE_PROVISION, ROLE_APPLICATION = "device", "provision", "application"
@@ -149,8 +147,9 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
     # --- logins -------------------------------------------------------------------------------
 
     async def authenticate(self, *, session: Session) -> bool:
-        for key in (ROLE, DEVICE, CREDENTIALS_VERSION, ATTRIBUTE_UPDATES, RPC_REQUESTS, CLIENT_RPC_REPLIES):
+        for key in (ROLE, DEVICE, CREDENTIALS_VERSION, SUBSCRIPTIONS, CLIENT_RPC_REPLIES):
             session.attributes.pop(key, None)
+        session.attributes[SUBSCRIPTIONS] = {}
         address = session.remote_address or ""
         if self.limiter.is_blocked(address):
             session.attributes[CONNACK_CODE] = _BLOCKED_CODE
@@ -204,30 +203,41 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         if action is Action.PUBLISH:
             return False  # client publishes are processed, never routed as they are
         if role == ROLE_PROVISION:
-            return topic == PROVISION_RESPONSE
-        if role == ROLE_APPLICATION:
-            return is_application_filter(topic)
-        meaning = device_subscription(topic)
-        if meaning is None:
-            return False
-        kind, push_topic = meaning
-        if kind is SubscriptionKind.ATTRIBUTE_UPDATES:
-            session.attributes[ATTRIBUTE_UPDATES] = (push_topic, 1)
-        elif kind is SubscriptionKind.RPC_REQUESTS:
-            session.attributes[RPC_REQUESTS] = (push_topic, 1)
-        return True
+            allowed = topic == PROVISION_RESPONSE
+        elif role == ROLE_APPLICATION:
+            allowed = is_application_filter(topic)
+        else:
+            allowed = device_subscription(topic) is not None
+        if allowed:
+            session.attributes[SUBSCRIPTIONS][topic] = 1  # the granted QoS follows in on_..._subscribed
+        return allowed
 
+    # Server-pushed messages use the QoS the client subscribed with, and stop when it
+    # unsubscribes (SPEC §2.4, §2.7, §9.3).
     async def on_broker_client_subscribed(self, *, client_id: str, topic: str, qos: int) -> None:
-        # Server-pushed messages use the QoS the device subscribed with (SPEC §2.4, §9.3).
         session = self.context.get_session(client_id)
-        if session is None:
-            return
-        if topic == PROVISION_RESPONSE:
-            session.attributes[PROVISION_QOS] = min(qos, 1)
-        meaning = device_subscription(topic)
-        if meaning is not None and meaning[0] is not SubscriptionKind.PLAIN:
-            key = ATTRIBUTE_UPDATES if meaning[0] is SubscriptionKind.ATTRIBUTE_UPDATES else RPC_REQUESTS
-            session.attributes[key] = (meaning[1], min(qos, 1))
+        if session is not None and topic in session.attributes.get(SUBSCRIPTIONS, {}):
+            session.attributes[SUBSCRIPTIONS][topic] = min(qos, 1)
+
+    async def on_broker_client_unsubscribed(self, *, client_id: str, topic: str) -> None:
+        session = self.context.get_session(client_id)
+        if session is not None:
+            session.attributes.get(SUBSCRIPTIONS, {}).pop(topic, None)
+
+    @staticmethod
+    def _push_target(session: Session, kind: SubscriptionKind) -> tuple[str, int] | None:
+        """(topic or topic prefix, QoS) for server-pushed messages of `kind`, if subscribed."""
+        for topic_filter, qos in session.attributes.get(SUBSCRIPTIONS, {}).items():
+            meaning = device_subscription(topic_filter)
+            if meaning is not None and meaning[0] is kind:
+                return meaning[1], qos
+        return None
+
+    @staticmethod
+    def _reply_qos(session: Session, reply_topic: str) -> int:
+        """Answers go out whether or not the client subscribed; at its QoS if it did, else 1."""
+        reply_filter = reply_topic.rsplit("/", 1)[0] + "/+" if reply_topic != PROVISION_RESPONSE else reply_topic
+        return session.attributes.get(SUBSCRIPTIONS, {}).get(reply_filter, 1)
 
     # --- publishes ----------------------------------------------------------------------------
 
@@ -267,11 +277,11 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             records = parse_telemetry(payload, max_bytes=self.config.max_payload_size)
             if isinstance(records, PayloadError):
                 return self._invalid_payload(device, topic, records)
+            stamp = now_ms()  # one server time for the stored and the republished copy
+            records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
             await self.worker.write(lambda registry: registry.save_telemetry(device.id, records))
-            stamp = now_ms()
             self._republish(device_topic(device.id, "telemetry"), [
-                {"ts": r.ts if r.ts is not None else stamp,
-                 "values": {e.key: entry_to_json_value(e) for e in r.values}} for r in records])
+                {"ts": r.ts, "values": {e.key: entry_to_json_value(e) for e in r.values}} for r in records])
         elif action is DeviceAction.ATTRIBUTES:
             entries = parse_attributes(payload, max_bytes=self.config.max_payload_size)
             if isinstance(entries, PayloadError):
@@ -284,7 +294,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                 return self._invalid_payload(device, topic, request)
             answer = await self.worker.call(Registry.device_attributes, device.id, request.client_keys,
                                             request.shared_keys)
-            self._send(session, publish.reply_topic, _json(answer), 1)
+            self._send(session, publish.reply_topic, _json(answer), self._reply_qos(session, publish.reply_topic))
         elif action is DeviceAction.RPC_RESPONSE:
             self._republish_raw(device_topic(device.id, "rpc", "response", publish.request_id), payload)
         elif action is DeviceAction.RPC_REQUEST:
@@ -292,7 +302,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             if isinstance(rpc, PayloadError):
                 return self._invalid_payload(device, topic, rpc)
             if rpc.method == "getSessionLimits":
-                self._send(session, publish.reply_topic, _json(self._session_limits(device)), 1)
+                self._send(session, publish.reply_topic, _json(self._session_limits(device)),
+                           self._reply_qos(session, publish.reply_topic))
             else:
                 session.attributes[CLIENT_RPC_REPLIES][publish.request_id] = publish.reply_topic
                 self._republish(device_topic(device.id, "rpc", "request", publish.request_id),
@@ -325,7 +336,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         except ProvisionRequestError as e:
             log.info("closing provisioning session from %s: %s", session.remote_address, e)
             return PublishVerdict.CLOSE
-        self._send(session, PROVISION_RESPONSE, _json(result.to_json()), session.attributes.get(PROVISION_QOS, 1))
+        self._send(session, PROVISION_RESPONSE, _json(result.to_json()), self._reply_qos(session, PROVISION_RESPONSE))
         if result.status is ProvisionStatus.SUCCESS:
             self._publish_event(result.device_id, "provisioned")
             await self._refresh_trust_store()  # the device may have brought its own certificate
@@ -345,17 +356,17 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             rpc = parse_rpc_request(payload)
             if isinstance(rpc, PayloadError):
                 log.info("application RPC to %s ignored: %s", publish.device_id, rpc.message)
-            elif target is None or RPC_REQUESTS not in target.attributes:
+            elif target is None or self._push_target(target, SubscriptionKind.RPC_REQUESTS) is None:
                 self._republish(device_topic(publish.device_id, "rpc", "response", publish.request_id),
                                 {"error": "Device is not connected or not subscribed to RPC"})
             else:
-                prefix, qos = target.attributes[RPC_REQUESTS]
+                prefix, qos = self._push_target(target, SubscriptionKind.RPC_REQUESTS)
                 self._send(target, f"{prefix}{publish.request_id}",
                            _json({"method": rpc.method, "params": rpc.params}), qos)
         elif target is not None:  # RPC_REPLY to the device's client-side RPC
             replies = target.attributes.get(CLIENT_RPC_REPLIES, {})
             reply_topic = replies.pop(publish.request_id, f"v1/devices/me/rpc/response/{publish.request_id}")
-            self._send(target, reply_topic, payload, 1)
+            self._send(target, reply_topic, payload, self._reply_qos(target, reply_topic))
         return PublishVerdict.ACK
 
     async def _update_shared_attributes(self, device_id: str, target: Session | None, payload: bytes) -> None:
@@ -375,10 +386,9 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         except Exception as e:  # an unknown device id, most likely
             log.info("shared attributes for %s not stored: %s", device_id, e)
             return
-        if target is not None:
-            push_topic, qos = target.attributes.get(ATTRIBUTE_UPDATES, (DEFAULT_ATTRIBUTE_TOPIC, None))
-            if qos is not None:  # pushed only to devices subscribed to attribute updates
-                self._send(target, push_topic, _json(update), qos)
+        push = self._push_target(target, SubscriptionKind.ATTRIBUTE_UPDATES) if target is not None else None
+        if push is not None:  # pushed only to devices subscribed to attribute updates
+            self._send(target, push[0], _json(update), push[1])
 
     # --- sending ------------------------------------------------------------------------------
 

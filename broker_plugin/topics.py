@@ -93,8 +93,6 @@ _DEVICE_SUBSCRIPTIONS = {
         "v1/gateway/attributes/response", "v2/fw/response/+/chunk/+", "v2/fw/error",
         "v2/sw/response/+/chunk/+", "v2/sw/error")},
 }
-DEFAULT_ATTRIBUTE_TOPIC = "v1/devices/me/attributes"
-DEFAULT_RPC_PREFIX = "v1/devices/me/rpc/request/"
 
 
 def device_subscription(topic_filter: str) -> tuple[SubscriptionKind, str | None] | None:

@@ -3,7 +3,9 @@ collect what arrives, publish and wait for the PUBACK."""
 from __future__ import annotations
 
 import queue
+import socket
 import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -118,3 +120,132 @@ def wait_until(condition, timeout: float = TIMEOUT, interval: float = 0.05) -> b
             return True
         time.sleep(interval)
     return condition()
+
+
+# --- raw MQTT 3.1.1 bytes, for what paho hides (exact CONNACK bytes, pipelining, silence) ------
+
+PINGREQ = bytes((0xC0, 0x00))
+PINGRESP = bytes((0xD0, 0x00))
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _utf8(value: str | bytes) -> bytes:
+    data = value.encode() if isinstance(value, str) else value
+    return struct.pack("!H", len(data)) + data
+
+
+def connect_packet(client_id: str = "", username: str | None = None, password: str | None = None, *,
+                   keepalive: int = 60, clean_session: bool = True, protocol_level: int = 4) -> bytes:
+    """A CONNECT; protocol_level 5 adds the (empty) MQTT 5 properties."""
+    flags = (0x02 if clean_session else 0) | (0x80 if username is not None else 0) | (
+        0x40 if password is not None else 0)
+    variable = _utf8("MQTT") + bytes((protocol_level, flags)) + struct.pack("!H", keepalive)
+    if protocol_level == 5:
+        variable += b"\x00"  # properties length
+    payload = _utf8(client_id) + (_utf8(username) if username is not None else b"") + (
+        _utf8(password) if password is not None else b"")
+    body = variable + payload
+    return bytes((0x10,)) + _remaining_length(len(body)) + body
+
+
+def publish_packet(topic: str, payload: bytes | str, qos: int = 0, packet_id: int = 1) -> bytes:
+    data = payload.encode() if isinstance(payload, str) else payload
+    body = _utf8(topic) + (struct.pack("!H", packet_id) if qos else b"") + data
+    return bytes((0x30 | (qos << 1),)) + _remaining_length(len(body)) + body
+
+
+def subscribe_packet(topic_filter: str, qos: int = 1, packet_id: int = 1) -> bytes:
+    body = struct.pack("!H", packet_id) + _utf8(topic_filter) + bytes((qos,))
+    return bytes((0x82,)) + _remaining_length(len(body)) + body
+
+
+def connack(code: int, session_present: bool = False) -> bytes:
+    """The exact CONNACK bytes: 20 02 <flags> <code>."""
+    return bytes((0x20, 0x02, int(session_present), code))
+
+
+class RawClient:
+    """One TCP (or TLS) connection speaking raw bytes; `bind_address` picks the source address."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", *, bind_address: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None, timeout: float = TIMEOUT):
+        sock = socket.create_connection((host, port), timeout=timeout,
+                                        source_address=(bind_address, 0) if bind_address else None)
+        if ssl_context is not None:
+            try:
+                sock = ssl_context.wrap_socket(sock, server_hostname=host)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read(self, n: int, timeout: float = TIMEOUT) -> bytes:
+        """Up to `n` bytes: fewer only if the server closed the connection (or the time ran out)."""
+        data = bytearray()
+        deadline = time.monotonic() + timeout
+        while len(data) < n:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(n - len(data))
+            except TimeoutError:
+                break
+            except (ConnectionError, ssl.SSLError, OSError):
+                break
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data)
+
+    def closed_by_server(self, timeout: float = TIMEOUT) -> bool:
+        """True once the server closes the connection within `timeout` (data before that is
+        discarded); False if it is still open then."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.sock.settimeout(remaining)
+            try:
+                if not self.sock.recv(4096):
+                    return True
+            except TimeoutError:
+                return False
+            except (ConnectionError, ssl.SSLError, OSError):
+                return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def raw_login(port: int, client_id: str = "", username: str | None = None, password: str | None = None, *,
+              keepalive: int = 60, clean_session: bool = True, bind_address: str | None = None,
+              ssl_context: ssl.SSLContext | None = None) -> tuple[bytes, RawClient]:
+    """CONNECT on a new raw connection; returns the 4 CONNACK bytes and the open connection."""
+    raw = RawClient(port, bind_address=bind_address, ssl_context=ssl_context)
+    try:
+        raw.send(connect_packet(client_id, username, password, keepalive=keepalive, clean_session=clean_session))
+        return raw.read(4), raw
+    except BaseException:
+        raw.close()
+        raise
+

@@ -1,0 +1,171 @@
+"""Real third-party clients: Debian's mosquitto_pub / mosquitto_sub against the broker, over
+TLS with X.509 device certificates made by `gatehouse pki issue` and registered with
+`gatehouse device create --cert`, over TLS with an access token, and plain as in
+ThingsBoard's MQTT docs. `make test` installs mosquitto-clients; these tests never skip.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from gatehouse.credentials import AccessToken
+from gatehouse.models import AttributeScope
+from gatehouse.registry import Registry
+
+from .conftest import start_broker
+from .mqtt_client import connect, wait_until
+
+MOSQUITTO_PUB = shutil.which("mosquitto_pub")
+MOSQUITTO_SUB = shutil.which("mosquitto_sub")
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mqtt-tls-clients")
+    running = start_broker(root / "data", root / "broker.log")
+    yield running
+    if running.process.poll() is None:
+        running.stop()
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def gatehouse_cli(broker, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "gatehouse", "--data-dir", str(broker.data_dir), *args],
+                            capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, f"gatehouse {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def issue_certificate(broker, name: str, out: Path) -> tuple[Path, Path]:
+    gatehouse_cli(broker, "pki", "issue", name, "--out", str(out))
+    cert, key = out / f"{name}.pem", out / f"{name}.key"
+    assert cert.is_file() and key.is_file()
+    return cert, key
+
+
+def x509_device(broker, tmp_path: Path) -> tuple[str, Path, Path]:
+    """A device registered with a certificate from the development CA: (device id, cert, key)."""
+    name = _unique("x509")
+    cert, key = issue_certificate(broker, name, tmp_path / "certs")
+    created = json.loads(gatehouse_cli(broker, "device", "create", name, "--cert", str(cert), "--json"))
+    assert created["credentials"]["credentialsType"] == "X509_CERTIFICATE"
+    return created["device"]["id"]["id"], cert, key
+
+
+def token_device(broker) -> tuple[str, str]:
+    token = _unique("TOKEN")
+    with Registry.open(broker.data_dir) as registry:
+        device = registry.create_device(_unique("tok"), credentials=AccessToken(token))
+    return device.id, token
+
+
+def tls_args(broker, cert: Path | None = None, key: Path | None = None) -> list[str]:
+    args = ["-h", "127.0.0.1", "-p", str(broker.mqtts_port), "--cafile", str(broker.ca_cert), "-V", "mqttv311"]
+    if cert is not None:
+        args += ["--cert", str(cert), "--key", str(key)]
+    return args
+
+
+def mosquitto_pub(*args: str) -> subprocess.CompletedProcess:
+    assert MOSQUITTO_PUB, "mosquitto_pub is missing (make test installs mosquitto-clients)"
+    return subprocess.run([MOSQUITTO_PUB, *args], capture_output=True, text=True, timeout=20, check=False)
+
+
+def latest(broker, device_id: str) -> dict:
+    with Registry.open(broker.data_dir) as registry:
+        return registry.latest_telemetry(device_id)
+
+
+def test_mosquitto_clients_are_installed():
+    assert MOSQUITTO_PUB, "mosquitto_pub is missing (make test installs mosquitto-clients)"
+    assert MOSQUITTO_SUB, "mosquitto_sub is missing (make test installs mosquitto-clients)"
+
+
+def test_x509_device_telemetry_from_mosquitto_pub_is_stored(broker, tmp_path):
+    device_id, cert, key = x509_device(broker, tmp_path)
+    result = mosquitto_pub(*tls_args(broker, cert, key), "-i", _unique("cid"), "-q", "1",
+                           "-t", "v1/devices/me/telemetry", "-m", '{"temperature": 25, "unit": "C"}')
+    assert result.returncode == 0, result.stdout + result.stderr
+    stored = latest(broker, device_id)
+    assert stored["temperature"]["value"] == 25
+    assert stored["unit"]["value"] == "C"
+
+
+def test_x509_device_on_mosquitto_sub_receives_a_shared_attribute_update(broker, tmp_path):
+    device_id, cert, key = x509_device(broker, tmp_path)
+    assert MOSQUITTO_SUB, "mosquitto_sub is missing (make test installs mosquitto-clients)"
+    with Registry.open(broker.data_dir) as registry:
+        username, password = registry.create_application(_unique("app"))
+    app = connect(broker.mqtt_port, _unique("app-cid"), username, password)
+    assert app.connack == 0
+    assert [c.value for c in app.subscribe(f"gatehouse/devices/{device_id}/events", 1)] == [1]
+    sub = subprocess.Popen(
+        [MOSQUITTO_SUB, *tls_args(broker, cert, key), "-i", _unique("cid"), "-q", "1",
+         "-t", "v1/devices/me/attributes", "-C", "1", "-W", "10"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(app.next_message().payload)["event"] == "connected"  # the certificate login worked
+        # mosquitto_sub's SUBSCRIBE follows its CONNECT at once; its output is block-buffered on a
+        # pipe, so instead of waiting for the SUBACK the update is repeated until it arrives.
+        for _ in range(20):
+            assert app.publish(f"gatehouse/devices/{device_id}/attributes/shared", '{"targetTemperature": 22.5}')
+            try:
+                sub.wait(0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+        stdout, stderr = sub.communicate(timeout=15)
+    finally:
+        app.close()
+        if sub.poll() is None:
+            sub.kill()
+            sub.communicate()
+    assert sub.returncode == 0, f"mosquitto_sub got no update: {stdout} {stderr}"
+    assert [json.loads(line) for line in stdout.splitlines() if line.strip()] == [{"targetTemperature": 22.5}]
+    with Registry.open(broker.data_dir) as registry:
+        assert registry.get_attributes(device_id, AttributeScope.SHARED) == {"targetTemperature": 22.5}
+
+
+def test_unregistered_certificate_from_the_same_ca_is_refused(broker, tmp_path):
+    name = _unique("stranger")
+    cert, key = issue_certificate(broker, name, tmp_path / "certs")
+    result = mosquitto_pub(*tls_args(broker, cert, key), "-i", _unique("cid"), "-q", "1",
+                           "-t", "v1/devices/me/telemetry", "-m", '{"temperature": 99}')
+    output = (result.stdout + result.stderr).lower()
+    assert result.returncode != 0, output
+    assert "not authori" in output, output
+    with Registry.open(broker.data_dir) as registry:
+        assert registry.find_device(name) is None
+
+
+def test_token_device_over_tls_without_a_client_certificate(broker):
+    device_id, token = token_device(broker)
+    result = mosquitto_pub(*tls_args(broker), "-i", _unique("cid"), "-q", "1", "-u", token,
+                           "-t", "v1/devices/me/telemetry", "-m", '{"humidity": 40.5}')
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert latest(broker, device_id)["humidity"]["value"] == 40.5
+
+
+def test_wrong_token_over_tls_is_refused(broker):
+    result = mosquitto_pub(*tls_args(broker), "-i", _unique("cid"), "-q", "1", "-u", _unique("NO_SUCH_TOKEN"),
+                           "-t", "v1/devices/me/telemetry", "-m", '{"humidity": 1}')
+    output = (result.stdout + result.stderr).lower()
+    assert result.returncode != 0 and "not authori" in output, output
+
+
+def test_thingsboard_docs_plain_mosquitto_pub_example_stores_telemetry(broker):
+    device_id, token = token_device(broker)
+    result = mosquitto_pub("-d", "-q", "1", "-h", "127.0.0.1", "-p", str(broker.mqtt_port),
+                           "-t", "v1/devices/me/telemetry", "-u", token, "-m", '{"temperature":25}')
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PUBACK" in result.stdout + result.stderr  # -d: the QoS 1 message was acknowledged
+    assert wait_until(lambda: latest(broker, device_id).get("temperature", {}).get("value") == 25, 5)
