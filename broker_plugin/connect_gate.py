@@ -65,8 +65,7 @@ async def _read_packet(reader: ReaderAdapter) -> bytes:
     return first + bytes(length_bytes) + await reader.read(remaining)
 
 
-def protocol_level(packet: bytes) -> int | None:
-    """The protocol level byte of a CONNECT packet, or None if the packet is too short."""
+def _level_offset(packet: bytes) -> int | None:
     offset = 1
     while packet[offset] & 0x80:
         offset += 1
@@ -75,11 +74,27 @@ def protocol_level(packet: bytes) -> int | None:
         return None
     (name_length,) = struct.unpack_from("!H", packet, offset)
     level_at = offset + 2 + name_length
-    return packet[level_at] if len(packet) > level_at else None
+    return level_at if len(packet) > level_at else None
 
 
-async def read_connect(reader: ReaderAdapter, writer: WriterAdapter, timeout: float) -> ReaderAdapter:
-    """Read the first packet within `timeout` seconds and return a reader that replays it.
+def protocol_level(packet: bytes) -> int | None:
+    """The protocol level byte of a CONNECT packet, or None if the packet is too short."""
+    level_at = _level_offset(packet)
+    return None if level_at is None else packet[level_at]
+
+
+def has_empty_client_id(packet: bytes) -> bool:
+    """Whether a 3.1.1 CONNECT carries an empty client id (amqtt replaces it with a generated
+    one before plugins see it, and ThingsBoard's refusal code depends on it)."""
+    level_at = _level_offset(packet)
+    id_length_at = None if level_at is None else level_at + 4  # level, flags, keep-alive
+    if id_length_at is None or len(packet) < id_length_at + 2:
+        return False
+    return struct.unpack_from("!H", packet, id_length_at)[0] == 0
+
+
+async def read_connect(reader: ReaderAdapter, writer: WriterAdapter, timeout: float) -> tuple[ReaderAdapter, bytes]:
+    """Read the first packet within `timeout` seconds; return it and a reader that replays it.
     Raises MQTTError, having answered and closed the connection, when amqtt must not see it."""
     try:
         packet = await asyncio.wait_for(_read_packet(reader), timeout)
@@ -95,7 +110,7 @@ async def read_connect(reader: ReaderAdapter, writer: WriterAdapter, timeout: fl
             await writer.drain()
         await _close(writer)
         raise MQTTError("MQTT 5 CONNECT refused: this broker speaks MQTT 3.1.1")
-    return ReplayReader(packet, reader)
+    return ReplayReader(packet, reader), packet
 
 
 async def _close(writer: WriterAdapter) -> None:

@@ -29,8 +29,8 @@ from amqtt.mqtt.puback import PubackPacket
 from amqtt.session import INCOMING
 from amqtt.utils import gen_client_id
 
-from .connect_gate import read_connect
-from .interfaces import CONNACK_CODE, PublishProcessor, PublishVerdict
+from .connect_gate import has_empty_client_id, read_connect
+from .interfaces import CLIENT_ID_GENERATED, CONNACK_CODE, PublishProcessor, PublishVerdict
 
 _PREAUTHENTICATED = "gatehouse.preauthenticated"
 KEEPALIVE_FACTOR = 1.5
@@ -72,7 +72,7 @@ class HardenedBroker(Broker):
         return self._servers[listener_name].instance.sockets[0].getsockname()[1]
 
     async def _initialize_client_session(self, reader, writer, remote_address, remote_port):
-        reader = await read_connect(reader, writer, self.connect_timeout)
+        reader, connect_packet = await read_connect(reader, writer, self.connect_timeout)
         try:
             handler, incoming = await GatehouseProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
         except MQTTError:
@@ -81,6 +81,8 @@ class HardenedBroker(Broker):
             raise
         except NoDataError as exc:
             raise AMQTTError(exc) from exc
+        if has_empty_client_id(connect_packet):
+            incoming.attributes[CLIENT_ID_GENERATED] = True
 
         try:
             accepted = await super()._authenticate(incoming, None)

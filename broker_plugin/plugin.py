@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass
 
 import orjson
@@ -22,7 +23,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from gatehouse import certificates
-from gatehouse.login import LoginOutcome, LoginResult
+from gatehouse.login import PROVISION_LOGIN, LoginOutcome, LoginResult
 from gatehouse.models import AttributeScope, Device
 from gatehouse.payloads import (
     PayloadError,
@@ -38,7 +39,7 @@ from gatehouse.provisioning import ProvisionRequest, ProvisionRequestError, Prov
 from gatehouse.registry import Registry
 from gatehouse.store import now_ms
 
-from .interfaces import CONNACK_CODE, PublishVerdict
+from .interfaces import CLIENT_ID_GENERATED, CONNACK_CODE, PublishVerdict
 from .login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES, LoginLimiter
 from .registry_worker import RegistryWorker
 from .topics import (
@@ -155,10 +156,14 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             session.attributes[CONNACK_CODE] = _BLOCKED_CODE
             return False
         cert_der = session.ssl_object.getpeercert(binary_form=True) if session.ssl_object else None
-        result, version = await self.worker.call(_login, session.client_id, session.username, session.password,
-                                                 cert_der)
+        client_id = "" if session.attributes.get(CLIENT_ID_GENERATED) else session.client_id
+        result, version = await self.worker.call(_login, client_id, session.username, session.password, cert_der)
         if result.outcome is LoginOutcome.PROVISION_SESSION:
             session.attributes[ROLE] = ROLE_PROVISION
+            if session.client_id == PROVISION_LOGIN:
+                # Many devices provision with client id "provision" at once; in MQTT one client
+                # id is one session, so each gets its own or they would evict each other.
+                session.client_id = f"{PROVISION_LOGIN}/{uuid.uuid4()}"
         elif result.outcome is LoginOutcome.APPLICATION:
             session.attributes[ROLE] = ROLE_APPLICATION
         elif result.outcome is LoginOutcome.ACCEPTED:

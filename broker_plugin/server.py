@@ -60,11 +60,16 @@ async def start_broker(settings: BrokerSettings) -> HardenedBroker:
     broker = HardenedBroker(broker_config(settings), connect_timeout=settings.connect_timeout)
     plugin = broker.plugins_manager.get_plugin(GatehousePlugin.__name__)
     broker.publish_processor = plugin
+    amqtt_log = logging.getLogger("amqtt.broker")
+    level = amqtt_log.level
+    amqtt_log.setLevel(logging.CRITICAL)  # a failed start is reported below in one line, not as a traceback
     try:
         await broker.start()
     except BrokerError as e:
         await plugin.close()
         raise BrokerStartError(str(e.__cause__ or e)) from None
+    finally:
+        amqtt_log.setLevel(level)
     if not plugin.ready:  # amqtt swallows exceptions from start-up hooks (notes G10)
         await broker.shutdown()
         raise BrokerStartError("the Gatehouse plugin did not start (is the data dir initialised?)")

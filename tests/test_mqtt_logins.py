@@ -40,13 +40,11 @@ NOT_FOUND_JSON = {"errorMsg": "Provision data was not found!", "status": "NOT_FO
 FAILURE_JSON = {"errorMsg": "Failed to provision device!", "status": "FAILURE"}
 PROVISION_CLOSE_SECONDS = 2.0
 SUBACK_FAILURE = 0x80
-# paho 2 reports MQTT 3.1.1 CONNACK return codes as MQTT 5 reason codes; back to 3.1.1 codes.
-_V3_CODES = {0: 0, 132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
 
 
 def rc(client) -> int | None:
     """The MQTT 3.1.1 CONNACK return code, None if the connection ended without a CONNACK."""
-    return None if client.connack is None else _V3_CODES.get(client.connack.value, client.connack.value)
+    return client.return_code
 
 
 def unique(prefix: str) -> str:
@@ -67,20 +65,8 @@ def gh(tmp_path_factory):
         running.stop()
 
 
-_clients = []
-
-
-@pytest.fixture(autouse=True)
-def _close_clients():
-    yield
-    while _clients:
-        _clients.pop().close()
-
-
 def mqtt(port, client_id="", username=None, password=None, **kwargs):
-    client = connect(port, client_id, username, password, **kwargs)
-    _clients.append(client)
-    return client
+    return connect(port, client_id, username, password, **kwargs)  # closed after the test by conftest
 
 
 def tls_login(broker, client_id, username=None, password=None, *, cert=None, key=None, **kwargs):
@@ -483,6 +469,20 @@ def _stored(broker, device_name):
     with registry(broker) as r:
         device = r.get_device(device_name)
         return device, r.get_credentials(device.id), r.get_attributes(device.id, AttributeScope.SERVER)
+
+
+def test_concurrent_provisioning_clients_with_client_id_provision_all_get_their_answer(gh):
+    # In MQTT one client id is one session; ThingsBoard nevertheless serves every "provision"
+    # client, so the broker must not let them evict each other.
+    key, secret = allow_profile(gh)
+    clients = [provision_client(gh, "client_id") for _ in range(3)]
+    names = [unique("together") for _ in clients]
+    for client, name in zip(clients, names, strict=True):
+        assert client.publish(PROVISION_REQUEST, json.dumps(
+            {"deviceName": name, "provisionDeviceKey": key, "provisionDeviceSecret": secret}))
+    for client, name in zip(clients, names, strict=True):
+        response = json.loads(client.next_message(5).payload)
+        assert (response["status"], response["deviceName"]) == ("SUCCESS", name)
 
 
 @pytest.mark.parametrize("via", ["username", "client_id"])
