@@ -30,13 +30,20 @@ from amqtt.session import INCOMING
 from amqtt.utils import gen_client_id
 
 from .connect_gate import has_empty_client_id, read_connect
-from .interfaces import CLIENT_ID_GENERATED, CONNACK_CODE, PublishProcessor, PublishVerdict
+from .interfaces import CLIENT_ID_GENERATED, CONNACK_CODE, MAX_IN_FLIGHT, PublishProcessor, PublishVerdict
 
 _PREAUTHENTICATED = "gatehouse.preauthenticated"
 KEEPALIVE_FACTOR = 1.5
 
 
 class GatehouseProtocolHandler(BrokerProtocolHandler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Publishes of one connection are processed concurrently (a device's in-flight window
+        # is then worth something) but answered in order, as MQTT requires for PUBACKs.
+        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.last_answered: asyncio.Future | None = None
+
     def handle_read_timeout(self) -> None:
         # Nothing from the client for 1.5 × its keep-alive: it is gone (MQTT 3.1.1 §3.1.2.10).
         asyncio.ensure_future(self.handle_connection_closed())
@@ -58,6 +65,7 @@ class HardenedBroker(Broker):
         self.connect_timeout = connect_timeout
         self.publish_processor: PublishProcessor | None = None
         self.ssl_contexts: dict[str, ssl.SSLContext] = {}  # by bind address, for live trust updates
+        self._publish_tasks: set[asyncio.Task] = set()
 
     def _create_ssl_context(self, listener) -> ssl.SSLContext:
         context = Broker._create_ssl_context(listener)
@@ -138,20 +146,40 @@ class HardenedBroker(Broker):
         message = wait_deliver.result()
         if message is None:
             return True
-        topic = message.topic
-        if not topic or "#" in topic or "+" in topic:
-            verdict = PublishVerdict.CLOSE  # MQTT-4.7.3-1, MQTT-3.3.2-2
-        else:
-            try:
-                verdict = await self.publish_processor.process_publish(
-                    client_session, topic, bytes(message.data or b""), message.qos or 0)
-            except Exception:
-                self.logger.exception("processing a PUBLISH from %s failed", client_session.client_id)
-                verdict = PublishVerdict.CLOSE
-        if verdict is PublishVerdict.CLOSE:
-            # The message loop then sees the disconnect and cleans the session up as usual.
-            await handler.handle_connection_closed()
-            return True
-        if verdict is PublishVerdict.ACK and message.qos == QOS_1 and message.packet_id is not None:
-            await handler.send_puback(message.packet_id)
+        await handler.in_flight.acquire()  # backpressure: the loop reads no more until a slot frees
+        previous, answered = handler.last_answered, asyncio.get_running_loop().create_future()
+        handler.last_answered = answered
+        task = asyncio.create_task(self._process_publish(client_session, handler, message, previous, answered))
+        self._publish_tasks.add(task)
+        task.add_done_callback(self._publish_tasks.discard)
         return True
+
+    async def _process_publish(self, session, handler, message, previous, answered) -> None:
+        try:
+            topic = message.topic
+            if not topic or "#" in topic or "+" in topic:
+                verdict = PublishVerdict.CLOSE  # MQTT-4.7.3-1, MQTT-3.3.2-2
+            else:
+                try:
+                    verdict = await self.publish_processor.process_publish(
+                        session, topic, bytes(message.data or b""), message.qos or 0)
+                except Exception:
+                    self.logger.exception("processing a PUBLISH from %s failed", session.client_id)
+                    verdict = PublishVerdict.CLOSE
+            if previous is not None:
+                await previous
+            if verdict is PublishVerdict.CLOSE:
+                # The message loop then sees the disconnect and cleans the session up as usual.
+                await handler.handle_connection_closed()
+            elif verdict is PublishVerdict.ACK and message.qos == QOS_1 and message.packet_id is not None:
+                with contextlib.suppress(ConnectionError, AMQTTError):  # the client may be gone
+                    await handler.send_puback(message.packet_id)
+        finally:
+            answered.set_result(None)
+            handler.in_flight.release()
+
+    async def shutdown(self) -> None:
+        for task in list(self._publish_tasks):
+            task.cancel()
+        await asyncio.gather(*self._publish_tasks, return_exceptions=True)
+        await super().shutdown()

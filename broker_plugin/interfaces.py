@@ -14,6 +14,8 @@ from amqtt.session import Session
 
 # Auth plugins put a 3.1.1 CONNACK return code here before refusing a login.
 CONNACK_CODE = "gatehouse.connack_code"
+# Publishes a connection may have in flight; also what getSessionLimits announces.
+MAX_IN_FLIGHT = 100
 # Set by the broker when the client sent an empty client id, which amqtt has replaced.
 CLIENT_ID_GENERATED = "gatehouse.client_id_generated"
 

@@ -23,8 +23,8 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from gatehouse import certificates
-from gatehouse.login import PROVISION_LOGIN, LoginOutcome, LoginResult
-from gatehouse.models import AttributeScope, Device
+from gatehouse.login import PROVISION_LOGIN, LoginOutcome
+from gatehouse.models import AttributeScope, CredentialsType, Device
 from gatehouse.payloads import (
     PayloadError,
     TelemetryRecord,
@@ -36,10 +36,10 @@ from gatehouse.payloads import (
     parse_telemetry,
 )
 from gatehouse.provisioning import ProvisionRequest, ProvisionRequestError, ProvisionStatus
-from gatehouse.registry import Registry
+from gatehouse.registry import DeviceData, Registry
 from gatehouse.store import now_ms
 
-from .interfaces import CLIENT_ID_GENERATED, CONNACK_CODE, PublishVerdict
+from .interfaces import CLIENT_ID_GENERATED, CONNACK_CODE, MAX_IN_FLIGHT, PublishVerdict
 from .login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES, LoginLimiter
 from .registry_worker import RegistryWorker
 from .topics import (
@@ -78,14 +78,6 @@ _BLOCKED_CODE = 0x03  # ThingsBoard's answer when session opening is rate limite
 
 def _json(value) -> bytes:
     return orjson.dumps(value)
-
-
-def _login(registry: Registry, client_id, username, password, cert_der) -> tuple[LoginResult, tuple | None]:
-    result = registry.login(client_id, username, password, cert_der)
-    version = None
-    if result.device is not None:
-        version = registry.credentials_versions([result.device.id]).get(result.device.id)
-    return result, version
 
 
 class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
@@ -157,7 +149,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return False
         cert_der = session.ssl_object.getpeercert(binary_form=True) if session.ssl_object else None
         client_id = "" if session.attributes.get(CLIENT_ID_GENERATED) else session.client_id
-        result, version = await self.worker.call(_login, client_id, session.username, session.password, cert_der)
+        result = await self.worker.call(Registry.login, client_id, session.username, session.password, cert_der)
         if result.outcome is LoginOutcome.PROVISION_SESSION:
             session.attributes[ROLE] = ROLE_PROVISION
             if session.client_id == PROVISION_LOGIN:
@@ -167,8 +159,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         elif result.outcome is LoginOutcome.APPLICATION:
             session.attributes[ROLE] = ROLE_APPLICATION
         elif result.outcome is LoginOutcome.ACCEPTED:
-            session.attributes.update({ROLE: ROLE_DEVICE, DEVICE: result.device, CREDENTIALS_VERSION: version,
-                                       CLIENT_RPC_REPLIES: {}})
+            session.attributes.update({ROLE: ROLE_DEVICE, DEVICE: result.device,
+                                       CREDENTIALS_VERSION: result.credentials_version, CLIENT_RPC_REPLIES: {}})
         else:
             if result.outcome is not LoginOutcome.SERVER_UNAVAILABLE:
                 self.limiter.failed(address)
@@ -284,14 +276,14 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                 return self._invalid_payload(device, topic, records)
             stamp = now_ms()  # one server time for the stored and the republished copy
             records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
-            await self.worker.write(lambda registry: registry.save_telemetry(device.id, records))
+            await self.worker.write(DeviceData(device.id, telemetry=tuple(records)))
             self._republish(device_topic(device.id, "telemetry"), [
                 {"ts": r.ts, "values": {e.key: entry_to_json_value(e) for e in r.values}} for r in records])
         elif action is DeviceAction.ATTRIBUTES:
             entries = parse_attributes(payload, max_bytes=self.config.max_payload_size)
             if isinstance(entries, PayloadError):
                 return self._invalid_payload(device, topic, entries)
-            await self.worker.write(lambda registry: registry.save_attributes(device.id, AttributeScope.CLIENT, entries))
+            await self.worker.write(DeviceData(device.id, attributes=entries))
             self._republish(device_topic(device.id, "attributes"), {e.key: entry_to_json_value(e) for e in entries})
         elif action is DeviceAction.ATTRIBUTE_REQUEST:
             request = parse_attribute_request(payload)
@@ -322,7 +314,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
 
     def _session_limits(self, device: Device) -> dict:
         no_limits = {"messages": "", "telemetryMessages": "", "telemetryDataPoints": ""}
-        limits = {"maxPayloadSize": self.config.max_payload_size, "maxInflightMessages": 100,
+        limits = {"maxPayloadSize": self.config.max_payload_size, "maxInflightMessages": MAX_IN_FLIGHT,
                   "rateLimits": no_limits}
         if device.is_gateway:
             limits["gatewayRateLimits"] = dict(no_limits)
@@ -344,7 +336,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         self._send(session, PROVISION_RESPONSE, _json(result.to_json()), self._reply_qos(session, PROVISION_RESPONSE))
         if result.status is ProvisionStatus.SUCCESS:
             self._publish_event(result.device_id, "provisioned")
-            await self._refresh_trust_store()  # the device may have brought its own certificate
+            if result.credentials_type is CredentialsType.X509_CERTIFICATE:
+                await self._refresh_trust_store()  # the device brought its own certificate
         # ThingsBoard closes provisioning connections 60 s after answering, whatever the answer.
         asyncio.get_running_loop().call_later(
             self.config.provision_close_seconds, lambda: self._spawn(self._disconnect(session)))
@@ -379,14 +372,14 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         deleted = parsed.get("deleted") if isinstance(parsed, dict) and len(parsed) == 1 else None
         try:
             if isinstance(deleted, list) and all(isinstance(k, str) for k in deleted):
-                await self.worker.write(lambda r: r.delete_attributes(device_id, AttributeScope.SHARED, deleted))
+                await self.worker.write(DeviceData(device_id, deleted=tuple(deleted), scope=AttributeScope.SHARED))
                 update = {"deleted": deleted}
             else:
                 entries = parse_attributes(payload)
                 if isinstance(entries, PayloadError):
                     log.info("shared attributes for %s ignored: %s", device_id, entries.message)
                     return
-                await self.worker.write(lambda r: r.save_attributes(device_id, AttributeScope.SHARED, entries))
+                await self.worker.write(DeviceData(device_id, attributes=entries, scope=AttributeScope.SHARED))
                 update = {e.key: entry_to_json_value(e) for e in entries}
         except Exception as e:  # an unknown device id, most likely
             log.info("shared attributes for %s not stored: %s", device_id, e)
@@ -444,10 +437,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         contexts = getattr(self._broker, "ssl_contexts", {})
         if not contexts:
             return
-        for text in await self.worker.call(Registry.trust_anchors):
-            if text in self._trusted:
-                continue
-            self._trusted.add(text)
+        for anchor_id, text in (await self.worker.call(Registry.new_trust_anchors, self._trusted)).items():
+            self._trusted.add(anchor_id)
             try:
                 der = certificates.der_bytes(certificates.parse_certificate(text))
             except certificates.CertificateError:

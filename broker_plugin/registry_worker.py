@@ -1,9 +1,10 @@
 """The broker's path to the database: one thread that owns a Registry, so the event loop never
 waits on SQLite, and group commit for device data.
 
-Telemetry is the write-heavy path and SQLite has one writer at a time, so writes that arrive
-within a few milliseconds share one transaction (each in its own savepoint, so one bad write
-fails alone), and a QoS 1 message is acknowledged only once its transaction has committed.
+Telemetry is the write-heavy path and SQLite has one writer at a time, so device data that
+arrives while a commit is running waits for the next one and then shares its transaction (a few
+statements for the whole batch; a bad item fails alone), and a QoS 1 message is acknowledged only
+once its transaction has committed. An idle broker commits at once: no fixed delay.
 """
 from __future__ import annotations
 
@@ -14,11 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from gatehouse.registry import Registry
+from gatehouse.registry import DeviceData, Registry
 
 T = TypeVar("T")
-GROUP_COMMIT_DELAY = 0.005
-GROUP_COMMIT_MAX = 500
+GROUP_COMMIT_MAX = 1000
 
 
 class RegistryWorker:
@@ -26,7 +26,7 @@ class RegistryWorker:
         self._data_dir = data_dir
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gatehouse-db")
         self._registry: Registry | None = None
-        self._writes: asyncio.Queue[tuple[Callable[[Registry], None], asyncio.Future]] = asyncio.Queue()
+        self._writes: asyncio.Queue[tuple[DeviceData, asyncio.Future]] = asyncio.Queue()
         self._writer_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -47,21 +47,20 @@ class RegistryWorker:
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, functools.partial(fn, self._registry, *args, **kwargs))
 
-    async def write(self, fn: Callable[[Registry], None]) -> None:
-        """Apply `fn(registry)` in the next group commit; returns once it is committed, raises
-        what `fn` raised."""
+    async def write(self, data: DeviceData) -> None:
+        """Store `data` in the next group commit; returns once it is committed, raises if it
+        could not be stored."""
         done = asyncio.get_running_loop().create_future()
-        await self._writes.put((fn, done))
+        await self._writes.put((data, done))
         await done
 
     async def _group_commit_loop(self) -> None:
         while True:
             batch = [await self._writes.get()]
-            await asyncio.sleep(GROUP_COMMIT_DELAY)
             while len(batch) < GROUP_COMMIT_MAX and not self._writes.empty():
                 batch.append(self._writes.get_nowait())
             try:
-                outcomes = await self.call(_commit_together, [fn for fn, _ in batch])
+                outcomes = await self.call(Registry.save_device_data, [data for data, _ in batch])
             except Exception as e:  # the commit itself failed: nothing was written
                 outcomes = [e] * len(batch)
             for (_, done), outcome in zip(batch, outcomes, strict=True):
@@ -71,17 +70,3 @@ class RegistryWorker:
                     done.set_result(None)
                 else:
                     done.set_exception(outcome)
-
-
-def _commit_together(registry: Registry, writes: list[Callable[[Registry], None]]) -> list[Exception | None]:
-    outcomes: list[Exception | None] = []
-    with registry.batch():
-        for write in writes:
-            try:
-                with registry.batch():  # a savepoint: a failing write leaves the others intact
-                    write(registry)
-            except Exception as e:
-                outcomes.append(e)
-            else:
-                outcomes.append(None)
-    return outcomes

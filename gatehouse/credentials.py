@@ -177,6 +177,7 @@ class StoredCredentials:
     client_id_digest: bytes | None = None
     user_name_digest: bytes | None = None
     password_digest: bytes | None = None
+    version: tuple[str, int] | None = None  # (credentials id, version): changes when they are replaced
 
 
 class BasicCheck(enum.Enum):

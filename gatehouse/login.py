@@ -26,6 +26,8 @@ class LoginResult:
     outcome: LoginOutcome
     device: Device | None = None
     application: str | None = None
+    # Which credentials the device logged in with: a session must end when they change.
+    credentials_version: tuple[str, int] | None = None
 
     @property
     def accepted(self) -> bool:

@@ -16,6 +16,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import certificates
@@ -78,6 +79,18 @@ _CONSTRAINT_MESSAGES = {
 
 def _integrity_message(error: IntegrityError) -> str:
     return _CONSTRAINT_MESSAGES.get(error.constraint, f"Constraint violated: {error.constraint}")
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """Telemetry and attribute changes of one device, as one unit of a group commit."""
+
+    device_id: str
+    telemetry: tuple[TelemetryRecord, ...] = ()
+    attributes: tuple[KvEntry, ...] = ()
+    deleted: tuple[str, ...] = ()  # attribute keys to delete
+    scope: AttributeScope = AttributeScope.CLIENT  # of `attributes` and `deleted`
+    ts: int | None = None  # for attributes and timestamp-less telemetry; None: now
 
 
 class Registry:
@@ -313,10 +326,10 @@ class Registry:
                     self._replace_credentials(self.store.credentials(device_id), credentials)
             if existing is None or write_data_of_existing:
                 ts = now_ms()
-                for scope, entries in (attributes or {}).items():
-                    self.store.save_attributes(device_id, AttributeScope(scope).value,
-                                               [(e.key, e.kind.value, _db_value(e)) for e in entries], ts)
-                self.store.save_telemetry(device_id, [(ts, e.key, e.kind.value, _db_value(e)) for e in telemetry])
+                self._write_device_data(
+                    [DeviceData(device_id, attributes=tuple(entries), scope=AttributeScope(scope), ts=ts)
+                     for scope, entries in (attributes or {}).items()]
+                    + [DeviceData(device_id, telemetry=(TelemetryRecord(ts, tuple(telemetry)),))])
             return existing is None
 
     def batch(self):
@@ -425,12 +438,18 @@ class Registry:
         whose entry changed or vanished must be logged out."""
         return self.store.credentials_versions(list(device_ids))
 
-    def trust_anchors(self) -> list[str]:
+    def new_trust_anchors(self, known: set[str]) -> dict[str, str]:
         """Certificates the TLS listener must trust for X.509 devices to complete the handshake
-        (PEM or Base64 DER text): the X.509-chain profiles' CAs and every registered device
-        certificate."""
-        profiles = self.store.profiles(provision_type=ProvisionType.X509_CERTIFICATE_CHAIN.value)
-        return [row["ca_certificate_pem"] for row in profiles] + self.store.x509_certificates()
+        — the X.509-chain profiles' CAs and every registered device certificate — keyed by
+        their SHA3 id, leaving out the ids in `known` (the listener keeps what it loaded).
+        Values are PEM or Base64 DER text."""
+        anchors = {row["provision_device_key"]: row["ca_certificate_pem"]
+                   for row in self.store.profiles(provision_type=ProvisionType.X509_CERTIFICATE_CHAIN.value)
+                   if row["provision_device_key"] not in known}
+        new_ids = [i for i in self.store.x509_certificate_ids() if i not in known]
+        for chunk in range(0, len(new_ids), 500):  # SQLite's host-parameter limit
+            anchors.update(self.store.x509_certificates(new_ids[chunk:chunk + 500]))
+        return anchors
 
     # --- logins -----------------------------------------------------------------------------
 
@@ -440,7 +459,7 @@ class Registry:
             return None
         return StoredCredentials(device_id=row["device_id"], credentials_type=CredentialsType(row["credentials_type"]),
                                  client_id_digest=row["client_id_digest"], user_name_digest=row["user_name_digest"],
-                                 password_digest=row["password_digest"])
+                                 password_digest=row["password_digest"], version=(row["id"], row["version"]))
 
     def login(self, client_id: str | None, username: str | None = None, password: str | None = None,
               cert_der: bytes | None = None) -> LoginResult:
@@ -459,7 +478,7 @@ class Registry:
                                        matches=self.key.matches)
             if found is None:
                 return LoginResult(refusal_for_unknown_credentials(client_id, username, password))
-            return LoginResult(LoginOutcome.ACCEPTED, self._device_by_id(found.device_id))
+            return self._accepted(found)
         except Exception:
             log.exception("login lookup failed")
             return LoginResult(LoginOutcome.SERVER_UNAVAILABLE)
@@ -473,10 +492,14 @@ class Registry:
 
     def certificate_device(self, cert_der: bytes) -> Device | None:
         """The X.509 device owning exactly this certificate (DTLS and TLS logins)."""
+        found = self._find_certificate(cert_der)
+        return None if found is None else self._device_by_id(found.device_id)
+
+    def _find_certificate(self, cert_der: bytes) -> StoredCredentials | None:
         found = self._find_credentials(certificate_thumbprint(cert_der))
         if found is None or found.credentials_type is not CredentialsType.X509_CERTIFICATE:
             return None
-        return self._device_by_id(found.device_id)
+        return found
 
     def _certificate_login(self, cert_der: bytes) -> LoginResult:
         try:
@@ -485,14 +508,18 @@ class Registry:
             return LoginResult(LoginOutcome.NOT_AUTHORIZED)
         if not certificates.is_within_validity(cert):
             return LoginResult(LoginOutcome.NOT_AUTHORIZED)
-        device = self.certificate_device(cert_der)
-        if device is None and self.provision_by_certificate(cert_der).status is ProvisionStatus.SUCCESS:
+        found = self._find_certificate(cert_der)
+        if found is None and self.provision_by_certificate(cert_der).status is ProvisionStatus.SUCCESS:
             # Provisioning may answer SUCCESS for a device that keeps non-X.509 credentials;
             # only a device now holding this very certificate may log in with it (SPEC §1.4.2).
-            device = self.certificate_device(cert_der)
-        if device is None:
+            found = self._find_certificate(cert_der)
+        if found is None:
             return LoginResult(LoginOutcome.NOT_AUTHORIZED)
-        return LoginResult(LoginOutcome.ACCEPTED, device)
+        return self._accepted(found)
+
+    def _accepted(self, found: StoredCredentials) -> LoginResult:
+        return LoginResult(LoginOutcome.ACCEPTED, self._device_by_id(found.device_id),
+                           credentials_version=found.version)
 
     # --- provisioning -----------------------------------------------------------------------
 
@@ -575,8 +602,8 @@ class Registry:
         return self._success(device_id)
 
     def _mark_provisioned(self, device_id: str) -> None:
-        self.store.save_attributes(device_id, AttributeScope.SERVER.value,
-                                   [(PROVISION_STATE_KEY, ValueKind.STRING.value, PROVISIONED)], now_ms())
+        self.store.save_attributes([(device_id, AttributeScope.SERVER.value, PROVISION_STATE_KEY,
+                                     ValueKind.STRING.value, PROVISIONED, now_ms())])
 
     def _success(self, device_id: str) -> ProvisionResult:
         credentials = self._reveal(self.store.credentials(device_id))
@@ -604,13 +631,47 @@ class Registry:
     # --- attributes and telemetry -----------------------------------------------------------
 
     def save_attributes(self, device_id: str, scope: AttributeScope, entries: Iterable[KvEntry]) -> None:
-        with self.store.transaction():
-            self.store.save_attributes(device_id, AttributeScope(scope).value,
-                                       [(e.key, e.kind.value, _db_value(e)) for e in entries], now_ms())
+        self.save_device_data([DeviceData(device_id, attributes=tuple(entries), scope=AttributeScope(scope))])
 
     def delete_attributes(self, device_id: str, scope: AttributeScope, keys: Iterable[str]) -> None:
+        self.save_device_data([DeviceData(device_id, deleted=tuple(keys), scope=AttributeScope(scope))])
+
+    def save_device_data(self, items: list[DeviceData]) -> list[Exception | None]:
+        """Store many devices' telemetry and attribute changes in one transaction with a few
+        statements (the broker's group commit). If that fails (a device deleted meanwhile, say),
+        each item is retried on its own so that one bad item fails alone; returns one outcome
+        per item: None when stored, else the error."""
+        try:
+            with self.store.transaction():
+                self._write_device_data(items)
+            return [None] * len(items)
+        except Exception:
+            if len(items) == 1:
+                raise
+        outcomes: list[Exception | None] = []
         with self.store.transaction():
-            self.store.delete_attributes(device_id, AttributeScope(scope).value, keys)
+            for item in items:
+                try:
+                    with self.store.transaction():  # a savepoint
+                        self._write_device_data([item])
+                except Exception as e:
+                    outcomes.append(e)
+                else:
+                    outcomes.append(None)
+        return outcomes
+
+    def _write_device_data(self, items: Iterable[DeviceData]) -> None:
+        telemetry, attributes, deleted = [], [], []
+        for item in items:
+            ts = item.ts if item.ts is not None else now_ms()
+            scope = item.scope.value
+            telemetry += [(item.device_id, e.key, record.ts if record.ts is not None else ts, e.kind.value,
+                           _db_value(e)) for record in item.telemetry for e in record.values]
+            attributes += [(item.device_id, scope, e.key, e.kind.value, _db_value(e), ts) for e in item.attributes]
+            deleted += [(item.device_id, scope, key) for key in item.deleted]
+        self.store.save_telemetry(telemetry)
+        self.store.save_attributes(attributes)
+        self.store.delete_attributes(deleted)
 
     def get_attributes(self, device_id: str, scope: AttributeScope, keys: Iterable[str] | None = None) -> dict:
         return {row["key"]: _json_value(row) for row in self.store.attributes(device_id, AttributeScope(scope).value, keys)}
@@ -629,11 +690,8 @@ class Registry:
         return {name: values for name, values in answer.items() if values}
 
     def save_telemetry(self, device_id: str, records: Iterable[TelemetryRecord]) -> None:
-        ts_now = now_ms()
-        points = [(record.ts if record.ts is not None else ts_now, e.key, e.kind.value, _db_value(e))
-                  for record in records for e in record.values]
-        with self.store.transaction():
-            self.store.save_telemetry(device_id, points)
+        """Records without a timestamp get the server time."""
+        self.save_device_data([DeviceData(device_id, telemetry=tuple(records))])
 
     def prune_telemetry(self, *, keep_days: float = TELEMETRY_RETENTION_DAYS) -> int:
         """Delete telemetry history older than `keep_days` (latest values stay); returns rows deleted."""

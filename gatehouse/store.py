@@ -180,9 +180,15 @@ class Store:
                                  device_ids) if device_ids else []
         return {row["device_id"]: (row["id"], row["version"]) for row in rows}
 
-    def x509_certificates(self) -> list[str]:
+    def x509_certificate_ids(self) -> list[str]:
         return [row[0] for row in self.conn.execute(
-            "SELECT certificate FROM device_credentials WHERE credentials_type = 'X509_CERTIFICATE'")]
+            "SELECT public_credentials_id FROM device_credentials WHERE credentials_type = 'X509_CERTIFICATE'")]
+
+    def x509_certificates(self, ids: list[str]) -> dict[str, str]:
+        marks = ", ".join("?" for _ in ids)
+        rows = self.conn.execute(f"SELECT public_credentials_id, certificate FROM device_credentials "
+                                 f"WHERE public_credentials_id IN ({marks})", ids) if ids else []
+        return {row[0]: row[1] for row in rows}
 
     def data_version(self) -> int:
         """Changes whenever another connection (another process) commits."""
@@ -191,20 +197,17 @@ class Store:
     def credentials_by_digest(self, lookup_digest: bytes) -> dict | None:
         """The login lookup: one indexed probe."""
         return self._one(
-            "SELECT device_id, credentials_type, client_id_digest, user_name_digest, password_digest "
+            "SELECT id, version, device_id, credentials_type, client_id_digest, user_name_digest, password_digest "
             "FROM device_credentials WHERE lookup_digest = ?", [lookup_digest])
 
     # --- attributes and telemetry ---------------------------------------------------------
 
-    def save_attributes(self, device_id: str, scope: str, entries: Iterable[tuple[str, str, object]], ts: int) -> None:
-        entries = list(entries)
-        if not entries:
-            return
+    def save_attributes(self, rows: Iterable[tuple[str, str, str, str, object, int]]) -> None:
+        """Rows of (device_id, scope, key, kind, value, ts), any number of devices at once."""
         self.conn.executemany(
             "INSERT INTO attribute (device_id, scope, key, kind, value, last_update_ts) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id, scope, key) DO UPDATE SET kind = excluded.kind, value = excluded.value, "
-            "last_update_ts = excluded.last_update_ts",
-            [(device_id, scope, key, kind, value, ts) for key, kind, value in entries])
+            "last_update_ts = excluded.last_update_ts", rows)
 
     def attributes(self, device_id: str, scope: str, keys: Iterable[str] | None = None) -> list[dict]:
         if keys is None:
@@ -215,22 +218,24 @@ class Store:
         return self._all(f"SELECT key, kind, value, last_update_ts FROM attribute WHERE device_id = ? "
                          f"AND scope = ? AND key IN ({marks}) ORDER BY key", [device_id, scope, *keys])
 
-    def delete_attributes(self, device_id: str, scope: str, keys: Iterable[str]) -> None:
-        self.conn.executemany("DELETE FROM attribute WHERE device_id = ? AND scope = ? AND key = ?",
-                              [(device_id, scope, key) for key in keys])
+    def delete_attributes(self, rows: Iterable[tuple[str, str, str]]) -> None:
+        """Rows of (device_id, scope, key)."""
+        self.conn.executemany("DELETE FROM attribute WHERE device_id = ? AND scope = ? AND key = ?", rows)
 
-    def save_telemetry(self, device_id: str, points: Iterable[tuple[int, str, str, object]]) -> None:
-        points = [(device_id, key, ts, kind, value) for ts, key, kind, value in points]
-        if not points:
+    def save_telemetry(self, rows: Iterable[tuple[str, str, int, str, object]]) -> None:
+        """Rows of (device_id, key, ts, kind, value), any number of devices at once: two
+        statements for a whole group commit."""
+        rows = list(rows)
+        if not rows:
             return
         self.conn.executemany(
             "INSERT INTO telemetry_history (device_id, key, ts, kind, value) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (device_id, key, ts) DO UPDATE SET kind = excluded.kind, value = excluded.value", points)
+            "ON CONFLICT (device_id, key, ts) DO UPDATE SET kind = excluded.kind, value = excluded.value", rows)
         # A late point (older ts) must not overwrite a newer latest value.
         self.conn.executemany(
             "INSERT INTO telemetry_latest (device_id, key, ts, kind, value) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (device_id, key) DO UPDATE SET ts = excluded.ts, kind = excluded.kind, "
-            "value = excluded.value WHERE excluded.ts >= telemetry_latest.ts", points)
+            "value = excluded.value WHERE excluded.ts >= telemetry_latest.ts", rows)
 
     def latest_telemetry(self, device_id: str) -> list[dict]:
         return self._all("SELECT key, ts, kind, value FROM telemetry_latest WHERE device_id = ? ORDER BY key",

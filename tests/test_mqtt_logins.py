@@ -32,7 +32,7 @@ from gatehouse.pki import (
 from gatehouse.registry import Registry
 
 from .conftest import start_broker
-from .mqtt_client import RawClient, connect, connect_packet, publish_packet, wait_until
+from .mqtt_client import RawClient, acknowledged, connect, connect_packet, publish_packet, wait_until
 
 TELEMETRY = "v1/devices/me/telemetry"
 PROVISION_REQUEST, PROVISION_RESPONSE = "/provision/request", "/provision/response"
@@ -435,7 +435,7 @@ def assert_closed_without_answer(client, topic: str, payload) -> None:
     PUBACK, no response."""
     info = client.client.publish(topic, payload, qos=1)
     assert client.wait_disconnected(PROVISION_CLOSE_SECONDS - 0.5)
-    assert not info.is_published()
+    assert not acknowledged(info)
     assert client.no_message(0.2)
 
 
