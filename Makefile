@@ -46,6 +46,7 @@ test: $(VENV)/.installed-test $(SDK_VENV)/.installed debian-test-packages
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/registry.py
+	$(BIN)/python bench/mqtt.py
 
 clean:
 	rm -rf $(VENV) $(SDK_VENV) build *.egg-info

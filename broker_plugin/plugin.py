@@ -98,6 +98,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         self.ready = False
         self._background: set[asyncio.Task] = set()
         self._trusted: set[str] = set()
+        self._version: int | None = None  # the database's change counter last seen
 
     # --- lifecycle ----------------------------------------------------------------------------
 
