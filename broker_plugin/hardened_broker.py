@@ -46,7 +46,7 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
 
     def handle_read_timeout(self) -> None:
         # Nothing from the client for 1.5 × its keep-alive: it is gone (MQTT 3.1.1 §3.1.2.10).
-        asyncio.ensure_future(self.handle_connection_closed())
+        self._keepalive_expiry = asyncio.ensure_future(self.handle_connection_closed())
 
     async def _handle_qos1_message_flow(self, app_message) -> None:
         if app_message.direction == INCOMING:
@@ -141,9 +141,12 @@ class HardenedBroker(Broker):
         return await super().add_subscription((topic_filter, min(qos, QOS_1)), session)
 
     async def _handle_message_delivery(self, client_session, handler, wait_deliver) -> bool:
-        if self.publish_processor is None:
-            return await super()._handle_message_delivery(client_session, handler, wait_deliver)
         message = wait_deliver.result()
+        if self.publish_processor is None:  # amqtt's routing; the deferred PUBACK is still ours
+            keep = await super()._handle_message_delivery(client_session, handler, wait_deliver)
+            if keep and message is not None and message.qos == QOS_1 and message.packet_id is not None:
+                await handler.send_puback(message.packet_id)
+            return keep
         if message is None:
             return True
         await handler.in_flight.acquire()  # backpressure: the loop reads no more until a slot frees

@@ -338,3 +338,46 @@ def test_busy_port_exits_non_zero_promptly_with_one_clear_line(broker_factory):
     assert login(first.mqtt_port, unique("c"), token)[0] == connack(ACCEPTED)
     # One clear line, not a traceback from amqtt's logger in front of it.
     assert "Traceback" not in output, output
+
+
+def test_hardened_broker_without_the_gatehouse_plugin_still_acknowledges_and_routes():
+    """The hardened broker defers every QoS 1 PUBACK to its publish processor; with none
+    installed (any other plugin set) it must route and acknowledge like amqtt."""
+    import asyncio
+    import threading
+
+    from broker_plugin.hardened_broker import HardenedBroker
+
+    from .mqtt_client import close_all, connect
+
+    started, stop = threading.Event(), None
+    ports = {}
+
+    async def serve():
+        nonlocal stop
+        stop = asyncio.Event()
+        broker = HardenedBroker({
+            "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        })
+        await broker.start()
+        ports["mqtt"] = broker.listening_port("default")
+        started.set()
+        await stop.wait()
+        await broker.shutdown()
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),))
+    thread.start()
+    try:
+        assert started.wait(10)
+        subscriber = connect(ports["mqtt"], "subscriber")
+        subscriber.subscribe("plain/topic", 1)
+        publisher = connect(ports["mqtt"], "publisher")
+        assert publisher.publish("plain/topic", "routed", qos=1)
+        assert subscriber.next_message().payload == b"routed"
+    finally:
+        close_all()
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(15)
+        loop.close()
