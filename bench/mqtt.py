@@ -70,6 +70,8 @@ _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 if _PROJECT_ROOT not in sys.path:
     sys.path.insert(0, _PROJECT_ROOT)
 
+from machine import cpu_model, usable_cores  # noqa: E402  (bench/machine.py, beside this file)
+
 perf_counter = time.perf_counter
 
 TELEMETRY_TOPIC = "v1/devices/me/telemetry"
@@ -82,26 +84,6 @@ KEEPALIVE = 600  # idle connections must outlive every phase
 
 
 # --- machine --------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def usable_cores() -> str:
-    total = os.cpu_count()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return str(total)
-    return str(total) if usable == total else f"{usable} usable of {total}"
 
 
 def amqtt_version() -> str:

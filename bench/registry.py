@@ -28,7 +28,6 @@ import base64
 import cProfile
 import csv
 import io
-import os
 import platform
 import pstats
 import random
@@ -50,6 +49,7 @@ from gatehouse import certificates, pki  # noqa: E402
 from gatehouse.bulk_import import BulkImportMapping, import_devices, read_header  # noqa: E402
 from gatehouse.credentials import certificate_thumbprint, sha3_hash  # noqa: E402
 from gatehouse.registry import Registry  # noqa: E402
+from machine import cpu_model, usable_cores  # noqa: E402  (bench/machine.py, beside this file)
 
 perf_counter = time.perf_counter
 
@@ -67,26 +67,6 @@ BASELINE_LOOKUP = "SELECT device_id FROM t WHERE token = ?"
 
 
 # --- machine --------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def usable_cores() -> str:
-    total = os.cpu_count()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return str(total)
-    return str(total) if usable == total else f"{usable} usable of {total}"
 
 
 def filesystem_of(path: Path) -> str:
