@@ -76,3 +76,17 @@ def test_pruning_keeps_recent_history_and_latest_values(registry, device_id):
     assert registry.prune_telemetry(keep_days=30) == 1
     assert [row["value"] for row in registry.store.telemetry_history(device_id, "t")] == [2]
     assert registry.latest_telemetry(device_id)["t"]["value"] == 2
+
+
+def test_values_keep_their_exact_types_and_bytes_through_batched_writes(registry, device_id):
+    # Batches travel to SQLite as one JSON document (store._insert_rows); nothing may change on
+    # the way: 64-bit extremes, doubles, booleans, nested JSON, and text with a NUL character.
+    payload = (b'{"big": 9223372036854775807, "small": -9223372036854775808, "third": 0.1,'
+               b' "tiny": 5e-324, "flag": true, "nested": {"a": [1, "x"]}, "text": "caf\\u00e9"}')
+    registry.save_telemetry(device_id, parse_telemetry(payload))
+    registry.save_telemetry(device_id, parse_telemetry(b'{"nul": "a\\u0000b"}'))
+    latest = {key: entry["value"] for key, entry in registry.latest_telemetry(device_id).items()}
+    assert latest == {"big": 2**63 - 1, "small": -2**63, "third": 0.1, "tiny": 5e-324, "flag": True,
+                      "nested": {"a": [1, "x"]}, "text": "café", "nul": "a\x00b"}
+    registry.save_attributes(device_id, AttributeScope.CLIENT, parse_attributes(b'{"nul": "x\\u0000y", "n": 1.5}'))
+    assert registry.get_attributes(device_id, AttributeScope.CLIENT) == {"nul": "x\x00y", "n": 1.5}
