@@ -412,12 +412,18 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
 @click.option("--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--coap-port", type=click.IntRange(0, 65535), default=5683, show_default=True)
 @click.option("--coaps-port", type=click.IntRange(0, 65535), default=5684, show_default=True)
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Server certificate (PEM) for the TLS listeners; default: the data dir's development certificate.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.pass_context
-def up(ctx, host, mqtt_port, mqtts_port, http_port, coap_port, coaps_port) -> None:
+def up(ctx, host, mqtt_port, mqtts_port, http_port, coap_port, coaps_port, tls_cert, tls_key) -> None:
     """Initialise if needed, then run and supervise every component until Ctrl-C or SIGTERM."""
     _initialise(ctx.obj)
+    if bool(tls_cert) != bool(tls_key):
+        raise ValidationError("--tls-cert and --tls-key go together")
     settings = Settings(data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port,
-                        http_port=http_port, coap_port=coap_port, coaps_port=coaps_port)
+                        http_port=http_port, coap_port=coap_port, coaps_port=coaps_port,
+                        tls_cert=tls_cert and tls_cert.resolve(), tls_key=tls_key and tls_key.resolve())
     parts = components(settings)
     if not parts:
         click.echo("No network components are installed in this build; nothing to run.")

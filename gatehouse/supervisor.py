@@ -27,6 +27,8 @@ class Settings:
     http_port: int = 8080
     coap_port: int = 5683
     coaps_port: int = 5684
+    tls_cert: Path | None = None  # None: the data dir's development certificate
+    tls_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,11 @@ def gatehouse_command(settings: Settings, *args: str) -> list[str]:
 
 def components(settings: Settings) -> list[Component]:
     """The components `gatehouse up` runs."""
+    tls = ["--tls-cert", str(settings.tls_cert), "--tls-key", str(settings.tls_key)] if settings.tls_cert else []
     return [
         Component("broker", gatehouse_command(settings, "broker", "--host", settings.host,
                                               "--mqtt-port", str(settings.mqtt_port),
-                                              "--mqtts-port", str(settings.mqtts_port)),
+                                              "--mqtts-port", str(settings.mqtts_port), *tls),
                   f"MQTT on {settings.host}:{settings.mqtt_port}, MQTT over TLS on {settings.host}:{settings.mqtts_port}"),
     ]
 

@@ -93,3 +93,14 @@ def test_up_runs_the_whole_system_and_stops_it_on_sigterm(tmp_path):
     rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, rest
     assert "received SIGTERM; stopping" in rest
+
+
+def test_up_passes_the_operators_certificate_to_the_broker(tmp_path):
+    from gatehouse.supervisor import Settings, components
+
+    settings = Settings(data_dir=tmp_path, tls_cert=tmp_path / "own.pem", tls_key=tmp_path / "own.key")
+    (broker,) = components(settings)
+    argv = list(broker.argv)
+    assert argv[argv.index("--tls-cert") + 1] == str(tmp_path / "own.pem")
+    assert argv[argv.index("--tls-key") + 1] == str(tmp_path / "own.key")
+    assert "--tls-cert" not in components(Settings(data_dir=tmp_path))[0].argv
