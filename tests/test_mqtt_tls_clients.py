@@ -169,3 +169,22 @@ def test_thingsboard_docs_plain_mosquitto_pub_example_stores_telemetry(broker):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PUBACK" in result.stdout + result.stderr  # -d: the QoS 1 message was acknowledged
     assert wait_until(lambda: latest(broker, device_id).get("temperature", {}).get("value") == 25, 5)
+
+
+def test_an_operators_own_server_certificate_is_served_on_8883(tmp_path, broker_factory):
+    from gatehouse import pki
+
+    ca, ca_key = pki.create_ca("Operator CA")
+    server, server_key = pki.issue_certificate(ca, ca_key, "broker.example", client=False,
+                                               server_names=["localhost", "127.0.0.1"])
+    (tmp_path / "op-ca.pem").write_text(pki.certificate_pem(ca))
+    (tmp_path / "op.pem").write_text(pki.certificate_pem(server))
+    pki.write_private_file(tmp_path / "op.key", pki.private_key_pem(server_key))
+    running = broker_factory("--tls-cert", str(tmp_path / "op.pem"), "--tls-key", str(tmp_path / "op.key"),
+                             data_dir=tmp_path / "own-cert-data")
+    with Registry.open(running.data_dir) as registry:
+        registry.create_device("own-cert", credentials=AccessToken("OWN_CERT_TOKEN"))
+    # Trusting the operator's CA works; the development CA no longer vouches for the listener.
+    assert connect(running.mqtts_port, "c", "OWN_CERT_TOKEN", ca_cert=tmp_path / "op-ca.pem").return_code == 0
+    with pytest.raises(OSError):
+        connect(running.mqtts_port, "c2", "OWN_CERT_TOKEN", ca_cert=running.ca_cert)
