@@ -150,7 +150,11 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return False
         cert_der = session.ssl_object.getpeercert(binary_form=True) if session.ssl_object else None
         client_id = "" if session.attributes.get(CLIENT_ID_GENERATED) else session.client_id
-        result = await self.worker.call(Registry.login, client_id, session.username, session.password, cert_der)
+        # Logins only read, on the event loop's own connection; an unknown certificate may have
+        # to provision its device (a write), and that goes to the database thread.
+        result = self.worker.reader.login(client_id, session.username, session.password, cert_der, provision=False)
+        if cert_der is not None and result.outcome is LoginOutcome.NOT_AUTHORIZED:
+            result = await self.worker.call(Registry.login, client_id, session.username, session.password, cert_der)
         if result.outcome is LoginOutcome.PROVISION_SESSION:
             session.attributes[ROLE] = ROLE_PROVISION
             if session.client_id == PROVISION_LOGIN:
@@ -180,13 +184,13 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         if previous is not None and previous is not client_session:
             log.info("device %s connected again; closing its older session", device.name)
             await self._disconnect(previous)
-        self._publish_event(device.id, "connected")
+        await self._publish_event(device.id, "connected")
 
     async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
         device: Device | None = client_session.attributes.get(DEVICE)
         if device is not None and self.connected_devices.get(device.id) is client_session:
             del self.connected_devices[device.id]
-            self._publish_event(device.id, "disconnected")
+            await self._publish_event(device.id, "disconnected")
 
     # --- the ACL ------------------------------------------------------------------------------
 
@@ -278,23 +282,23 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             stamp = now_ms()  # one server time for the stored and the republished copy
             records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
             await self.worker.write(DeviceData(device.id, telemetry=tuple(records)))
-            self._republish(device_topic(device.id, "telemetry"), [
+            await self._republish(device_topic(device.id, "telemetry"), [
                 {"ts": r.ts, "values": {e.key: entry_to_json_value(e) for e in r.values}} for r in records])
         elif action is DeviceAction.ATTRIBUTES:
             entries = parse_attributes(payload, max_bytes=self.config.max_payload_size)
             if isinstance(entries, PayloadError):
                 return self._invalid_payload(device, topic, entries)
             await self.worker.write(DeviceData(device.id, attributes=entries))
-            self._republish(device_topic(device.id, "attributes"), {e.key: entry_to_json_value(e) for e in entries})
+            await self._republish(device_topic(device.id, "attributes"),
+                                  {e.key: entry_to_json_value(e) for e in entries})
         elif action is DeviceAction.ATTRIBUTE_REQUEST:
             request = parse_attribute_request(payload)
             if isinstance(request, PayloadError):
                 return self._invalid_payload(device, topic, request)
-            answer = await self.worker.call(Registry.device_attributes, device.id, request.client_keys,
-                                            request.shared_keys)
+            answer = self.worker.reader.device_attributes(device.id, request.client_keys, request.shared_keys)
             self._send(session, publish.reply_topic, _json(answer), self._reply_qos(session, publish.reply_topic))
         elif action is DeviceAction.RPC_RESPONSE:
-            self._republish_raw(device_topic(device.id, "rpc", "response", publish.request_id), payload)
+            await self._republish_raw(device_topic(device.id, "rpc", "response", publish.request_id), payload)
         elif action is DeviceAction.RPC_REQUEST:
             rpc = parse_rpc_request(payload)
             if isinstance(rpc, PayloadError):
@@ -304,7 +308,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                            self._reply_qos(session, publish.reply_topic))
             else:
                 session.attributes[CLIENT_RPC_REPLIES][publish.request_id] = publish.reply_topic
-                self._republish(device_topic(device.id, "rpc", "request", publish.request_id),
+                await self._republish(device_topic(device.id, "rpc", "request", publish.request_id),
                                 {"method": rpc.method, "params": rpc.params})
         return PublishVerdict.ACK
 
@@ -336,7 +340,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return PublishVerdict.CLOSE
         self._send(session, PROVISION_RESPONSE, _json(result.to_json()), self._reply_qos(session, PROVISION_RESPONSE))
         if result.status is ProvisionStatus.SUCCESS:
-            self._publish_event(result.device_id, "provisioned")
+            await self._publish_event(result.device_id, "provisioned")
             if result.credentials_type is CredentialsType.X509_CERTIFICATE:
                 await self._refresh_trust_store()  # the device brought its own certificate
         # ThingsBoard closes provisioning connections 60 s after answering, whatever the answer.
@@ -356,7 +360,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             if isinstance(rpc, PayloadError):
                 log.info("application RPC to %s ignored: %s", publish.device_id, rpc.message)
             elif target is None or self._push_target(target, SubscriptionKind.RPC_REQUESTS) is None:
-                self._republish(device_topic(publish.device_id, "rpc", "response", publish.request_id),
+                await self._republish(device_topic(publish.device_id, "rpc", "response", publish.request_id),
                                 {"error": "Device is not connected or not subscribed to RPC"})
             else:
                 prefix, qos = self._push_target(target, SubscriptionKind.RPC_REQUESTS)
@@ -398,14 +402,15 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return
         self._spawn(entry[1].mqtt_publish(topic, payload, qos, retain=False))
 
-    def _republish(self, topic: str, value) -> None:
-        self._republish_raw(topic, _json(value))
+    async def _republish(self, topic: str, value) -> None:
+        await self._republish_raw(topic, _json(value))
 
-    def _republish_raw(self, topic: str, payload: bytes) -> None:
-        self._spawn(self._broker.internal_message_broadcast(topic, payload))
+    async def _republish_raw(self, topic: str, payload: bytes) -> None:
+        # Only queues the message for amqtt's broadcast loop (an unbounded queue): no waiting.
+        await self._broker.internal_message_broadcast(topic, payload)
 
-    def _publish_event(self, device_id: str, event: str) -> None:
-        self._republish(device_topic(device_id, "events"), {"event": event, "ts": now_ms()})
+    async def _publish_event(self, device_id: str, event: str) -> None:
+        await self._republish(device_topic(device_id, "events"), {"event": event, "ts": now_ms()})
 
     async def _disconnect(self, session: Session) -> None:
         entry = self._broker._sessions.get(session.client_id)

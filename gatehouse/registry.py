@@ -462,10 +462,12 @@ class Registry:
                                  password_digest=row["password_digest"], version=(row["id"], row["version"]))
 
     def login(self, client_id: str | None, username: str | None = None, password: str | None = None,
-              cert_der: bytes | None = None) -> LoginResult:
+              cert_der: bytes | None = None, *, provision: bool = True) -> LoginResult:
         """Who is this MQTT client? ThingsBoard's order (SPEC §2.1): a provisioning session,
         then the client certificate (username and password ignored), then token / MQTT basic.
-        Never raises: an internal error is SERVER_UNAVAILABLE."""
+        An unknown certificate may provision its device (X.509 chain profiles), the only login
+        that writes; with `provision=False` it is refused instead. Never raises: an internal
+        error is SERVER_UNAVAILABLE."""
         client_id = client_id or ""
         try:
             if is_provision_login(client_id, username):
@@ -473,7 +475,7 @@ class Registry:
             if username and username.startswith(APPLICATION_USERNAME_PREFIX):
                 return self._application_login(username, password)
             if cert_der is not None:
-                return self._certificate_login(cert_der)
+                return self._certificate_login(cert_der, provision)
             found = authenticate_basic(client_id, username, password, find=self._find_credentials,
                                        matches=self.key.matches)
             if found is None:
@@ -501,7 +503,7 @@ class Registry:
             return None
         return found
 
-    def _certificate_login(self, cert_der: bytes) -> LoginResult:
+    def _certificate_login(self, cert_der: bytes, provision: bool) -> LoginResult:
         try:
             cert = certificates.parse_certificate(cert_der)
         except certificates.CertificateError:
@@ -509,7 +511,7 @@ class Registry:
         if not certificates.is_within_validity(cert):
             return LoginResult(LoginOutcome.NOT_AUTHORIZED)
         found = self._find_certificate(cert_der)
-        if found is None and self.provision_by_certificate(cert_der).status is ProvisionStatus.SUCCESS:
+        if found is None and provision and self.provision_by_certificate(cert_der).status is ProvisionStatus.SUCCESS:
             # Provisioning may answer SUCCESS for a device that keeps non-X.509 credentials;
             # only a device now holding this very certificate may log in with it (SPEC §1.4.2).
             found = self._find_certificate(cert_der)

@@ -426,6 +426,17 @@ def cert_login(registry, cert):
     return registry.login("any-client-id", None, None, cert_der=der_bytes(cert))
 
 
+def test_a_read_only_login_refuses_an_unknown_certificate_instead_of_provisioning(registry, ca):
+    # The broker logs in on a read-only connection first and leaves provisioning (a write)
+    # to its database thread.
+    chain_profile(registry, ca)
+    cert = leaf(ca, "DeviceR.company.com")
+    result = registry.login("c", None, None, cert_der=der_bytes(cert), provision=False)
+    assert result.outcome is LoginOutcome.NOT_AUTHORIZED
+    assert registry.count_devices() == 0 and registry.provisioning_events() == []
+    assert cert_login(registry, cert).outcome is LoginOutcome.ACCEPTED
+
+
 def test_chain_profile_key_is_the_sha3_of_its_ca(registry, ca):
     profile = chain_profile(registry, ca)
     assert profile.provision_device_key == sha3_hash(certificate_pem(ca[0]))
