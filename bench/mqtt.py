@@ -70,6 +70,8 @@ _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 if _PROJECT_ROOT not in sys.path:
     sys.path.insert(0, _PROJECT_ROOT)
 
+from amqtt.codecs_amqtt import encode_data_with_length  # noqa: E402
+from amqtt.mqtt.packet import MQTTFixedHeader  # noqa: E402
 from machine import cpu_model, usable_cores  # noqa: E402  (bench/machine.py, beside this file)
 
 perf_counter = time.perf_counter
@@ -115,22 +117,12 @@ CONNACK, PUBLISH, PUBACK, SUBACK = 2, 3, 4, 9
 DISCONNECT = bytes((0xE0, 0x00))
 
 
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _string(value: str | bytes) -> bytes:
-    data = value.encode() if isinstance(value, str) else value
-    return len(data).to_bytes(2, "big") + data
+    return encode_data_with_length(value.encode() if isinstance(value, str) else value)
 
 
 def _packet(first_byte: int, body: bytes) -> bytes:
-    return bytes((first_byte,)) + _remaining_length(len(body)) + body
+    return MQTTFixedHeader(first_byte >> 4, first_byte & 0x0F, len(body)).to_bytes() + body
 
 
 def connect_packet(client_id: str, username: str | None = None, password: str | None = None,

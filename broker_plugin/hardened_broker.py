@@ -164,8 +164,7 @@ class HardenedBroker(Broker):
                 verdict = PublishVerdict.CLOSE  # MQTT-4.7.3-1, MQTT-3.3.2-2
             else:
                 try:
-                    verdict = await self.publish_processor.process_publish(
-                        session, topic, bytes(message.data or b""), message.qos or 0)
+                    verdict = await self.publish_processor.process_publish(session, topic, bytes(message.data or b""))
                 except Exception:
                     self.logger.exception("processing a PUBLISH from %s failed", session.client_id)
                     verdict = PublishVerdict.CLOSE

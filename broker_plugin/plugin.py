@@ -248,11 +248,11 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return  # the hardened broker calls process_publish itself, before the PUBACK
         session = self.context.get_session(client_id)
         if session is not None:
-            verdict = await self.process_publish(session, message.topic, bytes(message.data or b""), message.qos or 0)
+            verdict = await self.process_publish(session, message.topic, bytes(message.data or b""))
             if verdict is PublishVerdict.CLOSE:
                 await self._disconnect(session)
 
-    async def process_publish(self, session: Session, topic: str, payload: bytes, qos: int) -> PublishVerdict:
+    async def process_publish(self, session: Session, topic: str, payload: bytes) -> PublishVerdict:
         if len(payload) > self.config.max_payload_size:
             return PublishVerdict.CLOSE
         role = session.attributes.get(ROLE)

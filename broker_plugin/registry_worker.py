@@ -33,9 +33,9 @@ class RegistryWorker:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._registry = await loop.run_in_executor(self._executor, Registry.open, self._data_dir)
-        # A second connection for the event loop's own point reads (logins): in WAL mode a
-        # reader never waits for a writer, and a 0.2 ms lookup costs less than the hop to the
-        # database thread and back through a busy loop.
+        # A second connection for the event loop's own point reads (logins, attribute
+        # requests): in WAL mode a reader never waits for a writer, and a 0.2 ms lookup costs
+        # less than the hop to the database thread and back through a busy loop.
         self.reader = Registry.open(self._data_dir)
         self._writer_task = asyncio.create_task(self._group_commit_loop(), name="gatehouse-group-commit")
 

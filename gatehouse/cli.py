@@ -376,13 +376,28 @@ def admin_add(ctx, username, password) -> None:
     click.echo(f"Added administrator {username}")
 
 
+def _tls_pair(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    # --tls-key is processed after --tls-cert; one without the other is a mistake.
+    value = value.resolve() if value else None
+    if param.name == "tls_key" and bool(value) != bool(ctx.params.get("tls_cert")):
+        raise ValidationError("--tls-cert and --tls-key go together")
+    return value
+
+
+def _tls_options(func):
+    func = click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                        callback=_tls_pair, help="The private key of --tls-cert.")(func)
+    return click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                        callback=_tls_pair, is_eager=True,
+                        help="Server certificate (PEM) for the TLS listeners; default: the data dir's "
+                             "development certificate.")(func)
+
+
 @main.command()
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address the listeners bind to.")
 @click.option("--mqtt-port", type=click.IntRange(0, 65535), default=1883, show_default=True, help="0: any free port.")
 @click.option("--mqtts-port", type=click.IntRange(0, 65535), default=8883, show_default=True, help="0: any free port.")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Server certificate (PEM) for 8883; default: the data dir's development certificate.")
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_tls_options
 @click.option("--max-failed-logins", type=click.IntRange(1), default=10, show_default=True,
               help="Failed logins from one address before it is blocked.")
 @click.option("--block-seconds", type=click.FloatRange(0), default=60.0, show_default=True)
@@ -394,8 +409,6 @@ def admin_add(ctx, username, password) -> None:
 def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_logins, block_seconds,
            provision_close_seconds, connect_timeout) -> None:
     """Run the MQTT broker (plain and TLS listeners) until Ctrl-C or SIGTERM."""
-    if bool(tls_cert) != bool(tls_key):
-        raise ValidationError("--tls-cert and --tls-key go together")
     Registry.open(ctx.obj).close()  # a clear error now rather than a broker that cannot log anyone in
     from broker_plugin.server import BrokerSettings, run  # components load lazily: the domain imports none
 
@@ -412,18 +425,14 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
 @click.option("--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True)
 @click.option("--coap-port", type=click.IntRange(0, 65535), default=5683, show_default=True)
 @click.option("--coaps-port", type=click.IntRange(0, 65535), default=5684, show_default=True)
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Server certificate (PEM) for the TLS listeners; default: the data dir's development certificate.")
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@_tls_options
 @click.pass_context
 def up(ctx, host, mqtt_port, mqtts_port, http_port, coap_port, coaps_port, tls_cert, tls_key) -> None:
     """Initialise if needed, then run and supervise every component until Ctrl-C or SIGTERM."""
     _initialise(ctx.obj)
-    if bool(tls_cert) != bool(tls_key):
-        raise ValidationError("--tls-cert and --tls-key go together")
     settings = Settings(data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port,
                         http_port=http_port, coap_port=coap_port, coaps_port=coaps_port,
-                        tls_cert=tls_cert and tls_cert.resolve(), tls_key=tls_key and tls_key.resolve())
+                        tls_cert=tls_cert, tls_key=tls_key)
     parts = components(settings)
     if not parts:
         click.echo("No network components are installed in this build; nothing to run.")

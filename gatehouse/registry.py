@@ -604,8 +604,8 @@ class Registry:
         return self._success(device_id)
 
     def _mark_provisioned(self, device_id: str) -> None:
-        self.store.save_attributes([(device_id, AttributeScope.SERVER.value, PROVISION_STATE_KEY,
-                                     ValueKind.STRING.value, PROVISIONED, now_ms())])
+        self._write_device_data([DeviceData(device_id, scope=AttributeScope.SERVER, attributes=(
+            KvEntry(PROVISION_STATE_KEY, ValueKind.STRING, PROVISIONED),))])
 
     def _success(self, device_id: str) -> ProvisionResult:
         credentials = self._reveal(self.store.credentials(device_id))

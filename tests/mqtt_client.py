@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as paho
+from amqtt.codecs_amqtt import encode_data_with_length
+from amqtt.mqtt.packet import MQTTFixedHeader
 from paho.mqtt.enums import CallbackAPIVersion
 
 TIMEOUT = 10.0
@@ -154,18 +156,12 @@ PINGREQ = bytes((0xC0, 0x00))
 PINGRESP = bytes((0xD0, 0x00))
 
 
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _utf8(value: str | bytes) -> bytes:
-    data = value.encode() if isinstance(value, str) else value
-    return struct.pack("!H", len(data)) + data
+    return encode_data_with_length(value.encode() if isinstance(value, str) else value)
+
+
+def _packet(first_byte: int, body: bytes) -> bytes:
+    return MQTTFixedHeader(first_byte >> 4, first_byte & 0x0F, len(body)).to_bytes() + body
 
 
 def connect_packet(client_id: str = "", username: str | None = None, password: str | None = None, *,
@@ -179,18 +175,18 @@ def connect_packet(client_id: str = "", username: str | None = None, password: s
     payload = _utf8(client_id) + (_utf8(username) if username is not None else b"") + (
         _utf8(password) if password is not None else b"")
     body = variable + payload
-    return bytes((0x10,)) + _remaining_length(len(body)) + body
+    return _packet(0x10, body)
 
 
 def publish_packet(topic: str, payload: bytes | str, qos: int = 0, packet_id: int = 1) -> bytes:
     data = payload.encode() if isinstance(payload, str) else payload
     body = _utf8(topic) + (struct.pack("!H", packet_id) if qos else b"") + data
-    return bytes((0x30 | (qos << 1),)) + _remaining_length(len(body)) + body
+    return _packet(0x30 | (qos << 1), body)
 
 
 def subscribe_packet(topic_filter: str, qos: int = 1, packet_id: int = 1) -> bytes:
     body = struct.pack("!H", packet_id) + _utf8(topic_filter) + bytes((qos,))
-    return bytes((0x82,)) + _remaining_length(len(body)) + body
+    return _packet(0x82, body)
 
 
 def connack(code: int, session_present: bool = False) -> bytes:

@@ -450,3 +450,17 @@ def test_a_non_editable_install_ships_schema_sql_and_a_working_command(tmp_path)
     assert (tmp_path / "d" / "gatehouse.db").is_file()
     installed("device", "create", "probe")
     assert installed("device", "list").splitlines() == ["probe\tdefault"]
+
+
+def test_tls_certificate_and_key_must_come_together(tmp_path):
+    from click.testing import CliRunner
+
+    from gatehouse.cli import main
+
+    pem = tmp_path / "server.pem"
+    pem.write_text("not used")
+    for command in ("broker", "up"):
+        for option in ("--tls-cert", "--tls-key"):
+            result = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "d"), command, option, str(pem)])
+            assert result.exit_code == 1
+            assert result.output.strip().splitlines() == ["Error: --tls-cert and --tls-key go together"]
