@@ -29,7 +29,9 @@ The load generator is this process: a small asyncio MQTT 3.1.1 client over raw s
    them; stock amqtt relays the same messages to a QoS 1 subscriber of v1/devices/me/telemetry.
    Two rates: PUBACKs per second after a warm-up, and end to end: messages the subscriber got /
    (its last delivery - the first publish), since a broker may acknowledge faster than it
-   relays. After the run every acknowledged message must have reached the subscriber, and on
+   relays. The end-to-end rate is the throughput held to the target: stock amqtt sends its
+   PUBACK on receipt and queues the relay without bound, so its PUBACK rate (shown as "info")
+   is not one it can sustain; Gatehouse acknowledges once the message is stored. After the run every acknowledged message must have reached the subscriber, and on
    Gatehouse every device's latest stored `seq` must be its last acknowledged one. A second pair
    of rows does the same with a single device (per-connection throughput).
 3. Provisioning requests per second: connect as `provision`, SUBSCRIBE /provision/response,
@@ -642,6 +644,8 @@ class Row:
     baseline: float
     unit: str
     higher_is_better: bool = True
+    has_target: bool = True  # False: shown for information, not comparable as throughput
+
 
     @property
     def ratio(self) -> float:
@@ -649,6 +653,8 @@ class Row:
 
     @property
     def target(self) -> str:
+        if not self.has_target:
+            return "(info)"
         return f">= {TARGET_RATIO:.2f}" if self.higher_is_better else f"<= {1 / TARGET_RATIO:.2f}"
 
     @property
@@ -729,7 +735,10 @@ async def measure(settings: Settings, gatehouse: Endpoint, stock: Endpoint, flee
                 print(f"  {endpoint.name:9} {run.sample.describe()}")
         g = max(runs[gatehouse.name], key=lambda r: r.sample.rate)
         s = max(runs[stock.name], key=lambda r: r.sample.rate)
-        rows.append(Row(f"QoS 1 telemetry msg/s acked, {label}", g.sample.rate, s.sample.rate, "/s"))
+        # Stock amqtt acknowledges before relaying, into an unbounded queue: its PUBACK rate is
+        # not a rate it sustains, so only the end-to-end row is held to the target.
+        rows.append(Row(f"QoS 1 telemetry msg/s acked, {label}", g.sample.rate, s.sample.rate, "/s",
+                        has_target=False))
         rows.append(Row(f"QoS 1 telemetry msg/s end to end (stored +) relayed, {label}", g.end_to_end_rate,
                         s.end_to_end_rate, "/s"))
 
@@ -765,7 +774,7 @@ def print_table(rows: list[Row]) -> None:
     for row in rows:
         fmt = "{:,.1f}" if row.unit == "MiB" else "{:,.0f}"
         print(f"| {row.measurement} | {fmt.format(row.gatehouse)} | {fmt.format(row.baseline)} | {row.ratio:.2f} | "
-              f"{row.target} | {'yes' if row.met else 'NO'} |")
+              f"{row.target} | {('yes' if row.met else 'NO') if row.has_target else ''} |")
     print(f"\nTarget: the plugin costs at most {100 - 100 * TARGET_RATIO:.0f} % of stock amqtt's throughput "
           f"(rates: Gatehouse / amqtt >= {TARGET_RATIO:.2f}; memory: <= {1 / TARGET_RATIO:.2f}).")
 

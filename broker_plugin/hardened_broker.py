@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import math
 import ssl
+from collections import deque
 
 from amqtt.broker import Broker
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
@@ -36,13 +37,24 @@ _PREAUTHENTICATED = "gatehouse.preauthenticated"
 KEEPALIVE_FACTOR = 1.5
 
 
+class _Answer:
+    """The broker's answer to one PUBLISH, decided once it is processed."""
+
+    __slots__ = ("packet_id", "verdict")
+
+    def __init__(self, packet_id: int | None):
+        self.packet_id = packet_id  # None: QoS 0, never acknowledged
+        self.verdict: PublishVerdict | None = None
+
+
 class GatehouseProtocolHandler(BrokerProtocolHandler):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # Publishes of one connection are processed concurrently (a device's in-flight window
-        # is then worth something) but answered in order, as MQTT requires for PUBACKs.
+        # is then worth something) but answered in arrival order, as MQTT requires for PUBACKs.
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self.last_answered: asyncio.Future | None = None
+        self._answers: deque[_Answer] = deque()
+        self._flush_scheduled = False
 
     def handle_read_timeout(self) -> None:
         # Nothing from the client for 1.5 × its keep-alive: it is gone (MQTT 3.1.1 §3.1.2.10).
@@ -57,6 +69,41 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
 
     async def send_puback(self, packet_id: int) -> None:
         await self._send_packet(PubackPacket.build(packet_id))
+
+    def expect_answer(self, message) -> _Answer:
+        answer = _Answer(message.packet_id if message.qos == QOS_1 else None)
+        self._answers.append(answer)
+        return answer
+
+    def give_answer(self, answer: _Answer, verdict: PublishVerdict) -> None:
+        answer.verdict = verdict
+        if not self._flush_scheduled:
+            # Answers decided in the same loop iteration (one group commit) leave in one write.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_answers)
+
+    def _flush_answers(self) -> None:
+        self._flush_scheduled = False
+        acks = bytearray()
+        close = False
+        while self._answers and self._answers[0].verdict is not None:
+            answer = self._answers.popleft()
+            self.in_flight.release()
+            if answer.verdict is PublishVerdict.CLOSE:
+                close = True
+                break
+            if answer.verdict is PublishVerdict.ACK and answer.packet_id is not None:
+                acks += PubackPacket.build(answer.packet_id).to_bytes()
+        if acks and self.writer is not None:
+            with contextlib.suppress(ConnectionError):  # the client may be gone
+                self.writer.write(bytes(acks))
+        if close:
+            # No answer after the one that closes; the message loop then sees the disconnect
+            # and cleans the session up as usual.
+            while self._answers:
+                self._answers.popleft()
+                self.in_flight.release()
+            asyncio.ensure_future(self.handle_connection_closed())
 
 
 class HardenedBroker(Broker):
@@ -150,35 +197,22 @@ class HardenedBroker(Broker):
         if message is None:
             return True
         await handler.in_flight.acquire()  # backpressure: the loop reads no more until a slot frees
-        previous, answered = handler.last_answered, asyncio.get_running_loop().create_future()
-        handler.last_answered = answered
-        task = asyncio.create_task(self._process_publish(client_session, handler, message, previous, answered))
+        answer = handler.expect_answer(message)
+        task = asyncio.create_task(self._process_publish(client_session, handler, message, answer))
         self._publish_tasks.add(task)
         task.add_done_callback(self._publish_tasks.discard)
         return True
 
-    async def _process_publish(self, session, handler, message, previous, answered) -> None:
+    async def _process_publish(self, session, handler, message, answer) -> None:
+        verdict = PublishVerdict.CLOSE
         try:
             topic = message.topic
-            if not topic or "#" in topic or "+" in topic:
-                verdict = PublishVerdict.CLOSE  # MQTT-4.7.3-1, MQTT-3.3.2-2
-            else:
-                try:
-                    verdict = await self.publish_processor.process_publish(session, topic, bytes(message.data or b""))
-                except Exception:
-                    self.logger.exception("processing a PUBLISH from %s failed", session.client_id)
-                    verdict = PublishVerdict.CLOSE
-            if previous is not None:
-                await previous
-            if verdict is PublishVerdict.CLOSE:
-                # The message loop then sees the disconnect and cleans the session up as usual.
-                await handler.handle_connection_closed()
-            elif verdict is PublishVerdict.ACK and message.qos == QOS_1 and message.packet_id is not None:
-                with contextlib.suppress(ConnectionError, AMQTTError):  # the client may be gone
-                    await handler.send_puback(message.packet_id)
+            if topic and "#" not in topic and "+" not in topic:  # else MQTT-4.7.3-1, MQTT-3.3.2-2
+                verdict = await self.publish_processor.process_publish(session, topic, bytes(message.data or b""))
+        except Exception:
+            self.logger.exception("processing a PUBLISH from %s failed", session.client_id)
         finally:
-            answered.set_result(None)
-            handler.in_flight.release()
+            handler.give_answer(answer, verdict)
 
     async def shutdown(self) -> None:
         for task in list(self._publish_tasks):

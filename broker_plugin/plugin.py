@@ -406,8 +406,23 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         await self._republish_raw(topic, _json(value))
 
     async def _republish_raw(self, topic: str, payload: bytes) -> None:
-        # Only queues the message for amqtt's broadcast loop (an unbounded queue): no waiting.
-        await self._broker.internal_message_broadcast(topic, payload)
+        """Deliver to the applications subscribed to `topic`, as amqtt's broadcast loop would,
+        minus its queue, its wait and its plugin round trip per message: on the telemetry path
+        that fan-out cost more than storing the message."""
+        broker = self._broker
+        for topic_filter, subscriptions in broker._subscriptions.items():
+            if not subscriptions or not is_application_filter(topic_filter) or not broker._matches(topic, topic_filter):
+                continue
+            for session, qos in subscriptions:
+                if session.attributes.get(ROLE) != ROLE_APPLICATION:
+                    continue
+                if session.transitions.state == "connected":
+                    handler = broker._get_handler(session)
+                    if handler is not None:
+                        self._spawn(handler.mqtt_publish(topic, payload, qos, retain=False))
+                elif not session.clean_session and qos > 0:  # kept for a persistent session's return
+                    await broker._retain_broadcast_message({"session": None, "topic": topic, "data": payload},
+                                                           qos, session)
 
     async def _publish_event(self, device_id: str, event: str) -> None:
         await self._republish(device_topic(device_id, "events"), {"event": event, "ts": now_ms()})

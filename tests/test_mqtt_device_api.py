@@ -224,6 +224,24 @@ def test_telemetry_is_republished_to_applications(broker, clients):
     assert isinstance(records[1]["ts"], int) and records[1]["ts"] > 1_700_000_000_123
 
 
+def test_persistent_application_session_gets_qos1_data_published_while_it_was_away(broker, clients):
+    with Registry.open(broker.data_dir) as registry:
+        username, password = registry.create_application(_unique("app"))
+    client_id = _unique("app-cid")
+    app = connect(broker.mqtt_port, client_id, username, password, clean_session=False)
+    clients.append(app)
+    assert codes(app.subscribe("gatehouse/devices/+/telemetry", 1)) == [1]
+    app.close()
+    device, client = device_client(broker, clients)
+    assert client.publish("v1/devices/me/telemetry", '{"while_away": 1}', qos=1)
+
+    app = connect(broker.mqtt_port, client_id, username, password, clean_session=False)
+    clients.append(app)
+    assert app.connack == 0
+    records = body(next_on(app, f"gatehouse/devices/{device.id}/telemetry"))
+    assert [r["values"] for r in records] == [{"while_away": 1}]
+
+
 def test_short_topic_telemetry_is_republished_like_v1(broker, clients):
     app = app_client(broker, clients, "gatehouse/devices/+/telemetry")
     device, client = device_client(broker, clients)
