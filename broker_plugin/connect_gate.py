@@ -2,8 +2,9 @@
 
 amqtt waits for CONNECT forever (a silent socket holds a connection slot) and misreads an MQTT 5
 CONNECT as 3.1.1, then hangs waiting for bytes that never come. So the broker reads the whole
-first packet here, within a deadline, answers what amqtt cannot, and hands amqtt a reader that
-replays the packet and then continues with the socket.
+first packet here, within a deadline, learns the protocol version from it, and hands amqtt a
+reader that replays the packet and then continues with the socket (MQTT 5 goes to our own
+handler instead).
 """
 from __future__ import annotations
 
@@ -16,9 +17,6 @@ from amqtt.errors import MQTTError
 
 CONNECT_PACKET_TYPE = 1
 MAX_CONNECT_BYTES = 65536
-MQTT_5 = 5
-# MQTT 3.1.1 CONNACK "unacceptable protocol version": a v5 client understands it as a refusal.
-_CONNACK_UNACCEPTABLE_PROTOCOL = bytes((0x20, 0x02, 0x00, 0x01))
 
 
 class ReplayReader(ReaderAdapter):
@@ -95,21 +93,15 @@ def has_empty_client_id(packet: bytes) -> bool:
 
 async def read_connect(reader: ReaderAdapter, writer: WriterAdapter, timeout: float) -> tuple[ReaderAdapter, bytes]:
     """Read the first packet within `timeout` seconds; return it and a reader that replays it.
-    Raises MQTTError, having answered and closed the connection, when amqtt must not see it."""
+    Raises MQTTError, having closed the connection, when there is no CONNECT in time."""
     try:
         packet = await asyncio.wait_for(_read_packet(reader), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         await _close(writer)
         raise MQTTError(f"no CONNECT within {timeout:g} s") from None
     except (MQTTError, asyncio.IncompleteReadError, ConnectionError, IndexError) as e:
         await _close(writer)
         raise MQTTError(f"bad first packet: {e!r}") from None
-    if protocol_level(packet) == MQTT_5:
-        with contextlib.suppress(Exception):
-            writer.write(_CONNACK_UNACCEPTABLE_PROTOCOL)
-            await writer.drain()
-        await _close(writer)
-        raise MQTTError("MQTT 5 CONNECT refused: this broker speaks MQTT 3.1.1")
     return ReplayReader(packet, reader), packet
 
 

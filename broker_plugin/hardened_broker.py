@@ -5,7 +5,9 @@
   can neither take over a persistent session's certificate identity (G1) nor wipe another
   client's subscriptions (G2), and is never left registered (G3); an exception in a plugin is a
   refusal, not a dropped socket (G4);
-- the auth plugin chooses the CONNACK code (G13), and MQTT 5 gets a clean refusal;
+- the auth plugin chooses why a login is refused (G13), and the broker says so in the client's
+  protocol version;
+- MQTT 5 on the same listeners (broker_plugin.mqtt5_handler), sharing sessions and plugins;
 - keep-alive is enforced at 1.5 × the client's value (G5) and CONNECT must arrive in time (G6);
 - every PUBLISH goes to the Gatehouse plugin, which decides about the PUBACK (G9);
 - subscriptions are granted QoS 1 at most, as ThingsBoard does.
@@ -19,91 +21,39 @@ import asyncio
 import contextlib
 import math
 import ssl
-from collections import deque
+import time
 
+import mqtt5
 from amqtt.broker import Broker
 from amqtt.errors import AMQTTError, MQTTError, NoDataError
-from amqtt.mqtt.connack import NOT_AUTHORIZED, ConnackPacket
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.connack import ConnackPacket
 from amqtt.mqtt.constants import QOS_1
-from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.mqtt.puback import PubackPacket
-from amqtt.session import INCOMING
 from amqtt.utils import gen_client_id
 
-from .connect_gate import has_empty_client_id, read_connect
-from .interfaces import CLIENT_ID_GENERATED, CONNACK_CODE, MAX_IN_FLIGHT, PublishProcessor, PublishVerdict
+from .connect_gate import has_empty_client_id, protocol_level, read_connect
+from .interfaces import (
+    CLIENT_ID_GENERATED,
+    LOGIN_REFUSAL,
+    MQTT_5,
+    DisconnectReason,
+    LoginRefusal,
+    PublishProcessor,
+    PublishVerdict,
+)
+from .mqtt5_handler import (
+    CLEAN_START,
+    NEVER_EXPIRES,
+    SESSION_EXPIRY,
+    MalformedPacket,
+    Mqtt5ProtocolHandler,
+    connect_session,
+    decode,
+)
+from .protocol_handler import GatehouseProtocolHandler
 
 _PREAUTHENTICATED = "gatehouse.preauthenticated"
 KEEPALIVE_FACTOR = 1.5
-
-
-class _Answer:
-    """The broker's answer to one PUBLISH, decided once it is processed."""
-
-    __slots__ = ("packet_id", "verdict")
-
-    def __init__(self, packet_id: int | None):
-        self.packet_id = packet_id  # None: QoS 0, never acknowledged
-        self.verdict: PublishVerdict | None = None
-
-
-class GatehouseProtocolHandler(BrokerProtocolHandler):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        # Publishes of one connection are processed concurrently (a device's in-flight window
-        # is then worth something) but answered in arrival order, as MQTT requires for PUBACKs.
-        self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._answers: deque[_Answer] = deque()
-        self._flush_scheduled = False
-
-    def handle_read_timeout(self) -> None:
-        # Nothing from the client for 1.5 × its keep-alive: it is gone (MQTT 3.1.1 §3.1.2.10).
-        self._keepalive_expiry = asyncio.ensure_future(self.handle_connection_closed())
-
-    async def _handle_qos1_message_flow(self, app_message) -> None:
-        if app_message.direction == INCOMING:
-            # The broker sends the PUBACK once the message has been processed.
-            await self.session.delivered_message_queue.put(app_message)
-            return
-        await super()._handle_qos1_message_flow(app_message)
-
-    async def send_puback(self, packet_id: int) -> None:
-        await self._send_packet(PubackPacket.build(packet_id))
-
-    def expect_answer(self, message) -> _Answer:
-        answer = _Answer(message.packet_id if message.qos == QOS_1 else None)
-        self._answers.append(answer)
-        return answer
-
-    def give_answer(self, answer: _Answer, verdict: PublishVerdict) -> None:
-        answer.verdict = verdict
-        if not self._flush_scheduled:
-            # Answers decided in the same loop iteration (one group commit) leave in one write.
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_answers)
-
-    def _flush_answers(self) -> None:
-        self._flush_scheduled = False
-        acks = bytearray()
-        close = False
-        while self._answers and self._answers[0].verdict is not None:
-            answer = self._answers.popleft()
-            self.in_flight.release()
-            if answer.verdict is PublishVerdict.CLOSE:
-                close = True
-                break
-            if answer.verdict is PublishVerdict.ACK and answer.packet_id is not None:
-                acks += PubackPacket.build(answer.packet_id).to_bytes()
-        if acks and self.writer is not None:
-            with contextlib.suppress(ConnectionError):  # the client may be gone
-                self.writer.write(bytes(acks))
-        if close:
-            # No answer after the one that closes; the message loop then sees the disconnect
-            # and cleans the session up as usual.
-            while self._answers:
-                self._answers.popleft()
-                self.in_flight.release()
-            asyncio.ensure_future(self.handle_connection_closed())
 
 
 class HardenedBroker(Broker):
@@ -128,16 +78,11 @@ class HardenedBroker(Broker):
 
     async def _initialize_client_session(self, reader, writer, remote_address, remote_port):
         reader, connect_packet = await read_connect(reader, writer, self.connect_timeout)
-        try:
-            handler, incoming = await GatehouseProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
-        except MQTTError:
-            with contextlib.suppress(Exception):
-                await writer.close()
-            raise
-        except NoDataError as exc:
-            raise AMQTTError(exc) from exc
-        if has_empty_client_id(connect_packet):
-            incoming.attributes[CLIENT_ID_GENERATED] = True
+        level = protocol_level(connect_packet)
+        if level == MQTT_5:
+            handler, incoming = await self._open_mqtt5(connect_packet, writer)
+        else:
+            handler, incoming = await self._open_mqtt311(connect_packet, reader, writer)
 
         try:
             accepted = await super()._authenticate(incoming, None)
@@ -145,18 +90,22 @@ class HardenedBroker(Broker):
             self.logger.exception("auth plugin failed")
             accepted = False
         if not accepted:
-            code = incoming.attributes.get(CONNACK_CODE, NOT_AUTHORIZED)
+            refusal = incoming.attributes.get(LOGIN_REFUSAL, LoginRefusal.NOT_AUTHORIZED)
+            code = refusal.code(handler.protocol_level)
             with contextlib.suppress(Exception):
-                await ConnackPacket.build(0, code).to_stream(writer)
+                if handler.protocol_level == MQTT_5:
+                    writer.write(mqtt5.ConnAckPacket(reason_code=mqtt5.ConnAckReasonCode(code)).write())
+                else:
+                    await ConnackPacket.build(0, code).to_stream(writer)
                 await writer.close()
-            raise MQTTError(f"login refused with CONNACK {code}")
+            raise MQTTError(f"login refused with CONNACK {code:#04x}")
 
         session = incoming
         existing = self._sessions.get(incoming.client_id) if incoming.client_id else None
-        if incoming.clean_session:
+        if incoming.attributes.get(CLEAN_START, incoming.clean_session):
             if existing is not None:
                 if existing[0].transitions.is_connected():
-                    await existing[1].handle_connection_closed()  # amqtt would leave it running
+                    await existing[1].disconnect(DisconnectReason.SESSION_TAKEN_OVER)  # amqtt leaves it running
                 await self._delete_session(incoming.client_id)
             if not incoming.client_id:
                 incoming.client_id = gen_client_id()
@@ -165,8 +114,8 @@ class HardenedBroker(Broker):
             # Resume the stored session with this connection's identity: nothing of the old
             # connection (its certificate above all) may carry over.
             session = existing[0]
-            for attr in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain", "keep_alive",
-                         "username", "password", "ssl_object", "remote_address", "remote_port"):
+            for attr in ("clean_session", "will_flag", "will_message", "will_topic", "will_qos", "will_retain",
+                         "keep_alive", "username", "password", "ssl_object", "remote_address", "remote_port"):
                 setattr(session, attr, getattr(incoming, attr))
             session.attributes.clear()
             session.attributes.update(incoming.attributes)
@@ -177,6 +126,29 @@ class HardenedBroker(Broker):
             session.keep_alive = math.ceil(session.keep_alive * KEEPALIVE_FACTOR)
         session.attributes[_PREAUTHENTICATED] = True
         return handler, session
+
+    async def _open_mqtt311(self, connect_packet: bytes, reader, writer):
+        try:
+            handler, incoming = await GatehouseProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+        except MQTTError:
+            with contextlib.suppress(Exception):
+                await writer.close()
+            raise
+        except NoDataError as exc:
+            raise AMQTTError(exc) from exc
+        if has_empty_client_id(connect_packet):
+            incoming.attributes[CLIENT_ID_GENERATED] = True
+        return handler, incoming
+
+    async def _open_mqtt5(self, connect_packet: bytes, writer):
+        try:
+            connect = decode(connect_packet)  # a CONNECT: read_connect checked the packet type
+        except MalformedPacket as e:
+            with contextlib.suppress(Exception):
+                writer.write(mqtt5.ConnAckPacket(reason_code=mqtt5.ConnAckReasonCode.MALFORMED_PACKET).write())
+                await writer.close()
+            raise MQTTError(f"malformed MQTT 5 CONNECT: {e}") from None
+        return Mqtt5ProtocolHandler(self.plugins_manager, connect), connect_session(connect, writer)
 
     async def _authenticate(self, session, listener) -> bool:
         # Called again by _handle_client_session; the real check already ran above.
@@ -204,15 +176,46 @@ class HardenedBroker(Broker):
         return True
 
     async def _process_publish(self, session, handler, message, answer) -> None:
-        verdict = PublishVerdict.CLOSE
+        verdict = PublishVerdict.FAILED
         try:
             topic = message.topic
-            if topic and "#" not in topic and "+" not in topic:  # else MQTT-4.7.3-1, MQTT-3.3.2-2
-                verdict = await self.publish_processor.process_publish(session, topic, bytes(message.data or b""))
+            if not topic or "#" in topic or "+" in topic:  # MQTT-4.7.3-1, MQTT-3.3.2-2
+                verdict = PublishVerdict.NOT_ALLOWED
+            else:
+                verdict = await self.publish_processor.process_publish(
+                    session, topic, bytes(message.data or b""), getattr(message, "properties", None))
         except Exception:
             self.logger.exception("processing a PUBLISH from %s failed", session.client_id)
         finally:
             handler.give_answer(answer, verdict)
+
+    async def _handle_unsubscription(self, client_session, handler, unsubscribe_waiter) -> None:
+        # amqtt's, plus whether each filter was subscribed (MQTT 5 answers 0x11 where not)
+        unsubscription = unsubscribe_waiter.result()
+        existed = []
+        for topic in unsubscription.topics:
+            existed.append(self._del_subscription(topic, client_session) > 0)
+            await self.plugins_manager.fire_event(BrokerEvents.CLIENT_UNSUBSCRIBED,
+                                                  client_id=client_session.client_id, topic=topic)
+        await handler.acknowledge_unsubscription(unsubscription.packet_id, existed)
+
+    async def _session_monitor(self) -> None:
+        """amqtt's, with MQTT 5's per-session expiry: a disconnected session is dropped once its
+        own Session Expiry Interval has passed (a 3.1.1 session keeps the configured one)."""
+        while True:
+            now = time.time()
+            expired = []
+            for client_id, (session, _) in self._sessions.items():
+                if session.transitions.state != "disconnected":
+                    continue
+                expiry = session.attributes.get(SESSION_EXPIRY, self.config.session_expiry_interval)
+                if session.clean_session or session.is_anonymous or (
+                        expiry is not None and expiry != NEVER_EXPIRES and session.last_disconnect_time
+                        and session.last_disconnect_time + expiry < now):
+                    expired.append(client_id)
+            for client_id in expired:
+                await self._cleanup_session(client_id)
+            await asyncio.sleep(1)
 
     async def shutdown(self) -> None:
         for task in list(self._publish_tasks):

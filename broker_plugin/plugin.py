@@ -35,11 +35,24 @@ from gatehouse.payloads import (
     parse_rpc_request,
     parse_telemetry,
 )
-from gatehouse.provisioning import ProvisionRequest, ProvisionRequestError, ProvisionStatus
+from gatehouse.provisioning import (
+    ProvisionRequest,
+    ProvisionRequestError,
+    ProvisionStatus,
+)
 from gatehouse.registry import DeviceData, Registry
 from gatehouse.store import now_ms
 
-from .interfaces import CLIENT_ID_GENERATED, CONNACK_CODE, MAX_IN_FLIGHT, PublishVerdict
+from .interfaces import (
+    CLIENT_ID_GENERATED,
+    LOGIN_REFUSAL,
+    MAX_IN_FLIGHT,
+    MQTT_311,
+    DisconnectReason,
+    LoginRefusal,
+    MessageProperties,
+    PublishVerdict,
+)
 from .login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES, LoginLimiter
 from .registry_worker import RegistryWorker
 from .topics import (
@@ -66,14 +79,12 @@ CLIENT_RPC_REPLIES = "gatehouse.client_rpc_replies"  # request id -> reply topic
 
 ROLE_DEVICE, ROLE_PROVISION, ROLE_APPLICATION = "device", "provision", "application"
 
-# MQTT 3.1.1 CONNACK return codes for refused logins (SPEC §2.1)
-_CONNACK_CODES = {
-    LoginOutcome.BAD_USERNAME_OR_PASSWORD: 0x05,
-    LoginOutcome.CLIENT_ID_NOT_VALID: 0x02,
-    LoginOutcome.NOT_AUTHORIZED: 0x05,
-    LoginOutcome.SERVER_UNAVAILABLE: 0x03,
+_REFUSALS = {
+    LoginOutcome.BAD_USERNAME_OR_PASSWORD: LoginRefusal.BAD_USERNAME_OR_PASSWORD,
+    LoginOutcome.CLIENT_ID_NOT_VALID: LoginRefusal.CLIENT_ID_NOT_VALID,
+    LoginOutcome.NOT_AUTHORIZED: LoginRefusal.NOT_AUTHORIZED,
+    LoginOutcome.SERVER_UNAVAILABLE: LoginRefusal.SERVER_UNAVAILABLE,
 }
-_BLOCKED_CODE = 0x03  # ThingsBoard's answer when session opening is rate limited
 
 
 def _json(value) -> bytes:
@@ -144,9 +155,12 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         for key in (ROLE, DEVICE, CREDENTIALS_VERSION, SUBSCRIPTIONS, CLIENT_RPC_REPLIES):
             session.attributes.pop(key, None)
         session.attributes[SUBSCRIPTIONS] = {}
+        # A will is a publish the broker would route as it is, past process_publish: a device
+        # could speak for another one to applications. ThingsBoard ignores wills; so do we.
+        session.will_flag, session.will_topic, session.will_message = False, None, None
         address = session.remote_address or ""
         if self.limiter.is_blocked(address):
-            session.attributes[CONNACK_CODE] = _BLOCKED_CODE
+            session.attributes[LOGIN_REFUSAL] = LoginRefusal.CONNECTION_RATE_EXCEEDED
             return False
         cert_der = session.ssl_object.getpeercert(binary_form=True) if session.ssl_object else None
         client_id = "" if session.attributes.get(CLIENT_ID_GENERATED) else session.client_id
@@ -169,7 +183,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         else:
             if result.outcome is not LoginOutcome.SERVER_UNAVAILABLE:
                 self.limiter.failed(address)
-            session.attributes[CONNACK_CODE] = _CONNACK_CODES[result.outcome]
+            session.attributes[LOGIN_REFUSAL] = _REFUSALS[result.outcome]
             log.info("login refused (%s) from %s", result.outcome.value, address)
             return False
         self.limiter.succeeded(address)
@@ -183,7 +197,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         self.connected_devices[device.id] = client_session
         if previous is not None and previous is not client_session:
             log.info("device %s connected again; closing its older session", device.name)
-            await self._disconnect(previous)
+            await self._disconnect(previous, DisconnectReason.SESSION_TAKEN_OVER)
         await self._publish_event(device.id, "connected")
 
     async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
@@ -249,27 +263,30 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         session = self.context.get_session(client_id)
         if session is not None:
             verdict = await self.process_publish(session, message.topic, bytes(message.data or b""))
-            if verdict is PublishVerdict.CLOSE:
-                await self._disconnect(session)
+            _puback, disconnect = verdict.answer(MQTT_311, message.qos)
+            if disconnect is not None:
+                await self._disconnect(session, disconnect)
 
-    async def process_publish(self, session: Session, topic: str, payload: bytes) -> PublishVerdict:
+    async def process_publish(self, session: Session, topic: str, payload: bytes,
+                              properties: MessageProperties | None = None) -> PublishVerdict:
         if len(payload) > self.config.max_payload_size:
-            return PublishVerdict.CLOSE
+            return PublishVerdict.PACKET_TOO_LARGE
         role = session.attributes.get(ROLE)
         if role == ROLE_DEVICE:
-            return await self._device_publish(session, topic, payload)
+            return await self._device_publish(session, topic, payload, properties)
         if role == ROLE_PROVISION:
             return await self._provision_publish(session, topic, payload)
         if role == ROLE_APPLICATION:
-            return await self._application_publish(topic, payload)
-        return PublishVerdict.CLOSE
+            return await self._application_publish(topic, payload, properties)
+        return PublishVerdict.FAILED
 
-    async def _device_publish(self, session: Session, topic: str, payload: bytes) -> PublishVerdict:
+    async def _device_publish(self, session: Session, topic: str, payload: bytes,
+                              properties: MessageProperties | None) -> PublishVerdict:
         device: Device = session.attributes[DEVICE]
         publish = classify_device_publish(topic)
         action = publish.action
         if action is DeviceAction.UNKNOWN:
-            return PublishVerdict.ACK  # dropped; MQTT 3.1.1 still gets a plain PUBACK (SPEC §2.2)
+            return PublishVerdict.TOPIC_NAME_INVALID  # dropped, connection kept (SPEC §2.2)
         if action is DeviceAction.GATEWAY:
             return PublishVerdict.NO_ACK
         if action is DeviceAction.CLAIM:
@@ -283,14 +300,14 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
             await self.worker.write(DeviceData(device.id, telemetry=tuple(records)))
             await self._republish(device_topic(device.id, "telemetry"), [
-                {"ts": r.ts, "values": {e.key: entry_to_json_value(e) for e in r.values}} for r in records])
+                {"ts": r.ts, "values": {e.key: entry_to_json_value(e) for e in r.values}} for r in records], properties)
         elif action is DeviceAction.ATTRIBUTES:
             entries = parse_attributes(payload, max_bytes=self.config.max_payload_size)
             if isinstance(entries, PayloadError):
                 return self._invalid_payload(device, topic, entries)
             await self.worker.write(DeviceData(device.id, attributes=entries))
             await self._republish(device_topic(device.id, "attributes"),
-                                  {e.key: entry_to_json_value(e) for e in entries})
+                                  {e.key: entry_to_json_value(e) for e in entries}, properties)
         elif action is DeviceAction.ATTRIBUTE_REQUEST:
             request = parse_attribute_request(payload)
             if isinstance(request, PayloadError):
@@ -298,7 +315,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             answer = self.worker.reader.device_attributes(device.id, request.client_keys, request.shared_keys)
             self._send(session, publish.reply_topic, _json(answer), self._reply_qos(session, publish.reply_topic))
         elif action is DeviceAction.RPC_RESPONSE:
-            await self._republish_raw(device_topic(device.id, "rpc", "response", publish.request_id), payload)
+            await self._republish_raw(device_topic(device.id, "rpc", "response", publish.request_id), payload,
+                                      properties)
         elif action is DeviceAction.RPC_REQUEST:
             rpc = parse_rpc_request(payload)
             if isinstance(rpc, PayloadError):
@@ -309,13 +327,12 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             else:
                 session.attributes[CLIENT_RPC_REPLIES][publish.request_id] = publish.reply_topic
                 await self._republish(device_topic(device.id, "rpc", "request", publish.request_id),
-                                {"method": rpc.method, "params": rpc.params})
+                                      {"method": rpc.method, "params": rpc.params}, properties)
         return PublishVerdict.ACK
 
     def _invalid_payload(self, device: Device, topic: str, error: PayloadError) -> PublishVerdict:
-        # MQTT 3.1.1 without sendAckOnValidationException: close, no PUBACK (SPEC §2.2).
-        log.info("closing %s: invalid payload on %s: %s", device.name, topic, error.message)
-        return PublishVerdict.CLOSE
+        log.info("invalid payload from %s on %s: %s", device.name, topic, error.message)
+        return PublishVerdict.PAYLOAD_FORMAT_INVALID
 
     def _session_limits(self, device: Device) -> dict:
         no_limits = {"messages": "", "telemetryMessages": "", "telemetryDataPoints": ""}
@@ -327,17 +344,17 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
 
     async def _provision_publish(self, session: Session, topic: str, payload: bytes) -> PublishVerdict:
         if topic != PROVISION_REQUEST:
-            return PublishVerdict.CLOSE  # a provisioning session may do nothing else (SPEC §3.1)
+            return PublishVerdict.NOT_ALLOWED  # a provisioning session may do nothing else (SPEC §3.1)
         parsed = parse_json(payload)
         if isinstance(parsed, PayloadError):
-            return PublishVerdict.CLOSE
+            return PublishVerdict.PAYLOAD_FORMAT_INVALID
         try:
             request = ProvisionRequest.from_json(parsed)
             result = await self.worker.call(Registry.provision, request, transport="MQTT",
                                             remote_address=session.remote_address)
         except ProvisionRequestError as e:
             log.info("closing provisioning session from %s: %s", session.remote_address, e)
-            return PublishVerdict.CLOSE
+            return PublishVerdict.FAILED
         self._send(session, PROVISION_RESPONSE, _json(result.to_json()), self._reply_qos(session, PROVISION_RESPONSE))
         if result.status is ProvisionStatus.SUCCESS:
             await self._publish_event(result.device_id, "provisioned")
@@ -345,34 +362,37 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                 await self._refresh_trust_store()  # the device brought its own certificate
         # ThingsBoard closes provisioning connections 60 s after answering, whatever the answer.
         asyncio.get_running_loop().call_later(
-            self.config.provision_close_seconds, lambda: self._spawn(self._disconnect(session)))
+            self.config.provision_close_seconds,
+            lambda: self._spawn(self._disconnect(session, DisconnectReason.MAXIMUM_CONNECT_TIME)))
         return PublishVerdict.ACK
 
-    async def _application_publish(self, topic: str, payload: bytes) -> PublishVerdict:
+    async def _application_publish(self, topic: str, payload: bytes,
+                                   properties: MessageProperties | None) -> PublishVerdict:
         publish = classify_application_publish(topic)
         if publish is None:
             return PublishVerdict.ACK
         target = self.connected_devices.get(publish.device_id)
         if publish.action is ApplicationAction.SHARED_ATTRIBUTES:
-            await self._update_shared_attributes(publish.device_id, target, payload)
+            await self._update_shared_attributes(publish.device_id, target, payload, properties)
         elif publish.action is ApplicationAction.RPC_CALL:
             rpc = parse_rpc_request(payload)
             if isinstance(rpc, PayloadError):
                 log.info("application RPC to %s ignored: %s", publish.device_id, rpc.message)
             elif target is None or self._push_target(target, SubscriptionKind.RPC_REQUESTS) is None:
                 await self._republish(device_topic(publish.device_id, "rpc", "response", publish.request_id),
-                                {"error": "Device is not connected or not subscribed to RPC"})
+                                      {"error": "Device is not connected or not subscribed to RPC"}, properties)
             else:
                 prefix, qos = self._push_target(target, SubscriptionKind.RPC_REQUESTS)
                 self._send(target, f"{prefix}{publish.request_id}",
-                           _json({"method": rpc.method, "params": rpc.params}), qos)
+                           _json({"method": rpc.method, "params": rpc.params}), qos, properties)
         elif target is not None:  # RPC_REPLY to the device's client-side RPC
             replies = target.attributes.get(CLIENT_RPC_REPLIES, {})
             reply_topic = replies.pop(publish.request_id, f"v1/devices/me/rpc/response/{publish.request_id}")
-            self._send(target, reply_topic, payload, self._reply_qos(target, reply_topic))
+            self._send(target, reply_topic, payload, self._reply_qos(target, reply_topic), properties)
         return PublishVerdict.ACK
 
-    async def _update_shared_attributes(self, device_id: str, target: Session | None, payload: bytes) -> None:
+    async def _update_shared_attributes(self, device_id: str, target: Session | None, payload: bytes,
+                                        properties: MessageProperties | None) -> None:
         parsed = parse_json(payload)
         deleted = parsed.get("deleted") if isinstance(parsed, dict) and len(parsed) == 1 else None
         try:
@@ -391,21 +411,28 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return
         push = self._push_target(target, SubscriptionKind.ATTRIBUTE_UPDATES) if target is not None else None
         if push is not None:  # pushed only to devices subscribed to attribute updates
-            self._send(target, push[0], _json(update), push[1])
+            self._send(target, push[0], _json(update), push[1], properties)
 
     # --- sending ------------------------------------------------------------------------------
 
-    def _send(self, session: Session, topic: str, payload: bytes, qos: int) -> None:
+    def _send(self, session: Session, topic: str, payload: bytes, qos: int,
+              properties: MessageProperties | None = None) -> None:
         """Publish to this one connection, subscribed or not (never through the fan-out)."""
         entry = self._broker._sessions.get(session.client_id)
         if entry is None or entry[0] is not session or entry[0].transitions.state != "connected":
             return
-        self._spawn(entry[1].mqtt_publish(topic, payload, qos, retain=False))
+        self._spawn(self._publish_on(entry[1], topic, payload, qos, properties))
 
-    async def _republish(self, topic: str, value) -> None:
-        await self._republish_raw(topic, _json(value))
+    @staticmethod
+    def _publish_on(handler, topic: str, payload: bytes, qos: int, properties: MessageProperties | None):
+        if properties:  # only the hardened broker's handlers take them (and MQTT 5 sends them)
+            return handler.mqtt_publish(topic, payload, qos, retain=False, properties=properties)
+        return handler.mqtt_publish(topic, payload, qos, retain=False)
 
-    async def _republish_raw(self, topic: str, payload: bytes) -> None:
+    async def _republish(self, topic: str, value, properties: MessageProperties | None = None) -> None:
+        await self._republish_raw(topic, _json(value), properties)
+
+    async def _republish_raw(self, topic: str, payload: bytes, properties: MessageProperties | None = None) -> None:
         """Deliver to the applications subscribed to `topic`, as amqtt's broadcast loop would,
         minus its queue, its wait and its plugin round trip per message: on the telemetry path
         that fan-out cost more than storing the message."""
@@ -419,7 +446,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                 if session.transitions.state == "connected":
                     handler = broker._get_handler(session)
                     if handler is not None:
-                        self._spawn(handler.mqtt_publish(topic, payload, qos, retain=False))
+                        self._spawn(self._publish_on(handler, topic, payload, qos, properties))
                 elif not session.clean_session and qos > 0:  # kept for a persistent session's return
                     await broker._retain_broadcast_message({"session": None, "topic": topic, "data": payload},
                                                            qos, session)
@@ -427,10 +454,14 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
     async def _publish_event(self, device_id: str, event: str) -> None:
         await self._republish(device_topic(device_id, "events"), {"event": event, "ts": now_ms()})
 
-    async def _disconnect(self, session: Session) -> None:
+    async def _disconnect(self, session: Session, reason: DisconnectReason) -> None:
         entry = self._broker._sessions.get(session.client_id)
         if entry is not None and entry[0] is session and session.transitions.state == "connected":
-            await entry[1].handle_connection_closed()
+            handler = entry[1]
+            if hasattr(handler, "disconnect"):  # the hardened broker's: tells MQTT 5 clients why
+                await handler.disconnect(reason)
+            else:
+                await handler.handle_connection_closed()
 
     # --- changes made by other processes ------------------------------------------------------
 
@@ -452,7 +483,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         for device_id, session in sessions.items():
             if current.get(device_id) != session.attributes.get(CREDENTIALS_VERSION):
                 log.info("credentials of %s changed; closing its session", device_id)
-                await self._disconnect(session)
+                await self._disconnect(session, DisconnectReason.ADMINISTRATIVE_ACTION)
 
     async def _refresh_trust_store(self) -> None:
         contexts = getattr(self._broker, "ssl_contexts", {})

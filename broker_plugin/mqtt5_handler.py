@@ -1,0 +1,305 @@
+"""MQTT 5 on amqtt's broker: a protocol handler that speaks v5 on the wire and amqtt inside.
+
+amqtt's broker core (sessions, subscriptions, the message loop, the plugins) is written against
+3.1.1 packet objects; its handler reads and writes them. This handler replaces only the wire: it
+frames and decodes v5 packets with the `mqtt5` codec and feeds the broker the same calls a 3.1.1
+client would (subscriptions, publishes, PUBACKs, DISCONNECT), and it writes v5 packets with the
+reason codes and properties 3.1.1 has no room for. Sessions, the ACL and the plugin are shared
+by both versions, so a v5 device and a 3.1.1 application (or the reverse) simply meet.
+
+What is negotiated (announced in CONNACK): at most `MAX_IN_FLIGHT` QoS 1 messages from the
+client, packets up to `MAX_PACKET_SIZE`, `TOPIC_ALIAS_MAXIMUM` topic aliases from the client
+(none towards it), QoS 1 at most, no retained messages, no shared subscriptions or subscription
+identifiers. Toward the client the broker keeps to the client's own Receive Maximum and Maximum
+Packet Size.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import mqtt5
+from amqtt.adapters import ReaderAdapter, WriterAdapter
+from amqtt.errors import MQTTError
+from amqtt.mqtt.constants import QOS_0, QOS_1
+from amqtt.mqtt.disconnect import DisconnectPacket as AmqttDisconnect
+from amqtt.mqtt.protocol.broker_handler import Subscription, UnSubscription
+from amqtt.session import (
+    IncomingApplicationMessage,
+    OutgoingApplicationMessage,
+    Session,
+)
+from amqtt.utils import gen_client_id
+
+from .interfaces import (
+    CLIENT_ID_GENERATED,
+    MAX_IN_FLIGHT,
+    MQTT_5,
+    PROTOCOL_LEVEL,
+    DisconnectReason,
+    MessageProperties,
+)
+from .protocol_handler import GatehouseProtocolHandler
+
+MAX_PACKET_SIZE = 65536 + 4096  # ThingsBoard's 64 KiB payload limit plus room for topic and properties
+TOPIC_ALIAS_MAXIMUM = 16
+SESSION_EXPIRY = "gatehouse.session_expiry"  # seconds a v5 session outlives its connection
+CLEAN_START = "gatehouse.clean_start"
+NEVER_EXPIRES = 0xFFFFFFFF
+
+_SUBACK_REFUSED_311 = 0x80
+_SUBACK_TOPIC_FILTER_INVALID = mqtt5.SubAckReasonCode.TOPIC_FILTER_INVALID
+
+
+class MalformedPacket(Exception):
+    def __init__(self, reason: DisconnectReason, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+async def read_frame(reader: ReaderAdapter, max_size: int) -> bytes:
+    """One whole MQTT control packet: fixed header, remaining length and the rest."""
+    first = await reader.read(1)
+    if not first:
+        raise EOFError
+    length_bytes, remaining, multiplier = bytearray(), 0, 1
+    while True:
+        byte = (await reader.read(1))[0]
+        length_bytes.append(byte)
+        remaining += (byte & 0x7F) * multiplier
+        if not byte & 0x80:
+            break
+        multiplier *= 128
+        if len(length_bytes) == 4:
+            raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, "remaining length over 4 bytes")
+    if 1 + len(length_bytes) + remaining > max_size:
+        raise MalformedPacket(DisconnectReason.PACKET_TOO_LARGE, f"packet of {remaining} bytes")
+    return first + bytes(length_bytes) + (await reader.read(remaining) if remaining else b"")
+
+
+def decode(frame: bytes):
+    try:
+        packet, _size = mqtt5.read(memoryview(frame))
+    except Exception as e:  # the codec raises ValueError, IndexError, ... for bad bytes
+        raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, f"undecodable packet: {e}") from None
+    return packet
+
+
+def connect_session(connect: mqtt5.ConnectPacket, writer: WriterAdapter) -> Session:
+    """An amqtt Session for a v5 CONNECT, as amqtt builds one for 3.1.1."""
+    session = Session()
+    session.client_id = connect.client_id or gen_client_id()
+    if not connect.client_id:
+        session.attributes[CLIENT_ID_GENERATED] = True
+    # amqtt drops a clean session when its connection ends; a v5 session does so when its expiry
+    # interval is 0. Clean Start (whether an existing session is resumed) is read separately.
+    session.clean_session = connect.session_expiry_interval == 0
+    session.attributes[CLEAN_START] = connect.clean_start
+    session.attributes[SESSION_EXPIRY] = connect.session_expiry_interval
+    session.attributes[PROTOCOL_LEVEL] = MQTT_5
+    session.keep_alive = connect.keep_alive
+    session.username = connect.username
+    # ThingsBoard reads the password as UTF-8 text; bytes that are not would match no credential.
+    session.password = connect.password.decode("utf-8", "replace") if connect.password is not None else None
+    session.will_flag = False  # ignored, as ThingsBoard does (see GatehousePlugin.authenticate)
+    peer = writer.get_peer_info()
+    if peer is not None:
+        session.remote_address, session.remote_port = peer
+    session.ssl_object = writer.get_ssl_info()
+    return session
+
+
+class _Incoming(IncomingApplicationMessage):
+    __slots__ = ("properties",)  # amqtt's messages have slots and no room for properties
+
+
+class _Outgoing(OutgoingApplicationMessage):
+    __slots__ = ("properties",)
+
+
+def _properties(packet: mqtt5.PublishPacket) -> MessageProperties | None:
+    properties = MessageProperties(packet.response_topic, packet.correlation_data, packet.content_type,
+                                   tuple(packet.user_properties))
+    return properties or None
+
+
+class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
+    protocol_level = MQTT_5
+
+    def __init__(self, plugins_manager, connect: mqtt5.ConnectPacket):
+        super().__init__(plugins_manager)
+        self.client_max_packet_size = connect.max_packet_size or MAX_PACKET_SIZE * 64
+        self._client_receive_slots = asyncio.Semaphore(connect.receive_max)
+        self._topic_aliases: dict[int, str] = {}
+        self._closing = False
+
+    # --- writing ------------------------------------------------------------------------------
+
+    async def _write(self, packet) -> None:
+        if self.writer is None or self._closing:
+            return
+        try:
+            self.writer.write(packet.write())
+            await self.writer.drain()
+        except (ConnectionError, RuntimeError):
+            await self.handle_connection_closed()
+
+    async def _send_packet(self, packet) -> None:
+        # Every amqtt call that would send a 3.1.1 packet is overridden below.
+        raise TypeError(f"no MQTT 5 form for amqtt's {type(packet).__name__}")
+
+    def puback_bytes(self, packet_id: int, reason: int) -> bytes:
+        return mqtt5.PubAckPacket(packet_id, reason_code=mqtt5.PubAckReasonCode(reason)).write()
+
+    async def send_puback(self, packet_id: int, reason: int = 0) -> None:
+        await self._write(mqtt5.PubAckPacket(packet_id, reason_code=mqtt5.PubAckReasonCode(reason)))
+
+    async def mqtt_connack_authorize(self, authorize: bool) -> None:
+        session = self.session
+        await self._write(mqtt5.ConnAckPacket(
+            session_present=bool(session.parent),
+            assigned_client_id=session.client_id if session.attributes.get(CLIENT_ID_GENERATED) else None,
+            receive_max=MAX_IN_FLIGHT, max_packet_size=MAX_PACKET_SIZE, topic_alias_max=TOPIC_ALIAS_MAXIMUM,
+            max_qos=mqtt5.QoS.AT_LEAST_ONCE, retain_available=False, wildcard_subscription_available=True,
+            subscription_id_available=False, shared_subscription_available=False))
+
+    async def mqtt_acknowledge_subscription(self, packet_id: int, return_codes: list[int]) -> None:
+        codes = [_SUBACK_TOPIC_FILTER_INVALID if code == _SUBACK_REFUSED_311 else mqtt5.SubAckReasonCode(code)
+                 for code in return_codes]
+        await self._write(mqtt5.SubAckPacket(packet_id, codes))
+
+    async def acknowledge_unsubscription(self, packet_id: int, existed: list[bool]) -> None:
+        codes = [mqtt5.UnsubAckReasonCode.SUCCESS if e else mqtt5.UnsubAckReasonCode.NO_SUBSCRIPTION_EXISTED
+                 for e in existed]
+        await self._write(mqtt5.UnsubAckPacket(packet_id, codes))
+
+    async def disconnect(self, reason: DisconnectReason) -> None:
+        await self._write(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode(int(reason))))
+        self._closing = True
+        await self.handle_connection_closed()
+
+    async def mqtt_publish(self, topic: str, data: bytes, qos: int, retain: bool, ack_timeout: int | None = None,
+                           properties: MessageProperties | None = None) -> OutgoingApplicationMessage:
+        qos = min(qos, QOS_1)
+        packet_id = self.session.next_packet_id if qos == QOS_1 else None
+        message = _Outgoing(packet_id, topic, qos, data, retain)
+        message.properties = properties
+        if qos == QOS_0:
+            await self._write_publish(message)
+            return message
+        async with self._client_receive_slots:  # the client's Receive Maximum
+            self.session.inflight_out[packet_id] = message
+            waiter = asyncio.get_running_loop().create_future()
+            self._puback_waiters[packet_id] = waiter
+            try:
+                await self._write_publish(message)
+                await waiter  # cancelled when the connection stops; resent if the session resumes
+                self.session.inflight_out.pop(packet_id, None)
+            finally:
+                self._puback_waiters.pop(packet_id, None)
+        return message
+
+    async def _write_publish(self, message: OutgoingApplicationMessage, *, duplicate: bool = False) -> None:
+        properties = getattr(message, "properties", None) or MessageProperties()
+        packet = mqtt5.PublishPacket(
+            message.topic, bytes(message.data or b""), qos=mqtt5.QoS(message.qos), packet_id=message.packet_id,
+            duplicate=duplicate, response_topic=properties.response_topic,
+            correlation_data=properties.correlation_data, content_type=properties.content_type,
+            user_properties=list(properties.user_properties))
+        data = packet.write()
+        if len(data) > self.client_max_packet_size:
+            return  # MQTT 5 §3.1.2.25: never sent, as if delivered
+        if self.writer is not None and not self._closing:
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                self.writer.write(data)
+                await self.writer.drain()
+
+    async def _retry_deliveries(self) -> None:
+        for message in list(self.session.inflight_out.values()):
+            if isinstance(message, OutgoingApplicationMessage):
+                await self._write_publish(message, duplicate=True)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    async def _reader_loop(self) -> None:
+        keepalive = self.session.keep_alive if self.session.keep_alive > 0 else None
+        reason: DisconnectReason | None = None
+        try:
+            while True:
+                self._reader_ready.set()
+                try:
+                    frame = await asyncio.wait_for(read_frame(self.reader, MAX_PACKET_SIZE), keepalive)
+                except TimeoutError:
+                    reason = DisconnectReason.KEEP_ALIVE_TIMEOUT
+                    break
+                reason = await self._handle(decode(frame))
+                if reason is not None:
+                    break
+        except MalformedPacket as e:
+            self.logger.info("closing %s: %s", self.session.client_id, e)
+            reason = e.reason
+        except (EOFError, asyncio.IncompleteReadError, ConnectionError, MQTTError):
+            pass
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            self.logger.exception("MQTT 5 connection of %s failed", self.session.client_id)
+            reason = DisconnectReason.IMPLEMENTATION_SPECIFIC_ERROR
+        if reason is not None and reason is not DisconnectReason.NORMAL_DISCONNECTION:
+            with contextlib.suppress(Exception):
+                await self._write(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode(int(reason))))
+        self._closing = True
+        await self.handle_connection_closed()
+        self._reader_stopped.set()
+        await self.stop()
+
+    async def _handle(self, packet) -> DisconnectReason | None:
+        """Act on one packet from the client; a reason to close the connection, or None."""
+        if isinstance(packet, mqtt5.PublishPacket):
+            return await self._handle_publish(packet)
+        if isinstance(packet, mqtt5.PubAckPacket):
+            waiter = self._puback_waiters.get(packet.packet_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(packet)
+            return None
+        if isinstance(packet, mqtt5.SubscribePacket):
+            await self._pending_subscriptions.put(Subscription(
+                packet.packet_id, [(f.pattern, int(f.max_qos)) for f in packet.topic_filters]))
+            return None
+        if isinstance(packet, mqtt5.UnsubscribePacket):
+            await self._pending_unsubscriptions.put(UnSubscription(packet.packet_id, list(packet.patterns)))
+            return None
+        if isinstance(packet, mqtt5.PingReqPacket):
+            await self._write(mqtt5.PingRespPacket())
+            return None
+        if isinstance(packet, mqtt5.DisconnectPacket):
+            if packet.session_expiry_interval is not None and self.session.attributes.get(SESSION_EXPIRY):
+                self.session.attributes[SESSION_EXPIRY] = packet.session_expiry_interval
+                self.session.clean_session = packet.session_expiry_interval == 0
+            await self.handle_disconnect(AmqttDisconnect())  # a clean close, as in 3.1.1
+            return DisconnectReason.NORMAL_DISCONNECTION
+        # CONNECT again, AUTH (no enhanced authentication here), QoS 2 flow packets
+        return DisconnectReason.PROTOCOL_ERROR
+
+    async def _handle_publish(self, packet: mqtt5.PublishPacket) -> DisconnectReason | None:
+        if int(packet.qos) > QOS_1:
+            return DisconnectReason.QOS_NOT_SUPPORTED
+        if packet.retain:
+            return DisconnectReason.RETAIN_NOT_SUPPORTED
+        topic = packet.topic
+        if packet.topic_alias is not None:
+            if not 0 < packet.topic_alias <= TOPIC_ALIAS_MAXIMUM:
+                return DisconnectReason.TOPIC_ALIAS_INVALID
+            if topic:
+                self._topic_aliases[packet.topic_alias] = topic
+            else:
+                topic = self._topic_aliases.get(packet.topic_alias)
+                if topic is None:
+                    return DisconnectReason.PROTOCOL_ERROR  # MQTT 5 §3.3.4: an alias never set
+        elif not topic:
+            return DisconnectReason.PROTOCOL_ERROR
+        message = _Incoming(packet.packet_id, topic, int(packet.qos), packet.payload, False)
+        message.properties = _properties(packet)
+        await self.session.delivered_message_queue.put(message)
+        return None
+
