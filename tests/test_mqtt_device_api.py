@@ -10,11 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import queue
+import socket
 import threading
 import time
 import uuid
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from gatehouse.credentials import AccessToken
 from gatehouse.models import AttributeScope
@@ -551,6 +554,27 @@ def test_data_published_by_one_device_never_reaches_another(broker, clients, two
     assert nothing_on(client_b) == []
     assert latest(broker, b.id) == {}
     assert attributes(broker, b.id, AttributeScope.CLIENT) == {}
+
+
+def test_device_cannot_speak_for_another_device_through_its_will(broker, clients, two_devices):
+    # A will is published by the broker itself when a connection drops; routed as it is, it
+    # would reach applications past the ACL. Wills are ignored, as ThingsBoard ignores them.
+    (_a, _client_a), (b, _client_b) = two_devices
+    app = app_client(broker, clients, "gatehouse/#")
+    spoofed = f"gatehouse/devices/{b.id}/telemetry"
+    device, token = new_device(broker, "will")
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=_unique("will"), protocol=paho.MQTTv311)
+    client.username_pw_set(token)
+    client.will_set(spoofed, '[{"ts": 1, "values": {"forged": true}}]', qos=1)
+    client.connect("127.0.0.1", broker.mqtt_port)
+    client.loop_start()
+    try:
+        assert next_on(app, f"gatehouse/devices/{device.id}/events")  # connected
+        client.socket().shutdown(socket.SHUT_RDWR)  # dropped without DISCONNECT: the will would go now
+        assert next_on(app, f"gatehouse/devices/{device.id}/events")  # disconnected
+        assert nothing_on(app, lambda message: message.topic == spoofed) == []
+    finally:
+        client.loop_stop()
 
 
 def test_device_cannot_use_the_application_namespace_to_reach_another_device(broker, clients, two_devices):
