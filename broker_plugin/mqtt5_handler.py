@@ -46,6 +46,7 @@ TOPIC_ALIAS_MAXIMUM = 16
 SESSION_EXPIRY = "gatehouse.session_expiry"  # seconds a v5 session outlives its connection
 CLEAN_START = "gatehouse.clean_start"
 NEVER_EXPIRES = 0xFFFFFFFF
+_PROTOCOL_MAX_PACKET_SIZE = 268_435_460  # what a four-byte remaining length can frame
 
 _SUBACK_REFUSED_311 = 0x80
 _SUBACK_TOPIC_FILTER_INVALID = mqtt5.SubAckReasonCode.TOPIC_FILTER_INVALID
@@ -128,7 +129,7 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
 
     def __init__(self, plugins_manager, connect: mqtt5.ConnectPacket):
         super().__init__(plugins_manager)
-        self.client_max_packet_size = connect.max_packet_size or MAX_PACKET_SIZE * 64
+        self.client_max_packet_size = connect.max_packet_size or _PROTOCOL_MAX_PACKET_SIZE
         self._client_receive_slots = asyncio.Semaphore(connect.receive_max)
         self._topic_aliases: dict[int, str] = {}
         self._closing = False
@@ -261,6 +262,8 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
             waiter = self._puback_waiters.get(packet.packet_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(packet)
+            else:  # a message resent on a resumed session (nobody waits for it any more)
+                self.session.inflight_out.pop(packet.packet_id, None)
             return None
         if isinstance(packet, mqtt5.SubscribePacket):
             await self._pending_subscriptions.put(Subscription(
@@ -300,6 +303,6 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
             return DisconnectReason.PROTOCOL_ERROR
         message = _Incoming(packet.packet_id, topic, int(packet.qos), packet.payload, False)
         message.properties = _properties(packet)
-        await self.session.delivered_message_queue.put(message)
+        await self.deliver_incoming(message)
         return None
 

@@ -34,6 +34,7 @@ class _Answer:
 
 class GatehouseProtocolHandler(BrokerProtocolHandler):
     protocol_level = MQTT_311
+    publish_sink = None  # the broker's: takes every incoming PUBLISH (else amqtt's session queue)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -47,12 +48,23 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
         # Nothing from the client for 1.5 × its keep-alive: it is gone (MQTT 3.1.1 §3.1.2.10).
         self._keepalive_expiry = asyncio.ensure_future(self.handle_connection_closed())
 
+    async def deliver_incoming(self, message) -> None:
+        if self.publish_sink is not None:
+            await self.publish_sink(message)
+        else:
+            await self.session.delivered_message_queue.put(message)
+
+    async def _handle_qos0_message_flow(self, app_message) -> None:
+        if app_message.direction == INCOMING:
+            await self.deliver_incoming(app_message)
+        else:
+            await super()._handle_qos0_message_flow(app_message)
+
     async def _handle_qos1_message_flow(self, app_message) -> None:
         if app_message.direction == INCOMING:
-            # The broker sends the PUBACK once the message has been processed.
-            await self.session.delivered_message_queue.put(app_message)
-            return
-        await super()._handle_qos1_message_flow(app_message)
+            await self.deliver_incoming(app_message)  # the PUBACK follows once it is processed
+        else:
+            await super()._handle_qos1_message_flow(app_message)
 
     async def mqtt_publish(self, topic: str, data: bytes, qos: int, retain: bool, ack_timeout: int | None = None,
                            properties: MessageProperties | None = None):
@@ -104,7 +116,5 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
         if disconnect is not None:
             # Nothing is answered after the publish that closes the connection; the message
             # loop then sees the disconnect and cleans the session up as usual.
-            while self._answers:
-                self._answers.popleft()
-                self.in_flight.release()
+            self._answers.clear()
             asyncio.ensure_future(self.disconnect(disconnect))
