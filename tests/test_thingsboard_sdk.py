@@ -3,27 +3,42 @@
 The SDK ships a fork of paho under paho-mqtt's module name, so it lives in a virtual environment
 of its own (.venv-sdk, built by `make test`) and runs here as a subprocess: each script in
 tests/sdk_scripts takes its parameters as JSON on the command line and prints its result as
-JSON. Only provisioning is exercised for now: `TBDeviceMqttClient.provision` speaks MQTT 3.1.1
-with the user name `provision`; the SDK's device client speaks MQTT 5, which the broker refuses.
+JSON (device_session.py: one object per line, as it goes, so the test can act in between) and
+the SDK's log on stderr. `TBDeviceMqttClient.provision` speaks MQTT 3.1.1 with the user name `provision`
+(provision.py); the SDK's device client speaks MQTT 5 only, and device_session.py drives one
+such session through its public API: the `getSessionLimits` call it makes on connecting,
+telemetry, client attributes, attribute requests, shared attribute updates and RPC both ways.
+Applications on the other side are MQTT 3.1.1 paho clients in the test process.
 """
 from __future__ import annotations
 
+import ast
 import json
+import queue
+import re
 import subprocess
+import threading
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from gatehouse.models import CredentialsType, ProvisionType
+from gatehouse.credentials import AccessToken
+from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
+from gatehouse.payloads import kv_entries
 from gatehouse.registry import Registry
 
+from .mqtt_client import TestClient as MqttClient
 from .mqtt_client import connect
+from .test_mqtt_tls_clients import x509_device
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SDK_PYTHON = REPO_ROOT / ".venv-sdk" / "bin" / "python"
 SCRIPTS = Path(__file__).resolve().parent / "sdk_scripts"
 SDK_TIMEOUT = 90  # the SDK's provisioning client itself gives up after 60 s without an answer
+STEP_TIMEOUT = 20  # how long device_session.py waits for any one thing (a CONNACK, a callback)
 
 KEY, SECRET = "sdkProvisionKey", "sdk-Secret-5c1e7a"
 
@@ -52,7 +67,7 @@ def provisioning_broker(broker):
 def run_sdk(sdk_python: Path, script: str, *args: object) -> SdkRun:
     """Run tests/sdk_scripts/SCRIPT under the SDK's Python; dicts and lists go as JSON."""
     argv = [a if isinstance(a, str) else json.dumps(a) for a in args]
-    done = subprocess.run([str(sdk_python), str(SCRIPTS / script), *argv], capture_output=True, text=True,
+    done = subprocess.run([str(sdk_python), str(SCRIPTS / script), *argv], capture_output=True, text=True, check=False,
                           timeout=SDK_TIMEOUT, cwd=REPO_ROOT)
     assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return SdkRun(json.loads(done.stdout), done.stderr)
@@ -135,3 +150,271 @@ def test_sdk_gets_nothing_for_a_wrong_secret_and_no_device_is_created(sdk_python
         assert registry.find_device("sdk-refused") is None
         assert registry.count_devices() == 0
         assert [event["outcome"] for event in registry.provisioning_events()] == ["NOT_FOUND"]
+
+
+# --- device sessions: the SDK's MQTT 5 client --------------------------------------------------
+
+
+class SdkSession:
+    """tests/sdk_scripts/device_session.py running: its JSON lines as they come, its SDK log in a file."""
+
+    def __init__(self, sdk_python: Path, plan: dict, log_path: Path):
+        self.log_path = log_path
+        with open(log_path, "w") as log_file:
+            self.process = subprocess.Popen([str(sdk_python), str(SCRIPTS / "device_session.py"), json.dumps(plan)],
+                                            stdout=subprocess.PIPE, stderr=log_file, text=True, cwd=REPO_ROOT)
+        self._lines: queue.Queue = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        with self.process.stdout:
+            for line in self.process.stdout:
+                self._lines.put(line)
+        self._lines.put(None)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def _fail(self, message: str) -> None:
+        tail = "\n".join(self.log().splitlines()[-40:])
+        pytest.fail(f"{message}\n--- SDK log (last lines) ---\n{tail}", pytrace=False)
+
+    def expect(self, event: str, timeout: float = STEP_TIMEOUT + 10) -> dict:
+        """The script's next line, which must be `event`."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            self._fail(f"device_session.py said nothing for {timeout} s; the test waited for {event!r}")
+        if line is None:
+            self._fail(f"device_session.py exited ({self.process.wait(10)}) before {event!r}")
+        try:
+            said = json.loads(line)
+        except json.JSONDecodeError:
+            self._fail(f"device_session.py printed something other than JSON: {line!r}")
+        if said.get("event") != event:
+            self._fail(f"device_session.py said {said} where the test waited for {event!r}")
+        return said
+
+    def finish(self) -> None:
+        """The script disconnects and exits cleanly."""
+        self.expect("done")
+        assert self.process.wait(STEP_TIMEOUT) == 0, self.log()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(STEP_TIMEOUT)
+        self._reader.join(STEP_TIMEOUT)
+
+
+@pytest.fixture
+def sdk_session(sdk_python, tmp_path):
+    """Start device_session.py for a token: sdk_session(broker, token, *steps, **plan options)."""
+    started: list[SdkSession] = []
+
+    def start(broker, token: str | None, *steps: dict, **options) -> SdkSession:
+        plan = {"host": broker.host, "port": broker.mqtt_port, "token": token, "timeout": STEP_TIMEOUT,
+                "steps": list(steps), **options}
+        session = SdkSession(sdk_python, plan, tmp_path / f"sdk-session-{len(started)}.log")
+        started.append(session)
+        return session
+
+    yield start
+    for session in started:
+        session.close()
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def token_device(broker, prefix: str = "sdk-dev"):
+    """A token device in the broker's registry: (device, token)."""
+    token = _unique("SDK_TOKEN")
+    with Registry.open(broker.data_dir) as registry:
+        device = registry.create_device(_unique(prefix), credentials=AccessToken(token))
+    return device, token
+
+
+def application(broker, *filters: str) -> MqttClient:
+    """A new application account logged in (MQTT 3.1.1) and subscribed to `filters` at QoS 1."""
+    with Registry.open(broker.data_dir) as registry:
+        username, password = registry.create_application(_unique("app"))
+    app = connect(broker.mqtt_port, _unique("app-cid"), username, password)
+    assert app.connack == 0, f"application login refused: {app.connack}"
+    for topic_filter in filters:
+        assert [code.value for code in app.subscribe(topic_filter, 1)] == [1], topic_filter
+    return app
+
+
+def next_on(client: MqttClient, topic: str, timeout: float = STEP_TIMEOUT):
+    """The next message on exactly `topic`, skipping others."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            message = client.next_message(timeout=remaining)
+        except queue.Empty:
+            break
+        if message.topic == topic:
+            return message
+        seen.append((message.topic, message.payload[:200]))
+    raise AssertionError(f"nothing on {topic!r} within {timeout} s; saw {seen}")
+
+
+def limits_logged(log: str) -> list:
+    """What the SDK logged as the limits it applied ("Current device limits: {...}")."""
+    return [ast.literal_eval(match) for match in re.findall(r"Current device limits: (\{.*\})$", log, re.MULTILINE)]
+
+
+NO_RATE_LIMITS = {"messages": "", "telemetryMessages": "", "telemetryDataPoints": ""}
+
+
+def test_sdk_connects_with_a_provisioned_token_and_applies_the_session_limits(sdk_python, provisioning_broker,
+                                                                              sdk_session):
+    credentials = sdk_provision(sdk_python, provisioning_broker, device_name="sdk-session").result
+    assert credentials["status"] == "SUCCESS"
+    session = sdk_session(provisioning_broker, credentials["credentialsValue"],
+                          {"step": "send_telemetry", "values": {"provisioned": True, "boot": 1}})
+    connected = session.expect("connected")
+    assert connected["reason_code"] == 0
+    assert connected["subacks"] == [[1], [1], [1], [1]]  # attributes, attribute responses, RPC both ways
+    # The broker answered the SDK's getSessionLimits call itself; the SDK keeps 80 % of each limit.
+    assert connected["rate_limits_received"] is True
+    assert connected["max_payload_size"] == 65536 * 80 // 100
+    assert connected["max_inflight_messages"] == 100 * 80 // 100
+    assert connected["max_queued_messages"] == 50000  # what the SDK sets when there are no rate limits
+    assert session.expect("telemetry") == {"event": "telemetry", "rc": 0, "published": True}
+    session.finish()
+
+    log = session.log()
+    assert "Service configuration was successfully retrieved and applied." in log
+    assert "Timeout while waiting for service configuration" not in log
+    assert limits_logged(log) == [{"maxPayloadSize": 65536, "maxInflightMessages": 100, "rateLimits": NO_RATE_LIMITS}]
+    device, _, telemetry = stored(provisioning_broker, "sdk-session")
+    assert device.id == credentials["deviceId"]
+    assert telemetry["provisioned"]["value"] is True
+    assert telemetry["boot"]["value"] == 1
+
+
+def test_sdk_telemetry_is_acknowledged_and_stored(broker, sdk_session):
+    device, token = token_device(broker)
+    session = sdk_session(broker, token,
+                          {"step": "send_telemetry",
+                           "values": {"temperature": 21.5, "humidity": 40, "status": "ok", "active": True}},
+                          {"step": "send_telemetry", "values": {"ts": 1700000000000, "values": {"pressure": 1013.2}}},
+                          {"step": "send_telemetry", "values": [{"ts": 1700000001000, "values": {"count": 7}},
+                                                                {"ts": 1700000002000, "values": {"count": 8}}]})
+    session.expect("connected")
+    for _ in range(3):
+        assert session.expect("telemetry") == {"event": "telemetry", "rc": 0, "published": True}
+    session.finish()
+
+    with Registry.open(broker.data_dir) as registry:
+        telemetry = registry.latest_telemetry(device.id)
+    assert {key: entry["value"] for key, entry in telemetry.items()} == {
+        "temperature": 21.5, "humidity": 40, "status": "ok", "active": True, "pressure": 1013.2, "count": 8}
+    assert telemetry["pressure"]["ts"] == 1700000000000
+    assert telemetry["count"]["ts"] == 1700000002000
+
+
+def test_sdk_attribute_request_gets_the_stored_client_and_shared_values(broker, sdk_session):
+    device, token = token_device(broker)
+    with Registry.open(broker.data_dir) as registry:
+        registry.save_attributes(device.id, AttributeScope.SHARED,
+                                 kv_entries({"targetTemp": 22.5, "mode": "eco", "notAsked": 1}))
+    session = sdk_session(broker, token,
+                          {"step": "send_attributes", "values": {"fw": "1.2.0", "slots": 4, "eco": False}},
+                          {"step": "request_attributes", "client_keys": ["fw", "slots"],
+                           "shared_keys": ["targetTemp", "mode"]},
+                          {"step": "request_attributes", "shared_keys": ["mode", "missing"]})
+    session.expect("connected")
+    assert session.expect("attributes_sent") == {"event": "attributes_sent", "rc": 0, "published": True}
+    answer = session.expect("attributes")
+    assert answer["error"] is None
+    assert answer["value"] == {"client": {"fw": "1.2.0", "slots": 4}, "shared": {"targetTemp": 22.5, "mode": "eco"}}
+    answer = session.expect("attributes")
+    assert answer["error"] is None
+    assert answer["value"] == {"shared": {"mode": "eco"}}
+    session.finish()
+
+    with Registry.open(broker.data_dir) as registry:
+        assert registry.get_attributes(device.id, AttributeScope.CLIENT) == {"fw": "1.2.0", "slots": 4, "eco": False}
+
+
+def test_sdk_attribute_callbacks_fire_on_shared_attribute_updates_from_an_application(broker, sdk_session):
+    device, token = token_device(broker)
+    app = application(broker)
+    session = sdk_session(broker, token, *[{"step": "await_attribute_update"}] * 3,
+                          watch_keys=["targetTemp", "neverSent"])
+    session.expect("connected")
+    topic = f"gatehouse/devices/{device.id}/attributes/shared"
+
+    session.expect("awaiting_attribute_update")
+    assert app.publish(topic, '{"targetTemp": 23, "mode": "comfort"}')
+    update = session.expect("attribute_update")
+    assert update["all"] == {"targetTemp": 23, "mode": "comfort"}
+    assert update["by_key"] == {"targetTemp": {"targetTemp": 23, "mode": "comfort"}}
+
+    session.expect("awaiting_attribute_update")
+    assert app.publish(topic, '{"mode": "away"}')
+    update = session.expect("attribute_update")
+    assert update["all"] == {"mode": "away"}
+    assert update["by_key"] == {}  # no callback for targetTemp this time
+
+    session.expect("awaiting_attribute_update")
+    assert app.publish(topic, '{"deleted": ["mode"]}')
+    assert session.expect("attribute_update")["all"] == {"deleted": ["mode"]}
+    session.finish()
+
+    with Registry.open(broker.data_dir) as registry:
+        assert registry.get_attributes(device.id, AttributeScope.SHARED) == {"targetTemp": 23}
+
+
+def test_sdk_handler_answers_a_server_side_rpc_from_an_application(broker, sdk_session):
+    device, token = token_device(broker)
+    app = application(broker, f"gatehouse/devices/{device.id}/rpc/response/+")
+    session = sdk_session(broker, token, {"step": "await_rpc"}, rpc_reply={"ok": True})
+    session.expect("connected")
+    session.expect("awaiting_rpc")
+    assert app.publish(f"gatehouse/devices/{device.id}/rpc/call/17", '{"method": "setGpio", "params": {"pin": 4}}')
+    request = session.expect("rpc_request")
+    assert request["request_id"] == "17"
+    assert request["body"] == {"method": "setGpio", "params": {"pin": 4}}
+    reply = next_on(app, f"gatehouse/devices/{device.id}/rpc/response/17")
+    assert json.loads(reply.payload) == {"received": {"method": "setGpio", "params": {"pin": 4}}, "ok": True}
+    session.finish()
+
+
+def test_sdk_client_side_rpc_is_answered_by_an_application(broker, sdk_session):
+    device, token = token_device(broker)
+    prefix = f"gatehouse/devices/{device.id}/rpc/request/"
+    app = application(broker, prefix + "+")
+    session = sdk_session(broker, token, {"step": "rpc_call", "method": "getCurrentTime", "params": {"tz": "UTC"}})
+    session.expect("connected")
+    # The first request the application sees is the SDK's own call: getSessionLimits stayed with the broker.
+    request = app.next_message(timeout=STEP_TIMEOUT)
+    assert request.topic.startswith(prefix), request.topic
+    assert json.loads(request.payload) == {"method": "getCurrentTime", "params": {"tz": "UTC"}}
+    request_id = request.topic[len(prefix):]
+    assert app.publish(f"gatehouse/devices/{device.id}/rpc/reply/{request_id}", '{"time": 1700000000000}')
+    response = session.expect("rpc_response")
+    assert response["error"] is None
+    assert response["request_id"] == int(request_id)
+    assert response["value"] == {"time": 1700000000000}
+    session.finish()
+    assert app.no_message(0.5)
+
+
+def test_sdk_over_tls_with_an_x509_device_certificate(broker, sdk_session, tmp_path):
+    device_id, cert, key = x509_device(broker, tmp_path)
+    session = sdk_session(broker, None, {"step": "send_telemetry", "values": {"viaTls": True}},
+                          port=broker.mqtts_port,
+                          tls={"ca_certs": str(broker.ca_cert), "cert_file": str(cert), "key_file": str(key)})
+    connected = session.expect("connected")
+    assert connected["reason_code"] == 0 and connected["rate_limits_received"] is True
+    assert session.expect("telemetry") == {"event": "telemetry", "rc": 0, "published": True}
+    session.finish()
+    with Registry.open(broker.data_dir) as registry:
+        assert registry.latest_telemetry(device_id)["viaTls"]["value"] is True
