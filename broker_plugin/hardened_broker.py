@@ -103,7 +103,10 @@ class HardenedBroker(Broker):
 
         session = incoming
         existing = self._sessions.get(incoming.client_id) if incoming.client_id else None
-        if incoming.attributes.get(CLEAN_START, incoming.clean_session):
+        # A clean session (MQTT 5: Session Expiry Interval 0) ends with its connection, even
+        # while amqtt still holds it: it is never resumed.
+        clean_start = incoming.attributes.get(CLEAN_START, incoming.clean_session)
+        if clean_start or (existing is not None and existing[0].clean_session):
             if existing is not None:
                 if existing[0].transitions.is_connected():
                     await existing[1].disconnect(DisconnectReason.SESSION_TAKEN_OVER)  # amqtt leaves it running
