@@ -46,12 +46,11 @@ from .mqtt5_handler import (
     CLEAN_START,
     NEVER_EXPIRES,
     SESSION_EXPIRY,
-    MalformedPacket,
     Mqtt5ProtocolHandler,
     connect_session,
     decode,
 )
-from .protocol_handler import GatehouseProtocolHandler
+from .protocol_handler import GatehouseProtocolHandler, MalformedPacket
 
 _PREAUTHENTICATED = "gatehouse.preauthenticated"
 KEEPALIVE_FACTOR = 1.5

@@ -19,8 +19,7 @@ import asyncio
 import contextlib
 
 import mqtt5
-from amqtt.adapters import ReaderAdapter, WriterAdapter
-from amqtt.errors import MQTTError
+from amqtt.adapters import WriterAdapter
 from amqtt.mqtt.constants import QOS_0, QOS_1
 from amqtt.mqtt.disconnect import DisconnectPacket as AmqttDisconnect
 from amqtt.mqtt.protocol.broker_handler import Subscription, UnSubscription
@@ -39,9 +38,8 @@ from .interfaces import (
     DisconnectReason,
     MessageProperties,
 )
-from .protocol_handler import GatehouseProtocolHandler
+from .protocol_handler import MAX_PACKET_SIZE, GatehouseProtocolHandler, MalformedPacket
 
-MAX_PACKET_SIZE = 65536 + 4096  # ThingsBoard's 64 KiB payload limit plus room for topic and properties
 TOPIC_ALIAS_MAXIMUM = 16
 SESSION_EXPIRY = "gatehouse.session_expiry"  # seconds a v5 session outlives its connection
 CLEAN_START = "gatehouse.clean_start"
@@ -50,32 +48,6 @@ _PROTOCOL_MAX_PACKET_SIZE = 268_435_460  # what a four-byte remaining length can
 
 _SUBACK_REFUSED_311 = 0x80
 _SUBACK_TOPIC_FILTER_INVALID = mqtt5.SubAckReasonCode.TOPIC_FILTER_INVALID
-
-
-class MalformedPacket(Exception):
-    def __init__(self, reason: DisconnectReason, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
-async def read_frame(reader: ReaderAdapter, max_size: int) -> bytes:
-    """One whole MQTT control packet: fixed header, remaining length and the rest."""
-    first = await reader.read(1)
-    if not first:
-        raise EOFError
-    length_bytes, remaining, multiplier = bytearray(), 0, 1
-    while True:
-        byte = (await reader.read(1))[0]
-        length_bytes.append(byte)
-        remaining += (byte & 0x7F) * multiplier
-        if not byte & 0x80:
-            break
-        multiplier *= 128
-        if len(length_bytes) == 4:
-            raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, "remaining length over 4 bytes")
-    if 1 + len(length_bytes) + remaining > max_size:
-        raise MalformedPacket(DisconnectReason.PACKET_TOO_LARGE, f"packet of {remaining} bytes")
-    return first + bytes(length_bytes) + (await reader.read(remaining) if remaining else b"")
 
 
 def decode(frame: bytes):
@@ -132,7 +104,6 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
         self.client_max_packet_size = connect.max_packet_size or _PROTOCOL_MAX_PACKET_SIZE
         self._client_receive_slots = asyncio.Semaphore(connect.receive_max)
         self._topic_aliases: dict[int, str] = {}
-        self._closing = False
 
     # --- writing ------------------------------------------------------------------------------
 
@@ -174,10 +145,8 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
                  for e in existed]
         await self._write(mqtt5.UnsubAckPacket(packet_id, codes))
 
-    async def disconnect(self, reason: DisconnectReason) -> None:
+    async def send_disconnect(self, reason: DisconnectReason) -> None:
         await self._write(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode(int(reason))))
-        self._closing = True
-        await self.handle_connection_closed()
 
     async def mqtt_publish(self, topic: str, data: bytes, qos: int, retain: bool, ack_timeout: int | None = None,
                            properties: MessageProperties | None = None) -> OutgoingApplicationMessage:
@@ -222,39 +191,10 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
 
     # --- reading ------------------------------------------------------------------------------
 
-    async def _reader_loop(self) -> None:
-        keepalive = self.session.keep_alive if self.session.keep_alive > 0 else None
-        reason: DisconnectReason | None = None
-        try:
-            while True:
-                self._reader_ready.set()
-                try:
-                    frame = await asyncio.wait_for(read_frame(self.reader, MAX_PACKET_SIZE), keepalive)
-                except TimeoutError:
-                    reason = DisconnectReason.KEEP_ALIVE_TIMEOUT
-                    break
-                reason = await self._handle(decode(frame))
-                if reason is not None:
-                    break
-        except MalformedPacket as e:
-            self.logger.info("closing %s: %s", self.session.client_id, e)
-            reason = e.reason
-        except (EOFError, asyncio.IncompleteReadError, ConnectionError, MQTTError):
-            pass
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            self.logger.exception("MQTT 5 connection of %s failed", self.session.client_id)
-            reason = DisconnectReason.IMPLEMENTATION_SPECIFIC_ERROR
-        if reason is not None and reason is not DisconnectReason.NORMAL_DISCONNECTION:
-            with contextlib.suppress(Exception):
-                await self._write(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode(int(reason))))
-        self._closing = True
-        await self.handle_connection_closed()
-        self._reader_stopped.set()
-        await self.stop()
+    async def decode(self, frame: bytes):
+        return decode(frame)
 
-    async def _handle(self, packet) -> DisconnectReason | None:
+    async def handle_packet(self, packet) -> DisconnectReason | None:
         """Act on one packet from the client; a reason to close the connection, or None."""
         if isinstance(packet, mqtt5.PublishPacket):
             return await self._handle_publish(packet)

@@ -1,16 +1,31 @@
 """amqtt's broker-side protocol handler (MQTT 3.1.1 on the wire) with what the hardened broker
-needs of every connection: PUBLISHes answered only once processed, in arrival order; the keep-alive
-enforced; closes that say why (for MQTT 5, whose handler extends this one)."""
+needs of every connection: a reader that takes whole frames and hands PUBLISHes on at once;
+PUBLISHes answered only once processed, in arrival order; the keep-alive enforced; closes that
+say why (for MQTT 5, whose handler extends this one)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections import deque
 
-from amqtt.mqtt.constants import QOS_1
+from amqtt.adapters import BufferReader, ReaderAdapter
+from amqtt.mqtt import packet_class
+from amqtt.mqtt.constants import QOS_1, QOS_2
+from amqtt.mqtt.packet import (
+    DISCONNECT,
+    PINGREQ,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBSCRIBE,
+    UNSUBSCRIBE,
+    MQTTFixedHeader,
+)
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
-from amqtt.session import INCOMING
+from amqtt.session import INCOMING, IncomingApplicationMessage
 
 from .interfaces import (
     MAX_IN_FLIGHT,
@@ -19,6 +34,34 @@ from .interfaces import (
     MessageProperties,
     PublishVerdict,
 )
+
+MAX_PACKET_SIZE = 65536 + 4096  # ThingsBoard's 64 KiB payload limit plus room for topic and properties
+
+
+class MalformedPacket(Exception):
+    def __init__(self, reason: DisconnectReason, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+async def read_frame(reader: ReaderAdapter, max_size: int) -> bytes:
+    """One whole MQTT control packet: fixed header, remaining length and the rest."""
+    first = await reader.read(1)
+    if not first:
+        raise EOFError
+    length_bytes, remaining, multiplier = bytearray(), 0, 1
+    while True:
+        byte = (await reader.read(1))[0]
+        length_bytes.append(byte)
+        remaining += (byte & 0x7F) * multiplier
+        if not byte & 0x80:
+            break
+        multiplier *= 128
+        if len(length_bytes) == 4:
+            raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, "remaining length over 4 bytes")
+    if 1 + len(length_bytes) + remaining > max_size:
+        raise MalformedPacket(DisconnectReason.PACKET_TOO_LARGE, f"packet of {remaining} bytes")
+    return first + bytes(length_bytes) + (await reader.read(remaining) if remaining else b"")
 
 
 class _Answer:
@@ -43,10 +86,88 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
         self.in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._answers: deque[_Answer] = deque()
         self._flush_scheduled = False
+        self._flows: set[asyncio.Task] = set()  # QoS 2 exchanges in progress
+        self._closing = False
 
-    def handle_read_timeout(self) -> None:
-        # Nothing from the client for 1.5 × its keep-alive: it is gone (MQTT 3.1.1 §3.1.2.10).
-        self._keepalive_expiry = asyncio.ensure_future(self.handle_connection_closed())
+    # --- reading ------------------------------------------------------------------------------
+
+    async def _reader_loop(self) -> None:
+        """amqtt's reader reads a packet field by field and runs a task per packet; this one
+        reads whole frames and hands PUBLISHes on at once: the hot path of every device."""
+        keepalive = self.session.keep_alive if self.session.keep_alive > 0 else None
+        reason: DisconnectReason | None = None
+        try:
+            while True:
+                self._reader_ready.set()
+                try:
+                    frame = await asyncio.wait_for(read_frame(self.reader, MAX_PACKET_SIZE), keepalive)
+                except TimeoutError:
+                    # Nothing for 1.5 × the client's keep-alive: it is gone (MQTT 3.1.1 §3.1.2.10).
+                    reason = DisconnectReason.KEEP_ALIVE_TIMEOUT
+                    break
+                reason = await self.handle_packet(await self.decode(frame))
+                if reason is not None:
+                    break
+        except MalformedPacket as e:
+            self.logger.info("closing %s: %s", self.session.client_id, e)
+            reason = e.reason
+        except (EOFError, asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            self.logger.exception("connection of %s failed", self.session.client_id)
+            reason = DisconnectReason.IMPLEMENTATION_SPECIFIC_ERROR
+        for task in self._flows:
+            task.cancel()
+        if reason is not None and reason is not DisconnectReason.NORMAL_DISCONNECTION:
+            with contextlib.suppress(Exception):
+                await self.send_disconnect(reason)
+        self._closing = True
+        await self.handle_connection_closed()
+        self._reader_stopped.set()
+        await self.stop()
+
+    async def decode(self, frame: bytes):
+        reader = BufferReader(frame)
+        try:
+            header = await MQTTFixedHeader.from_stream(reader)
+            return await packet_class(header).from_stream(reader, fixed_header=header)
+        except Exception as e:  # amqtt's decoders raise MQTTError, struct.error, UnicodeError, ...
+            raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, f"undecodable packet: {e!r}") from None
+
+    async def handle_packet(self, packet) -> DisconnectReason | None:
+        """Act on one packet from the client; a reason to close the connection, or None."""
+        kind = packet.fixed_header.packet_type
+        if kind == PUBLISH:
+            if packet.topic_name is None or packet.data is None:
+                raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, "PUBLISH without topic or payload")
+            if packet.qos == QOS_2:  # amqtt's flow, which waits for the PUBREL this loop reads
+                self._flows.add(task := asyncio.create_task(self.handle_publish(packet)))
+                task.add_done_callback(self._flows.discard)
+            else:
+                message = IncomingApplicationMessage(packet.packet_id, packet.topic_name, packet.qos, packet.data,
+                                                     packet.retain_flag)
+                message.publish_packet = packet
+                await self.deliver_incoming(message)
+        elif kind == PUBACK:
+            await self.handle_puback(packet)
+        elif kind == SUBSCRIBE:
+            await self.handle_subscribe(packet)
+        elif kind == UNSUBSCRIBE:
+            await self.handle_unsubscribe(packet)
+        elif kind == PINGREQ:
+            await self.handle_pingreq(packet)
+        elif kind == PUBREL:
+            await self.handle_pubrel(packet)
+        elif kind == PUBREC:
+            await self.handle_pubrec(packet)
+        elif kind == PUBCOMP:
+            await self.handle_pubcomp(packet)
+        elif kind == DISCONNECT:
+            await self.handle_disconnect(packet)
+            return DisconnectReason.NORMAL_DISCONNECTION
+        else:  # CONNECT again [MQTT-3.1.0-2], or a packet only a server sends
+            return DisconnectReason.PROTOCOL_ERROR
+        return None
 
     async def deliver_incoming(self, message) -> None:
         if self.publish_sink is not None:
@@ -80,8 +201,12 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
     async def acknowledge_unsubscription(self, packet_id: int, existed: list[bool]) -> None:
         await self.mqtt_acknowledge_unsubscription(packet_id)  # 3.1.1 has no per-filter codes
 
+    async def send_disconnect(self, reason: DisconnectReason) -> None:
+        """Tell the client why it is being disconnected: MQTT 3.1.1 has no way to."""
+
     async def disconnect(self, reason: DisconnectReason) -> None:
-        """Close the connection; MQTT 3.1.1 has no way to say why."""
+        await self.send_disconnect(reason)
+        self._closing = True
         await self.handle_connection_closed()
 
     # --- answers to PUBLISH -------------------------------------------------------------------
