@@ -88,8 +88,8 @@ class PublishVerdict(enum.Enum):
             if v5_puback:
                 return 0x99, None
             return None, DisconnectReason.PAYLOAD_FORMAT_INVALID
-        if self is PublishVerdict.PACKET_TOO_LARGE:
-            return None, DisconnectReason.PACKET_TOO_LARGE
+        if self is PublishVerdict.PACKET_TOO_LARGE:  # over the payload limit: ThingsBoard's decoder
+            return None, DisconnectReason.MALFORMED_PACKET  # fails, hence 0x81 (SPEC §2)
         reason = (DisconnectReason.TOPIC_NAME_INVALID if self is PublishVerdict.NOT_ALLOWED
                   else DisconnectReason.IMPLEMENTATION_SPECIFIC_ERROR)
         return (int(reason) if v5_puback else None), reason

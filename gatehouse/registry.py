@@ -758,9 +758,13 @@ def _db_value(entry: KvEntry):
 
 
 def _json_value(row: dict):
-    kind = ValueKind(row["kind"])
-    return entry_to_json_value(KvEntry(key="", kind=kind, value=bool(row["value"]) if kind is ValueKind.BOOLEAN
-                                       else row["value"]))
+    kind, value = ValueKind(row["kind"]), row["value"]
+    # The value column has NUMERIC affinity, which stores 2.0 as the integer 2.
+    if kind is ValueKind.BOOLEAN:
+        value = bool(value)
+    elif kind is ValueKind.DOUBLE:
+        value = float(value)
+    return entry_to_json_value(KvEntry(key="", kind=kind, value=value))
 
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}

@@ -17,6 +17,8 @@ import paho.mqtt.client as paho
 from amqtt.codecs_amqtt import encode_data_with_length
 from amqtt.mqtt.packet import MQTTFixedHeader
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 TIMEOUT = 10.0
 # paho 2 maps MQTT 3.1.1 CONNACK return codes onto MQTT 5 reason codes; this undoes it.
@@ -271,3 +273,115 @@ def raw_login(port: int, client_id: str = "", username: str | None = None, passw
         raw.close()
         raise
 
+
+
+# --- MQTT 5 -------------------------------------------------------------------------------------
+
+
+@dataclass
+class V5Client(TestClient):
+    """A paho MQTT 5 client: what TestClient collects, plus the CONNACK's properties and session
+    flag, each PUBACK's reason code, the UNSUBACKs and why the connection ended."""
+
+    connack_properties: Properties | None = None
+    session_present: bool | None = None
+    pubacks: dict = field(default_factory=dict)  # mid -> ReasonCode of its PUBACK
+    unsubacks: queue.Queue = field(default_factory=queue.Queue)
+    disconnect_reason: paho.ReasonCode | None = None  # from the broker's DISCONNECT, or paho's own verdict
+    disconnect_from_broker: bool = False  # the broker sent a DISCONNECT packet
+
+    @property
+    def return_code(self) -> int | None:
+        """The MQTT 5 CONNACK reason code."""
+        return None if self.connack is None else self.connack.value
+
+    def publish_code(self, topic: str, payload: bytes | str, qos: int = 1, properties: Properties | None = None,
+                     timeout: float = TIMEOUT) -> int | None:
+        """The PUBACK reason code of a QoS 1 message; None when no PUBACK came within `timeout` or
+        the connection ended first (paho handles a PUBACK before a DISCONNECT that follows it)."""
+        info = self.client.publish(topic, payload, qos=qos, properties=properties)
+        deadline = time.monotonic() + timeout
+        while not acknowledged(info) and not self.disconnected.is_set() and time.monotonic() < deadline:
+            try:
+                info.wait_for_publish(0.02)
+            except (RuntimeError, ValueError):
+                return None
+        if not acknowledged(info):
+            return None
+        return self.pubacks[info.mid].value
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, timeout: float = TIMEOUT) -> bool:
+        """True when a QoS 1 message got a successful PUBACK (reason code below 0x80) within `timeout`."""
+        if qos == 0:
+            self.client.publish(topic, payload, qos=0)
+            return True
+        code = self.publish_code(topic, payload, qos, timeout=timeout)
+        return code is not None and code < 0x80
+
+    def unsubscribe(self, *filters: str) -> list[int]:
+        """One UNSUBSCRIBE with `filters`; the UNSUBACK reason codes in order."""
+        self.client.unsubscribe(list(filters))
+        return [code.value for code in self.unsubacks.get(timeout=TIMEOUT)]
+
+
+def connect5(port: int, client_id: str = "", username: str | None = None, password: str | None = None, *,
+             host: str = "127.0.0.1", ca_cert: Path | None = None, cert: Path | None = None, key: Path | None = None,
+             keepalive: int = 60, clean_start: bool = True, session_expiry: int | None = None,
+             properties: Properties | None = None) -> V5Client:
+    """Connect with MQTT 5 and wait for the CONNACK (or the end of the connection); automatic
+    reconnection is off. `session_expiry` sets the CONNECT's Session Expiry Interval."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
+                         reconnect_on_failure=False)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if ca_cert is not None:
+        context = ssl.create_default_context(cafile=str(ca_cert))
+        if cert is not None:
+            context.load_cert_chain(str(cert), str(key))
+        client.tls_set_context(context)
+    if session_expiry is not None:
+        properties = properties or Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = session_expiry
+    wrapper = V5Client(client)
+    _open_clients.append(wrapper)
+    connected = threading.Event()
+
+    def on_connect(_client, _userdata, flags, reason_code, connack_properties=None):
+        wrapper.connack = reason_code
+        wrapper.connack_properties = connack_properties
+        wrapper.session_present = bool(flags.session_present)
+        connected.set()
+
+    def on_publish(_client, _userdata, mid, reason_code, _properties=None):
+        wrapper.pubacks[mid] = reason_code
+
+    def on_disconnect(_client, _userdata, flags, reason_code, _properties=None):
+        if not wrapper.disconnected.is_set():
+            wrapper.disconnect_reason = reason_code
+            wrapper.disconnect_from_broker = bool(flags.is_disconnect_packet_from_server)
+        wrapper.disconnected.set()
+        connected.set()
+
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    client.on_message = lambda _c, _u, message: wrapper.messages.put(message)
+    client.on_subscribe = lambda _c, _u, _mid, codes, _p=None: wrapper.subacks.put(list(codes))
+    client.on_unsubscribe = lambda _c, _u, _mid, codes, _p=None: wrapper.unsubacks.put(list(codes))
+    client.on_disconnect = on_disconnect
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            client.connect(host, port, keepalive=keepalive, clean_start=clean_start, properties=properties)
+            failure = None
+        except OSError as e:
+            failure = type(e)(*e.args)
+        if failure is not None:
+            wrapper.close()
+            _open_clients.remove(wrapper)
+            gc.collect()
+    if failure is not None:
+        raise failure
+    client.loop_start()
+    if not connected.wait(TIMEOUT):
+        raise TimeoutError("no CONNACK")
+    return wrapper

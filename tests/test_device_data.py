@@ -1,5 +1,7 @@
 """Attributes and telemetry as devices send and request them (SPEC §2.3, §2.4), stored in the
 real database and read back with their types."""
+import json
+
 import pytest
 
 from gatehouse.models import AttributeScope
@@ -17,6 +19,15 @@ def test_client_attributes_keep_their_types(registry, device_id):
         b'{"fw":"1.2","count":42,"ratio":0.5,"on":true,"cfg":{"a":[1,2]},"numeric":"7"}'))
     assert registry.get_attributes(device_id, AttributeScope.CLIENT) == {
         "fw": 1.2, "count": 42, "ratio": 0.5, "on": True, "cfg": {"a": [1, 2]}, "numeric": 7}
+
+
+def test_whole_number_doubles_stay_doubles(registry, device_id):
+    # SQLite's NUMERIC affinity stores 2.0 as 2; ThingsBoard answers a DOUBLE as 2.0.
+    registry.save_attributes(device_id, AttributeScope.CLIENT, parse_attributes(b'{"d": 2.0, "cast": "3.0"}'))
+    registry.save_telemetry(device_id, parse_telemetry(b'{"t": 4.0}'))
+    stored = registry.get_attributes(device_id, AttributeScope.CLIENT)
+    assert json.dumps(stored, sort_keys=True) == '{"cast": 3.0, "d": 2.0}'
+    assert json.dumps(registry.latest_telemetry(device_id)["t"]["value"]) == "4.0"
 
 
 def _request(registry, device_id, body: bytes):
