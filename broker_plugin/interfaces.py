@@ -24,9 +24,7 @@ LOGIN_REFUSAL = "gatehouse.login_refusal"
 MAX_IN_FLIGHT = 100
 # Set by the broker when the client sent an empty client id, which the broker has replaced.
 CLIENT_ID_GENERATED = "gatehouse.client_id_generated"
-# The MQTT protocol level of a session's connection: 4 (3.1.1) or 5.
-PROTOCOL_LEVEL = "gatehouse.protocol_level"
-MQTT_311, MQTT_5 = 4, 5
+MQTT_311, MQTT_5 = 4, 5  # protocol levels in CONNECT
 
 
 class LoginRefusal(enum.Enum):

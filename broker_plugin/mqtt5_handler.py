@@ -34,7 +34,6 @@ from .interfaces import (
     CLIENT_ID_GENERATED,
     MAX_IN_FLIGHT,
     MQTT_5,
-    PROTOCOL_LEVEL,
     DisconnectReason,
     MessageProperties,
 )
@@ -69,7 +68,6 @@ def connect_session(connect: mqtt5.ConnectPacket, writer: WriterAdapter) -> Sess
     session.clean_session = connect.session_expiry_interval == 0
     session.attributes[CLEAN_START] = connect.clean_start
     session.attributes[SESSION_EXPIRY] = connect.session_expiry_interval
-    session.attributes[PROTOCOL_LEVEL] = MQTT_5
     session.keep_alive = connect.keep_alive
     session.username = connect.username
     # ThingsBoard reads the password as UTF-8 text; bytes that are not would match no credential.

@@ -37,6 +37,8 @@ GRANTED_QOS_1 = 0x01
 NO_SUBSCRIPTION_EXISTED = 0x11
 CLIENT_IDENTIFIER_NOT_VALID = 0x85
 BAD_USERNAME_OR_PASSWORD = 0x86
+KEEP_ALIVE_TIMEOUT = 0x8D
+CONNECTION_RATE_EXCEEDED = 0x9F
 NOT_AUTHORIZED = 0x87
 PROTOCOL_ERROR = 0x82
 SESSION_TAKEN_OVER = 0x8E
@@ -701,3 +703,25 @@ def test_unregistered_x509_certificate_is_refused_with_0x87(broker, tmp_path):
     assert client.return_code == NOT_AUTHORIZED
     with Registry.open(broker.data_dir) as registry:
         assert registry.find_device(name) is None
+
+
+# --- production guards on MQTT 5 ---------------------------------------------------------------
+
+
+def test_silent_client_is_disconnected_with_0x8d_after_one_and_a_half_keep_alives(broker):
+    _device, token = new_device(broker)
+    with RawClient(broker.mqtt_port) as raw:
+        raw.send(connect_packet(unique("cid"), token, keepalive=1, protocol_level=5))
+        packet_type, connack = _read_packet(raw)
+        assert packet_type == 0x20 and connack[1] == SUCCESS
+        packet_type, disconnect = _read_packet(raw)  # nothing sent for 1.5 s
+        assert packet_type == 0xE0 and disconnect[0] == KEEP_ALIVE_TIMEOUT, f"{packet_type:#x} {disconnect.hex()}"
+        assert raw.closed_by_server(2)
+
+
+def test_blocked_address_is_refused_with_0x9f(broker_factory):
+    blocking = broker_factory("--max-failed-logins", "2", "--block-seconds", "60")
+    _device, token = new_device(blocking)
+    for _ in range(2):
+        assert connect5(blocking.mqtt_port, unique("cid"), unique("WRONG")).return_code == BAD_USERNAME_OR_PASSWORD
+    assert connect5(blocking.mqtt_port, unique("cid"), token).return_code == CONNECTION_RATE_EXCEEDED
