@@ -15,6 +15,8 @@ import struct
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.errors import MQTTError
 
+from .protocol_handler import MalformedPacket, read_frame
+
 CONNECT_PACKET_TYPE = 1
 MAX_CONNECT_BYTES = 65536
 
@@ -42,25 +44,11 @@ class ReplayReader(ReaderAdapter):
         self._reader.feed_eof()
 
 
-async def _read_packet(reader: ReaderAdapter) -> bytes:
-    first = await reader.read(1)
-    if not first:
-        raise MQTTError("connection closed before CONNECT")
-    if first[0] >> 4 != CONNECT_PACKET_TYPE:
-        raise MQTTError(f"first packet is type {first[0] >> 4}, not CONNECT")
-    length_bytes, remaining, multiplier = bytearray(), 0, 1
-    while True:
-        byte = (await reader.read(1))[0]
-        length_bytes.append(byte)
-        remaining += (byte & 0x7F) * multiplier
-        if not byte & 0x80:
-            break
-        multiplier *= 128
-        if len(length_bytes) == 4:
-            raise MQTTError("malformed remaining length in CONNECT")
-    if remaining > MAX_CONNECT_BYTES:
-        raise MQTTError(f"CONNECT of {remaining} bytes is over the {MAX_CONNECT_BYTES}-byte limit")
-    return first + bytes(length_bytes) + await reader.read(remaining)
+async def _read_connect_frame(reader: ReaderAdapter) -> bytes:
+    frame = await read_frame(reader, MAX_CONNECT_BYTES)
+    if frame[0] >> 4 != CONNECT_PACKET_TYPE:
+        raise MQTTError(f"first packet is type {frame[0] >> 4}, not CONNECT")
+    return frame
 
 
 def _level_offset(packet: bytes) -> int | None:
@@ -95,11 +83,11 @@ async def read_connect(reader: ReaderAdapter, writer: WriterAdapter, timeout: fl
     """Read the first packet within `timeout` seconds; return it and a reader that replays it.
     Raises MQTTError, having closed the connection, when there is no CONNECT in time."""
     try:
-        packet = await asyncio.wait_for(_read_packet(reader), timeout)
+        packet = await asyncio.wait_for(_read_connect_frame(reader), timeout)
     except TimeoutError:
         await _close(writer)
         raise MQTTError(f"no CONNECT within {timeout:g} s") from None
-    except (MQTTError, asyncio.IncompleteReadError, ConnectionError, IndexError) as e:
+    except (MQTTError, MalformedPacket, EOFError, asyncio.IncompleteReadError, ConnectionError, IndexError) as e:
         await _close(writer)
         raise MQTTError(f"bad first packet: {e!r}") from None
     return ReplayReader(packet, reader), packet
