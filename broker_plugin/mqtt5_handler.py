@@ -16,7 +16,6 @@ Packet Size.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import mqtt5
 from amqtt.adapters import WriterAdapter
@@ -106,10 +105,13 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
     # --- writing ------------------------------------------------------------------------------
 
     async def _write(self, packet) -> None:
+        await self._write_bytes(packet.write())
+
+    async def _write_bytes(self, data: bytes) -> None:
         if self.writer is None or self._closing:
             return
         try:
-            self.writer.write(packet.write())
+            self.writer.write(data)
             await self.writer.drain()
         except (ConnectionError, RuntimeError):
             await self.handle_connection_closed()
@@ -122,7 +124,7 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
         return mqtt5.PubAckPacket(packet_id, reason_code=mqtt5.PubAckReasonCode(reason)).write()
 
     async def send_puback(self, packet_id: int, reason: int = 0) -> None:
-        await self._write(mqtt5.PubAckPacket(packet_id, reason_code=mqtt5.PubAckReasonCode(reason)))
+        await self._write_bytes(self.puback_bytes(packet_id, reason))
 
     async def mqtt_connack_authorize(self, authorize: bool) -> None:
         session = self.session
@@ -175,12 +177,8 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
             correlation_data=properties.correlation_data, content_type=properties.content_type,
             user_properties=list(properties.user_properties))
         data = packet.write()
-        if len(data) > self.client_max_packet_size:
-            return  # MQTT 5 §3.1.2.25: never sent, as if delivered
-        if self.writer is not None and not self._closing:
-            with contextlib.suppress(ConnectionError, RuntimeError):
-                self.writer.write(data)
-                await self.writer.drain()
+        if len(data) <= self.client_max_packet_size:  # else never sent, as if delivered (MQTT 5 §3.1.2.25)
+            await self._write_bytes(data)
 
     async def _retry_deliveries(self) -> None:
         for message in list(self.session.inflight_out.values()):
