@@ -38,6 +38,12 @@ from .interfaces import (
 MAX_PACKET_SIZE = 65536 + 4096  # ThingsBoard's 64 KiB payload limit plus room for topic and properties
 
 
+# Packets amqtt's own handler methods deal with as they are (none of them waits on the client).
+_AMQTT_HANDLERS = {PUBACK: "handle_puback", SUBSCRIBE: "handle_subscribe", UNSUBSCRIBE: "handle_unsubscribe",
+                   PINGREQ: "handle_pingreq", PUBREL: "handle_pubrel", PUBREC: "handle_pubrec",
+                   PUBCOMP: "handle_pubcomp"}
+
+
 class MalformedPacket(Exception):
     def __init__(self, reason: DisconnectReason, message: str):
         super().__init__(message)
@@ -148,23 +154,11 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
                                                      packet.retain_flag)
                 message.publish_packet = packet
                 await self.deliver_incoming(message)
-        elif kind == PUBACK:
-            await self.handle_puback(packet)
-        elif kind == SUBSCRIBE:
-            await self.handle_subscribe(packet)
-        elif kind == UNSUBSCRIBE:
-            await self.handle_unsubscribe(packet)
-        elif kind == PINGREQ:
-            await self.handle_pingreq(packet)
-        elif kind == PUBREL:
-            await self.handle_pubrel(packet)
-        elif kind == PUBREC:
-            await self.handle_pubrec(packet)
-        elif kind == PUBCOMP:
-            await self.handle_pubcomp(packet)
         elif kind == DISCONNECT:
             await self.handle_disconnect(packet)
             return DisconnectReason.NORMAL_DISCONNECTION
+        elif kind in _AMQTT_HANDLERS:
+            await getattr(self, _AMQTT_HANDLERS[kind])(packet)
         else:  # CONNECT again [MQTT-3.1.0-2], or a packet only a server sends
             return DisconnectReason.PROTOCOL_ERROR
         return None
