@@ -92,15 +92,8 @@ def connect(port: int, client_id: str = "", username: str | None = None, passwor
             host: str = "127.0.0.1", ca_cert: Path | None = None, cert: Path | None = None, key: Path | None = None,
             keepalive: int = 60, clean_session: bool = True) -> TestClient:
     """Connect and wait for the CONNACK; automatic reconnection is off, so a refusal stays one."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv311,
-                         clean_session=clean_session, reconnect_on_failure=False)
-    if username is not None:
-        client.username_pw_set(username, password)
-    if ca_cert is not None:
-        context = ssl.create_default_context(cafile=str(ca_cert))
-        if cert is not None:
-            context.load_cert_chain(str(cert), str(key))
-        client.tls_set_context(context)
+    client = _paho_client(client_id, username, password, ca_cert, cert, key, protocol=paho.MQTTv311,
+                          clean_session=clean_session)
     wrapper = TestClient(client)
     _open_clients.append(wrapper)
     connected = threading.Event()
@@ -113,12 +106,32 @@ def connect(port: int, client_id: str = "", username: str | None = None, passwor
     client.on_message = lambda _c, _u, message: wrapper.messages.put(message)
     client.on_subscribe = lambda _c, _u, _mid, codes, _p=None: wrapper.subacks.put(list(codes))
     client.on_disconnect = lambda *args: (wrapper.disconnected.set(), connected.set())
+    return _connected(wrapper, connected, host, port, keepalive=keepalive)
+
+
+def _paho_client(client_id: str, username: str | None, password: str | None, ca_cert: Path | None,
+                 cert: Path | None, key: Path | None, **options) -> paho.Client:
+    """A paho client that never reconnects by itself, so a refusal stays one."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, reconnect_on_failure=False, **options)
+    if username is not None:
+        client.username_pw_set(username, password)
+    if ca_cert is not None:
+        context = ssl.create_default_context(cafile=str(ca_cert))
+        if cert is not None:
+            context.load_cert_chain(str(cert), str(key))
+        client.tls_set_context(context)
+    return client
+
+
+def _connected(wrapper: TestClient, connected: threading.Event, host: str, port: int, **connect_options):
+    """Connect `wrapper`'s client and wait until its on_connect (or on_disconnect) sets `connected`."""
+    client = wrapper.client
     # paho drops the socket of a failed TLS handshake without closing it: let it go here,
     # quietly, rather than have its ResourceWarning land in some later test.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         try:
-            client.connect(host, port, keepalive=keepalive)
+            client.connect(host, port, **connect_options)
             failure = None
         except OSError as e:
             failure = type(e)(*e.args)  # a copy without the traceback that keeps the socket alive
@@ -132,6 +145,21 @@ def connect(port: int, client_id: str = "", username: str | None = None, passwor
     if not connected.wait(TIMEOUT):
         raise TimeoutError("no CONNACK")
     return wrapper
+
+
+def next_on(client: TestClient, topic: str, timeout: float = TIMEOUT) -> paho.MQTTMessage:
+    """The next message on exactly `topic`, skipping others (brokers are shared between tests)."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            message = client.next_message(timeout=remaining)
+        except queue.Empty:
+            break
+        if message.topic == topic:
+            return message
+        seen.append((message.topic, message.payload[:200]))
+    raise AssertionError(f"nothing on {topic!r} within {timeout} s; saw {seen}")
 
 
 def acknowledged(info: paho.MQTTMessageInfo) -> bool:
@@ -330,15 +358,7 @@ def connect5(port: int, client_id: str = "", username: str | None = None, passwo
              properties: Properties | None = None) -> V5Client:
     """Connect with MQTT 5 and wait for the CONNACK (or the end of the connection); automatic
     reconnection is off. `session_expiry` sets the CONNECT's Session Expiry Interval."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
-                         reconnect_on_failure=False)
-    if username is not None:
-        client.username_pw_set(username, password)
-    if ca_cert is not None:
-        context = ssl.create_default_context(cafile=str(ca_cert))
-        if cert is not None:
-            context.load_cert_chain(str(cert), str(key))
-        client.tls_set_context(context)
+    client = _paho_client(client_id, username, password, ca_cert, cert, key, protocol=paho.MQTTv5)
     if session_expiry is not None:
         properties = properties or Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = session_expiry
@@ -368,20 +388,5 @@ def connect5(port: int, client_id: str = "", username: str | None = None, passwo
     client.on_subscribe = lambda _c, _u, _mid, codes, _p=None: wrapper.subacks.put(list(codes))
     client.on_unsubscribe = lambda _c, _u, _mid, codes, _p=None: wrapper.unsubacks.put(list(codes))
     client.on_disconnect = on_disconnect
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        try:
-            client.connect(host, port, keepalive=keepalive, clean_start=clean_start, properties=properties)
-            failure = None
-        except OSError as e:
-            failure = type(e)(*e.args)
-        if failure is not None:
-            wrapper.close()
-            _open_clients.remove(wrapper)
-            gc.collect()
-    if failure is not None:
-        raise failure
-    client.loop_start()
-    if not connected.wait(TIMEOUT):
-        raise TimeoutError("no CONNACK")
-    return wrapper
+    return _connected(wrapper, connected, host, port, keepalive=keepalive, clean_start=clean_start,
+                      properties=properties)

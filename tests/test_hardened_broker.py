@@ -12,7 +12,6 @@ import ssl
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from gatehouse.credentials import AccessToken
 from gatehouse.registry import Registry
 
 from .conftest import start_broker
+from .devices import unique
 from .mqtt_client import (
     PINGREQ,
     PINGRESP,
@@ -37,10 +37,6 @@ TELEMETRY = "v1/devices/me/telemetry"
 CONNECT_TIMEOUT = 1.0
 ACCEPTED, IDENTIFIER_REJECTED, SERVER_UNAVAILABLE, NOT_AUTHORIZED = 0x00, 0x02, 0x03, 0x05
 PUBACK_1 = bytes((0x40, 0x02, 0x00, 0x01))
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ is pushed out of the way here (test_hardened_broker.py tests it).
 from __future__ import annotations
 
 import json
-import queue
 import time
 import uuid
 
@@ -25,7 +24,8 @@ from gatehouse.pki import DevelopmentPki, issue_device_certificate
 from gatehouse.registry import Registry
 
 from .conftest import start_broker
-from .mqtt_client import TIMEOUT, RawClient, V5Client, connect, connect5, connect_packet
+from .devices import token_device, unique
+from .mqtt_client import TIMEOUT, RawClient, V5Client, connect, connect5, connect_packet, next_on
 
 TELEMETRY, ATTRIBUTES = "v1/devices/me/telemetry", "v1/devices/me/attributes"
 RPC_REQUESTS = "v1/devices/me/rpc/request/+"
@@ -69,21 +69,9 @@ def broker(tmp_path_factory):
         running.stop()
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def new_device(broker, prefix: str = "v5dev"):
-    """A token device in the broker's registry: (device, token)."""
-    token = unique("TOKEN")
-    with Registry.open(broker.data_dir) as registry:
-        device = registry.create_device(unique(prefix), credentials=AccessToken(token))
-    return device, token
-
-
 def device5(broker, prefix: str = "v5dev", **kwargs):
     """A new token device logged in with MQTT 5: (device, client)."""
-    device, token = new_device(broker, prefix)
+    device, token = token_device(broker, prefix)
     client = connect5(broker.mqtt_port, unique("cid"), token, **kwargs)
     assert client.return_code == SUCCESS, f"device login refused: {client.connack}"
     return device, client
@@ -120,23 +108,6 @@ def properties(packet_type=PacketTypes.PUBLISH, **values) -> Properties:
     for name, value in values.items():
         setattr(props, name, value)
     return props
-
-
-def next_on(client, topic: str, timeout: float = TIMEOUT):
-    """The next message on exactly `topic`, skipping others (the broker is shared)."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"nothing on {topic!r} within {timeout} s; saw {seen}")
-        try:
-            message = client.next_message(timeout=remaining)
-        except queue.Empty:
-            continue
-        if message.topic == topic:
-            return message
-        seen.append((message.topic, message.payload[:200]))
 
 
 def body(message):
@@ -200,7 +171,7 @@ def test_connack_announces_the_brokers_mqtt5_limits(broker):
 
 
 def test_token_login_with_an_empty_client_id_gets_an_assigned_client_identifier(broker):
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     client = connect5(broker.mqtt_port, "", token)
     assert client.return_code == SUCCESS
     assigned = getattr(client.connack_properties, "AssignedClientIdentifier", None)
@@ -213,7 +184,7 @@ def test_token_login_with_an_empty_client_id_gets_an_assigned_client_identifier(
 
 
 def test_access_token_login_is_accepted_and_telemetry_is_stored_on_that_device(broker):
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     client = connect5(broker.mqtt_port, unique("cid"), token, unique("any-password"))
     assert client.return_code == SUCCESS
     assert client.session_present is False
@@ -222,7 +193,7 @@ def test_access_token_login_is_accepted_and_telemetry_is_stored_on_that_device(b
 
 
 def test_wrong_access_token_is_refused_with_0x86(broker):
-    new_device(broker)
+    token_device(broker)
     client = connect5(broker.mqtt_port, unique("cid"), unique("WRONG"))
     assert client.return_code == BAD_USERNAME_OR_PASSWORD
     assert client.wait_disconnected(5)
@@ -380,7 +351,7 @@ def test_unsubscribe_reports_which_filters_were_subscribed(broker):
 
 
 def test_second_login_with_the_same_token_disconnects_the_first_with_0x8e(broker):
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     first = connect5(broker.mqtt_port, unique("first"), token)
     assert first.return_code == SUCCESS
     second = connect5(broker.mqtt_port, unique("second"), token)
@@ -390,7 +361,7 @@ def test_second_login_with_the_same_token_disconnects_the_first_with_0x8e(broker
 
 
 def test_second_login_with_the_same_client_id_disconnects_the_first_with_0x8e(broker):
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     client_id = unique("same-id")
     first = connect5(broker.mqtt_port, client_id, token)
     assert first.return_code == SUCCESS
@@ -401,7 +372,7 @@ def test_second_login_with_the_same_client_id_disconnects_the_first_with_0x8e(br
 
 
 def test_mqtt311_login_with_the_same_token_disconnects_the_v5_session_with_0x8e(broker):
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     first = connect5(broker.mqtt_port, unique("v5"), token)
     assert first.return_code == SUCCESS
     second = connect(broker.mqtt_port, unique("v311"), token)
@@ -412,7 +383,7 @@ def test_mqtt311_login_with_the_same_token_disconnects_the_v5_session_with_0x8e(
 
 
 def test_changing_the_credentials_in_another_process_disconnects_with_0x98(broker):
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     client = connect5(broker.mqtt_port, unique("cid"), token)
     assert client.return_code == SUCCESS
     new_token = unique("ROTATED")
@@ -492,7 +463,7 @@ def test_empty_topic_with_an_alias_never_set_gets_disconnect_0x82(broker):
 
 
 def test_topic_aliases_belong_to_one_connection(broker):
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     first = connect5(broker.mqtt_port, unique("cid"), token)
     assert first.return_code == SUCCESS
     assert first.publish_code(TELEMETRY, '{"first": 1}', properties=properties(TopicAlias=1)) == SUCCESS
@@ -556,7 +527,7 @@ def test_v5_device_telemetry_reaches_a_mqtt311_application(broker):
 
 def test_mqtt311_device_telemetry_reaches_a_v5_application(broker):
     app = app5(broker, "gatehouse/devices/+/telemetry")
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     client = connect(broker.mqtt_port, unique("cid"), token)
     assert client.return_code == 0
     assert client.publish(TELEMETRY, '{"from311": 1}')
@@ -580,7 +551,7 @@ def test_mqtt311_application_rpc_reaches_a_v5_device(broker):
 def test_session_with_expiry_interval_keeps_subscriptions_and_messages_while_away(broker):
     account = new_application(broker)
     client_id = unique("app-cid")
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     topic = f"gatehouse/devices/{device.id}/telemetry"
     app = app5(broker, topic, account=account, client_id=client_id, clean_start=False, session_expiry=300)
     app.close()
@@ -600,7 +571,7 @@ def test_session_without_expiry_interval_ends_with_the_connection(broker):
     # at once: a session kept "a little while" is caught too.
     account = new_application(broker)
     client_id = unique("app-cid")
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     topic = f"gatehouse/devices/{device.id}/telemetry"
     app = app5(broker, topic, account=account, client_id=client_id, clean_start=False)  # expiry 0: the default
     app.close()
@@ -617,7 +588,7 @@ def test_session_without_expiry_interval_ends_with_the_connection(broker):
 def test_session_is_dropped_once_its_expiry_interval_has_passed(broker):
     account = new_application(broker)
     client_id = unique("app-cid")
-    device, _token = new_device(broker)
+    device, _token = token_device(broker)
     app = app5(broker, f"gatehouse/devices/{device.id}/telemetry", account=account, client_id=client_id,
                clean_start=False, session_expiry=1)
     app.close()
@@ -649,7 +620,7 @@ def _read_packet(raw: RawClient) -> tuple[int, bytes]:
 
 def test_client_disconnect_with_reason_0x00_closes_cleanly(broker):
     app = app5(broker, "gatehouse/devices/+/events")
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     events = f"gatehouse/devices/{device.id}/events"
     log_before = len(broker.log())
     with RawClient(broker.mqtt_port) as raw:
@@ -709,7 +680,7 @@ def test_unregistered_x509_certificate_is_refused_with_0x87(broker, tmp_path):
 
 
 def test_silent_client_is_disconnected_with_0x8d_after_one_and_a_half_keep_alives(broker):
-    _device, token = new_device(broker)
+    _device, token = token_device(broker)
     with RawClient(broker.mqtt_port) as raw:
         raw.send(connect_packet(unique("cid"), token, keepalive=1, protocol_level=5))
         packet_type, connack = _read_packet(raw)
@@ -721,7 +692,7 @@ def test_silent_client_is_disconnected_with_0x8d_after_one_and_a_half_keep_alive
 
 def test_blocked_address_is_refused_with_0x9f(broker_factory):
     blocking = broker_factory("--max-failed-logins", "2", "--block-seconds", "60")
-    _device, token = new_device(blocking)
+    _device, token = token_device(blocking)
     for _ in range(2):
         assert connect5(blocking.mqtt_port, unique("cid"), unique("WRONG")).return_code == BAD_USERNAME_OR_PASSWORD
     assert connect5(blocking.mqtt_port, unique("cid"), token).return_code == CONNECTION_RATE_EXCEEDED

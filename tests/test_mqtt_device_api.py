@@ -19,14 +19,14 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gatehouse.credentials import AccessToken
 from gatehouse.models import AttributeScope
 from gatehouse.payloads import kv_entries
 from gatehouse.registry import Registry
 
 from .conftest import start_broker
+from .devices import latest_telemetry, token_device, unique
 from .mqtt_client import TestClient as MqttClient
-from .mqtt_client import acknowledged, connect, wait_until
+from .mqtt_client import acknowledged, connect, next_on, wait_until
 
 QUIET = 1.0  # how long "nothing arrives" is watched for
 
@@ -54,22 +54,10 @@ def clients():
             client.close()
 
 
-def _unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def new_device(broker, prefix: str = "dev"):
-    """A token device in the broker's registry: (device, token)."""
-    token = _unique("TOKEN")
-    with Registry.open(broker.data_dir) as registry:
-        device = registry.create_device(_unique(prefix), credentials=AccessToken(token))
-    return device, token
-
-
 def device_client(broker, clients, prefix: str = "dev", *, device_and_token=None):
     """A new device logged in over plain MQTT: (device, client)."""
-    device, token = device_and_token or new_device(broker, prefix)
-    client = connect(broker.mqtt_port, _unique("cid"), token)
+    device, token = device_and_token or token_device(broker, prefix)
+    client = connect(broker.mqtt_port, unique("cid"), token)
     clients.append(client)
     assert client.connack == 0, f"device login refused: {client.connack}"
     return device, client
@@ -78,8 +66,8 @@ def device_client(broker, clients, prefix: str = "dev", *, device_and_token=None
 def app_client(broker, clients, *filters: str, qos: int = 1) -> MqttClient:
     """A fresh application account logged in and subscribed to `filters`."""
     with Registry.open(broker.data_dir) as registry:
-        username, password = registry.create_application(_unique("app"))
-    client = connect(broker.mqtt_port, _unique("app-cid"), username, password)
+        username, password = registry.create_application(unique("app"))
+    client = connect(broker.mqtt_port, unique("app-cid"), username, password)
     clients.append(client)
     assert client.connack == 0, f"application login refused: {client.connack}"
     for topic_filter in filters:
@@ -105,23 +93,6 @@ def unsubscribe(client: MqttClient, topic_filter: str, timeout: float = 10.0) ->
     assert done.wait(timeout), f"no UNSUBACK for {topic_filter}"
 
 
-def next_on(client: MqttClient, topic: str, timeout: float = 10.0):
-    """The next message on exactly `topic`, skipping others (the broker is shared)."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise AssertionError(f"nothing on {topic!r} within {timeout} s; saw {seen}")
-        try:
-            message = client.next_message(timeout=remaining)
-        except queue.Empty:
-            continue
-        if message.topic == topic:
-            return message
-        seen.append((message.topic, message.payload[:200]))
-
-
 def nothing_on(client: MqttClient, predicate=lambda message: True, wait: float = QUIET) -> list:
     """Messages matching `predicate` that arrive within `wait` seconds (expected: none)."""
     deadline = time.monotonic() + wait
@@ -138,11 +109,6 @@ def nothing_on(client: MqttClient, predicate=lambda message: True, wait: float =
 
 def body(message):
     return json.loads(message.payload)
-
-
-def latest(broker, device_id: str) -> dict:
-    with Registry.open(broker.data_dir) as registry:
-        return registry.latest_telemetry(device_id)
 
 
 def attributes(broker, device_id: str, scope: AttributeScope) -> dict:
@@ -165,7 +131,7 @@ def still_open(client: MqttClient, broker, device_id: str) -> None:
     assert not client.disconnected.is_set(), "the broker closed the connection"
     marker = uuid.uuid4().int % 1_000_000
     assert client.publish("v1/devices/me/telemetry", json.dumps({"alive": marker}), qos=1, timeout=5)
-    assert latest(broker, device_id)["alive"]["value"] == marker
+    assert latest_telemetry(broker, device_id)["alive"]["value"] == marker
 
 
 # --- telemetry ----------------------------------------------------------------------------------
@@ -176,7 +142,7 @@ def test_telemetry_plain_object_values_are_stored_with_their_types(broker, clien
     device, client = device_client(broker, clients)
     payload = {"s": "hello", "b": True, "d": 21.5, "l": 42, "j": {"nested": [1, 2]}, "cast": "73"}
     assert client.publish(topic, json.dumps(payload))
-    stored = latest(broker, device.id)
+    stored = latest_telemetry(broker, device.id)
     assert stored["s"]["value"] == "hello"
     assert stored["b"]["value"] is True
     assert type(stored["d"]["value"]) is float and stored["d"]["value"] == 21.5
@@ -191,7 +157,7 @@ def test_telemetry_with_ts_and_values_uses_the_given_timestamp(broker, clients):
     device, client = device_client(broker, clients)
     assert client.publish("v1/devices/me/telemetry",
                           json.dumps({"ts": 1_700_000_000_000, "values": {"temperature": 26, "flag": False}}))
-    stored = latest(broker, device.id)
+    stored = latest_telemetry(broker, device.id)
     assert stored["temperature"] == {"ts": 1_700_000_000_000, "value": 26}
     assert stored["flag"] == {"ts": 1_700_000_000_000, "value": False}
     assert "ts" not in stored and "values" not in stored
@@ -201,7 +167,7 @@ def test_telemetry_array_mixing_timestamped_and_plain_objects(broker, clients):
     device, client = device_client(broker, clients)
     payload = [{"ts": 1_600_000_000_000, "values": {"a": 1.25}}, {"b": "text", "c": [1, "x"]}]
     assert client.publish("v1/devices/me/telemetry", json.dumps(payload))
-    stored = latest(broker, device.id)
+    stored = latest_telemetry(broker, device.id)
     assert stored["a"] == {"ts": 1_600_000_000_000, "value": 1.25}
     assert stored["b"]["value"] == "text" and stored["b"]["ts"] > 1_600_000_000_000
     assert stored["c"]["value"] == [1, "x"]
@@ -210,7 +176,7 @@ def test_telemetry_array_mixing_timestamped_and_plain_objects(broker, clients):
 def test_telemetry_in_relaxed_json_is_accepted(broker, clients):
     device, client = device_client(broker, clients)
     assert client.publish("v1/devices/me/telemetry", "{temperature:25}")
-    stored = latest(broker, device.id)
+    stored = latest_telemetry(broker, device.id)
     assert stored["temperature"]["value"] == 25 and type(stored["temperature"]["value"]) is int
 
 
@@ -229,8 +195,8 @@ def test_telemetry_is_republished_to_applications(broker, clients):
 
 def test_persistent_application_session_gets_qos1_data_published_while_it_was_away(broker, clients):
     with Registry.open(broker.data_dir) as registry:
-        username, password = registry.create_application(_unique("app"))
-    client_id = _unique("app-cid")
+        username, password = registry.create_application(unique("app"))
+    client_id = unique("app-cid")
     app = connect(broker.mqtt_port, client_id, username, password, clean_session=False)
     clients.append(app)
     assert codes(app.subscribe("gatehouse/devices/+/telemetry", 1)) == [1]
@@ -324,7 +290,7 @@ def test_invalid_json_telemetry_at_qos1_closes_the_connection_without_puback(bro
     assert client.wait_disconnected(5), "the broker kept the connection open after invalid JSON"
     time.sleep(0.2)
     assert not acknowledged(info), "invalid JSON was acknowledged"
-    assert latest(broker, device.id) == {}
+    assert latest_telemetry(broker, device.id) == {}
 
 
 def test_telemetry_array_with_a_non_object_element_closes_the_connection(broker, clients):
@@ -332,14 +298,14 @@ def test_telemetry_array_with_a_non_object_element_closes_the_connection(broker,
     info = publish_unacked(client, "v1/devices/me/telemetry", '[{"a": 1}, 5]')
     assert client.wait_disconnected(5)
     assert not acknowledged(info)
-    assert latest(broker, device.id) == {}
+    assert latest_telemetry(broker, device.id) == {}
 
 
 def test_publish_to_an_unknown_topic_is_acknowledged_and_the_connection_stays_open(broker, clients):
     device, client = device_client(broker, clients)
     assert client.publish("wrong/topic", '{"temperature": 25}', qos=1, timeout=5), "no PUBACK for wrong/topic"
     still_open(client, broker, device.id)
-    assert "temperature" not in latest(broker, device.id)
+    assert "temperature" not in latest_telemetry(broker, device.id)
 
 
 def test_gateway_topic_from_a_non_gateway_device_gets_no_puback_but_stays_open(broker, clients):
@@ -474,7 +440,7 @@ def test_server_side_rpc_on_short_topics(broker, clients):
 
 
 def test_server_side_rpc_to_an_offline_device_answers_the_application_with_an_error(broker, clients):
-    device, _token = new_device(broker)
+    device, _token = token_device(broker)
     app = app_client(broker, clients, f"gatehouse/devices/{device.id}/rpc/response/+")
     assert app.publish(f"gatehouse/devices/{device.id}/rpc/call/42", '{"method": "setGpio", "params": {"pin": 1}}')
     reply = body(next_on(app, f"gatehouse/devices/{device.id}/rpc/response/42"))
@@ -552,7 +518,7 @@ def test_data_published_by_one_device_never_reaches_another(broker, clients, two
     assert client_a.publish("v1/devices/me/rpc/request/5", '{"method": "getTime", "params": {}}')
     assert client_a.publish("v1/devices/me/rpc/response/1", '{"r": 1}')
     assert nothing_on(client_b) == []
-    assert latest(broker, b.id) == {}
+    assert latest_telemetry(broker, b.id) == {}
     assert attributes(broker, b.id, AttributeScope.CLIENT) == {}
 
 
@@ -562,8 +528,8 @@ def test_device_cannot_speak_for_another_device_through_its_will(broker, clients
     (_a, _client_a), (b, _client_b) = two_devices
     app = app_client(broker, clients, "gatehouse/#")
     spoofed = f"gatehouse/devices/{b.id}/telemetry"
-    device, token = new_device(broker, "will")
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=_unique("will"), protocol=paho.MQTTv311)
+    device, token = token_device(broker, "will")
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=unique("will"), protocol=paho.MQTTv311)
     client.username_pw_set(token)
     client.will_set(spoofed, '[{"ts": 1, "values": {"forged": true}}]', qos=1)
     client.connect("127.0.0.1", broker.mqtt_port)
@@ -584,7 +550,7 @@ def test_device_cannot_use_the_application_namespace_to_reach_another_device(bro
     client_a.publish(f"gatehouse/devices/{b.id}/telemetry", '[{"ts": 1, "values": {"hijack": 1}}]', timeout=3)
     assert nothing_on(client_b) == []
     assert attributes(broker, b.id, AttributeScope.SHARED) == {}
-    assert latest(broker, b.id) == {}
+    assert latest_telemetry(broker, b.id) == {}
     assert attributes(broker, a.id, AttributeScope.SHARED) == {}
 
 
@@ -614,9 +580,9 @@ def test_device_cannot_receive_application_topics(broker, clients):
 
 def test_applications_see_connected_and_disconnected_events(broker, clients):
     app = app_client(broker, clients, "gatehouse/devices/+/events")
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     topic = f"gatehouse/devices/{device.id}/events"
-    client = connect(broker.mqtt_port, _unique("cid"), token)
+    client = connect(broker.mqtt_port, unique("cid"), token)
     clients.append(client)
     assert client.connack == 0
     connected = body(next_on(app, topic))
@@ -642,13 +608,13 @@ def test_event_on_a_dropped_connection_is_disconnected(broker, clients):
 def test_telemetry_at_qos0_is_stored(broker, clients):
     device, client = device_client(broker, clients)
     client.publish("v1/devices/me/telemetry", '{"q0": 7}', qos=0)
-    assert wait_until(lambda: latest(broker, device.id).get("q0", {}).get("value") == 7, 5)
+    assert wait_until(lambda: latest_telemetry(broker, device.id).get("q0", {}).get("value") == 7, 5)
 
 
 def test_telemetry_null_values_are_skipped_and_ts_without_values_is_a_key(broker, clients):
     device, client = device_client(broker, clients)
     assert client.publish("v1/devices/me/telemetry", '{"ts": 5, "n": null, "v": 1}')
-    stored = latest(broker, device.id)
+    stored = latest_telemetry(broker, device.id)
     assert "n" not in stored
     assert stored["ts"]["value"] == 5 and stored["v"]["value"] == 1
 
@@ -658,7 +624,7 @@ def test_oversized_telemetry_closes_the_connection(broker, clients):
     info = publish_unacked(client, "v1/devices/me/telemetry", json.dumps({"big": "x" * 70_000}))
     assert client.wait_disconnected(5)
     assert not acknowledged(info)
-    assert latest(broker, device.id) == {}
+    assert latest_telemetry(broker, device.id) == {}
 
 
 def test_client_attributes_as_an_array_close_the_connection(broker, clients):
@@ -687,7 +653,7 @@ def test_attribute_request_on_short_json_topic(broker, clients):
 
 
 def test_shared_attribute_update_for_an_offline_device_is_stored_and_readable_later(broker, clients):
-    device, token = new_device(broker)
+    device, token = token_device(broker)
     app = app_client(broker, clients)
     assert app.publish(f"gatehouse/devices/{device.id}/attributes/shared", '{"later": "on"}')
     assert wait_until(lambda: attributes(broker, device.id, AttributeScope.SHARED) == {"later": "on"}, 5)
@@ -766,7 +732,7 @@ def test_republished_telemetry_carries_the_stored_timestamp(broker, clients):
     for n in range(30):  # a server-stamped point: the stamps may differ by a millisecond or so
         assert client.publish("v1/devices/me/telemetry", json.dumps({"tsCheck": n}))
         republished = body(next_on(app, f"gatehouse/devices/{device.id}/telemetry"))[0]
-        stored = latest(broker, device.id)["tsCheck"]
+        stored = latest_telemetry(broker, device.id)["tsCheck"]
         assert republished["values"] == {"tsCheck": n} and stored["value"] == n
         if republished["ts"] != stored["ts"]:
             mismatches.append((n, republished["ts"], stored["ts"]))

@@ -32,6 +32,7 @@ from gatehouse.pki import (
 from gatehouse.registry import Registry
 
 from .conftest import start_broker
+from .devices import unique
 from .mqtt_client import RawClient, acknowledged, connect, connect_packet, publish_packet, wait_until
 
 TELEMETRY = "v1/devices/me/telemetry"
@@ -45,10 +46,6 @@ SUBACK_FAILURE = 0x80
 def rc(client) -> int | None:
     """The MQTT 3.1.1 CONNACK return code, None if the connection ended without a CONNACK."""
     return client.return_code
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 # --- fixtures and helpers ----------------------------------------------------------------------

@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from gatehouse.models import AttributeScope
 from gatehouse.registry import Registry
 
 from .conftest import start_broker
+from .devices import latest_telemetry, token_device, unique
 from .mqtt_client import connect, wait_until
 
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
@@ -35,10 +35,6 @@ def broker(tmp_path_factory):
     yield running
     if running.process.poll() is None:
         running.stop()
-
-
-def _unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def gatehouse_cli(broker, *args: str) -> str:
@@ -57,18 +53,11 @@ def issue_certificate(broker, name: str, out: Path) -> tuple[Path, Path]:
 
 def x509_device(broker, tmp_path: Path) -> tuple[str, Path, Path]:
     """A device registered with a certificate from the development CA: (device id, cert, key)."""
-    name = _unique("x509")
+    name = unique("x509")
     cert, key = issue_certificate(broker, name, tmp_path / "certs")
     created = json.loads(gatehouse_cli(broker, "device", "create", name, "--cert", str(cert), "--json"))
     assert created["credentials"]["credentialsType"] == "X509_CERTIFICATE"
     return created["device"]["id"]["id"], cert, key
-
-
-def token_device(broker) -> tuple[str, str]:
-    token = _unique("TOKEN")
-    with Registry.open(broker.data_dir) as registry:
-        device = registry.create_device(_unique("tok"), credentials=AccessToken(token))
-    return device.id, token
 
 
 def tls_args(broker, cert: Path | None = None, key: Path | None = None, version: str = "mqttv311") -> list[str]:
@@ -83,11 +72,6 @@ def mosquitto_pub(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([MOSQUITTO_PUB, *args], capture_output=True, text=True, timeout=20, check=False)
 
 
-def latest(broker, device_id: str) -> dict:
-    with Registry.open(broker.data_dir) as registry:
-        return registry.latest_telemetry(device_id)
-
-
 def test_mosquitto_clients_are_installed():
     assert MOSQUITTO_PUB, "mosquitto_pub is missing (make test installs mosquitto-clients)"
     assert MOSQUITTO_SUB, "mosquitto_sub is missing (make test installs mosquitto-clients)"
@@ -96,11 +80,11 @@ def test_mosquitto_clients_are_installed():
 @pytest.mark.parametrize("version", VERSIONS)
 def test_x509_device_telemetry_from_mosquitto_pub_is_stored(broker, tmp_path, version):
     device_id, cert, key = x509_device(broker, tmp_path)
-    result = mosquitto_pub(*tls_args(broker, cert, key, version), "-d", "-i", _unique("cid"), "-q", "1",
+    result = mosquitto_pub(*tls_args(broker, cert, key, version), "-d", "-i", unique("cid"), "-q", "1",
                            "-t", "v1/devices/me/telemetry", "-m", '{"temperature": 25, "unit": "C"}')
     assert result.returncode == 0, result.stdout + result.stderr
     assert "received PUBACK (Mid: 1, RC:0)" in result.stdout, result.stdout  # -d; MQTT 5: reason code 0
-    stored = latest(broker, device_id)
+    stored = latest_telemetry(broker, device_id)
     assert stored["temperature"]["value"] == 25
     assert stored["unit"]["value"] == "C"
 
@@ -110,12 +94,12 @@ def test_x509_device_on_mosquitto_sub_receives_a_shared_attribute_update(broker,
     device_id, cert, key = x509_device(broker, tmp_path)
     assert MOSQUITTO_SUB, "mosquitto_sub is missing (make test installs mosquitto-clients)"
     with Registry.open(broker.data_dir) as registry:
-        username, password = registry.create_application(_unique("app"))
-    app = connect(broker.mqtt_port, _unique("app-cid"), username, password)
+        username, password = registry.create_application(unique("app"))
+    app = connect(broker.mqtt_port, unique("app-cid"), username, password)
     assert app.connack == 0
     assert [c.value for c in app.subscribe(f"gatehouse/devices/{device_id}/events", 1)] == [1]
     sub = subprocess.Popen(
-        [MOSQUITTO_SUB, *tls_args(broker, cert, key, version), "-i", _unique("cid"), "-q", "1",
+        [MOSQUITTO_SUB, *tls_args(broker, cert, key, version), "-i", unique("cid"), "-q", "1",
          "-t", "v1/devices/me/attributes", "-C", "1", "-W", "10"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -143,9 +127,9 @@ def test_x509_device_on_mosquitto_sub_receives_a_shared_attribute_update(broker,
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_unregistered_certificate_from_the_same_ca_is_refused(broker, tmp_path, version):
-    name = _unique("stranger")
+    name = unique("stranger")
     cert, key = issue_certificate(broker, name, tmp_path / "certs")
-    result = mosquitto_pub(*tls_args(broker, cert, key, version), "-i", _unique("cid"), "-q", "1",
+    result = mosquitto_pub(*tls_args(broker, cert, key, version), "-i", unique("cid"), "-q", "1",
                            "-t", "v1/devices/me/telemetry", "-m", '{"temperature": 99}')
     output = (result.stdout + result.stderr).lower()
     assert result.returncode != 0, output
@@ -156,17 +140,17 @@ def test_unregistered_certificate_from_the_same_ca_is_refused(broker, tmp_path, 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_token_device_over_tls_without_a_client_certificate(broker, version):
-    device_id, token = token_device(broker)
-    result = mosquitto_pub(*tls_args(broker, version=version), "-i", _unique("cid"), "-q", "1", "-u", token,
+    device, token = token_device(broker, "tok")
+    result = mosquitto_pub(*tls_args(broker, version=version), "-i", unique("cid"), "-q", "1", "-u", token,
                            "-t", "v1/devices/me/telemetry", "-m", '{"humidity": 40.5}')
     assert result.returncode == 0, result.stdout + result.stderr
-    assert latest(broker, device_id)["humidity"]["value"] == 40.5
+    assert latest_telemetry(broker, device.id)["humidity"]["value"] == 40.5
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_wrong_token_over_tls_is_refused(broker, version):
-    result = mosquitto_pub(*tls_args(broker, version=version), "-i", _unique("cid"), "-q", "1",
-                           "-u", _unique("NO_SUCH_TOKEN"), "-t", "v1/devices/me/telemetry", "-m", '{"humidity": 1}')
+    result = mosquitto_pub(*tls_args(broker, version=version), "-i", unique("cid"), "-q", "1",
+                           "-u", unique("NO_SUCH_TOKEN"), "-t", "v1/devices/me/telemetry", "-m", '{"humidity": 1}')
     output = (result.stdout + result.stderr).lower()
     # MQTT 3.1.1 has one code for both; MQTT 5 says which (0x86 here, 0x87 for an unknown certificate)
     expected = "not authori" if version == "mqttv311" else "bad user name or password"
@@ -174,12 +158,12 @@ def test_wrong_token_over_tls_is_refused(broker, version):
 
 
 def test_thingsboard_docs_plain_mosquitto_pub_example_stores_telemetry(broker):
-    device_id, token = token_device(broker)
+    device, token = token_device(broker, "tok")
     result = mosquitto_pub("-d", "-q", "1", "-h", "127.0.0.1", "-p", str(broker.mqtt_port),
                            "-t", "v1/devices/me/telemetry", "-u", token, "-m", '{"temperature":25}')
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PUBACK" in result.stdout + result.stderr  # -d: the QoS 1 message was acknowledged
-    assert wait_until(lambda: latest(broker, device_id).get("temperature", {}).get("value") == 25, 5)
+    assert wait_until(lambda: latest_telemetry(broker, device.id).get("temperature", {}).get("value") == 25, 5)
 
 
 def test_an_operators_own_server_certificate_is_served_on_8883(tmp_path, broker_factory):

@@ -18,20 +18,18 @@ import queue
 import re
 import subprocess
 import threading
-import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from gatehouse.credentials import AccessToken
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
 from gatehouse.payloads import kv_entries
 from gatehouse.registry import Registry
 
+from .devices import token_device, unique
 from .mqtt_client import TestClient as MqttClient
-from .mqtt_client import connect
+from .mqtt_client import connect, next_on
 from .test_mqtt_tls_clients import x509_device
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -225,42 +223,15 @@ def sdk_session(sdk_python, tmp_path):
         session.close()
 
 
-def _unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def token_device(broker, prefix: str = "sdk-dev"):
-    """A token device in the broker's registry: (device, token)."""
-    token = _unique("SDK_TOKEN")
-    with Registry.open(broker.data_dir) as registry:
-        device = registry.create_device(_unique(prefix), credentials=AccessToken(token))
-    return device, token
-
-
 def application(broker, *filters: str) -> MqttClient:
     """A new application account logged in (MQTT 3.1.1) and subscribed to `filters` at QoS 1."""
     with Registry.open(broker.data_dir) as registry:
-        username, password = registry.create_application(_unique("app"))
-    app = connect(broker.mqtt_port, _unique("app-cid"), username, password)
+        username, password = registry.create_application(unique("app"))
+    app = connect(broker.mqtt_port, unique("app-cid"), username, password)
     assert app.connack == 0, f"application login refused: {app.connack}"
     for topic_filter in filters:
         assert [code.value for code in app.subscribe(topic_filter, 1)] == [1], topic_filter
     return app
-
-
-def next_on(client: MqttClient, topic: str, timeout: float = STEP_TIMEOUT):
-    """The next message on exactly `topic`, skipping others."""
-    deadline = time.monotonic() + timeout
-    seen = []
-    while (remaining := deadline - time.monotonic()) > 0:
-        try:
-            message = client.next_message(timeout=remaining)
-        except queue.Empty:
-            break
-        if message.topic == topic:
-            return message
-        seen.append((message.topic, message.payload[:200]))
-    raise AssertionError(f"nothing on {topic!r} within {timeout} s; saw {seen}")
 
 
 def limits_logged(log: str) -> list:
@@ -382,7 +353,7 @@ def test_sdk_handler_answers_a_server_side_rpc_from_an_application(broker, sdk_s
     request = session.expect("rpc_request")
     assert request["request_id"] == "17"
     assert request["body"] == {"method": "setGpio", "params": {"pin": 4}}
-    reply = next_on(app, f"gatehouse/devices/{device.id}/rpc/response/17")
+    reply = next_on(app, f"gatehouse/devices/{device.id}/rpc/response/17", STEP_TIMEOUT)
     assert json.loads(reply.payload) == {"received": {"method": "setGpio", "params": {"pin": 4}}, "ok": True}
     session.finish()
 
