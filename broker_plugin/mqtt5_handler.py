@@ -19,7 +19,7 @@ import asyncio
 
 import mqtt5
 from amqtt.adapters import WriterAdapter
-from amqtt.mqtt.constants import QOS_0, QOS_1
+from amqtt.mqtt.constants import QOS_1
 from amqtt.mqtt.disconnect import DisconnectPacket as AmqttDisconnect
 from amqtt.mqtt.protocol.broker_handler import Subscription, UnSubscription
 from amqtt.session import (
@@ -83,10 +83,6 @@ class _Incoming(IncomingApplicationMessage):
     __slots__ = ("properties",)  # amqtt's messages have slots and no room for properties
 
 
-class _Outgoing(OutgoingApplicationMessage):
-    __slots__ = ("properties",)
-
-
 def _properties(packet: mqtt5.PublishPacket) -> MessageProperties | None:
     properties = MessageProperties(packet.response_topic, packet.correlation_data, packet.content_type,
                                    tuple(packet.user_properties))
@@ -99,22 +95,13 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
     def __init__(self, plugins_manager, connect: mqtt5.ConnectPacket):
         super().__init__(plugins_manager)
         self.client_max_packet_size = connect.max_packet_size or _PROTOCOL_MAX_PACKET_SIZE
-        self._client_receive_slots = asyncio.Semaphore(connect.receive_max)
+        self.client_receive_slots = asyncio.Semaphore(connect.receive_max)
         self._topic_aliases: dict[int, str] = {}
 
     # --- writing ------------------------------------------------------------------------------
 
     async def _write(self, packet) -> None:
-        await self._write_bytes(packet.write())
-
-    async def _write_bytes(self, data: bytes) -> None:
-        if self.writer is None or self._closing:
-            return
-        try:
-            self.writer.write(data)
-            await self.writer.drain()
-        except (ConnectionError, RuntimeError):
-            await self.handle_connection_closed()
+        await self.write_bytes(packet.write())
 
     async def _send_packet(self, packet) -> None:
         # Every amqtt call that would send a 3.1.1 packet is overridden below.
@@ -124,7 +111,7 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
         return mqtt5.PubAckPacket(packet_id, reason_code=mqtt5.PubAckReasonCode(reason)).write()
 
     async def send_puback(self, packet_id: int, reason: int = 0) -> None:
-        await self._write_bytes(self.puback_bytes(packet_id, reason))
+        await self.write_bytes(self.puback_bytes(packet_id, reason))
 
     async def mqtt_connack_authorize(self, authorize: bool) -> None:
         session = self.session
@@ -148,28 +135,7 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
     async def send_disconnect(self, reason: DisconnectReason) -> None:
         await self._write(mqtt5.DisconnectPacket(reason_code=mqtt5.DisconnectReasonCode(int(reason))))
 
-    async def mqtt_publish(self, topic: str, data: bytes, qos: int, retain: bool, ack_timeout: int | None = None,
-                           properties: MessageProperties | None = None) -> OutgoingApplicationMessage:
-        qos = min(qos, QOS_1)
-        packet_id = self.session.next_packet_id if qos == QOS_1 else None
-        message = _Outgoing(packet_id, topic, qos, data, retain)
-        message.properties = properties
-        if qos == QOS_0:
-            await self._write_publish(message)
-            return message
-        async with self._client_receive_slots:  # the client's Receive Maximum
-            self.session.inflight_out[packet_id] = message
-            waiter = asyncio.get_running_loop().create_future()
-            self._puback_waiters[packet_id] = waiter
-            try:
-                await self._write_publish(message)
-                await waiter  # cancelled when the connection stops; resent if the session resumes
-                self.session.inflight_out.pop(packet_id, None)
-            finally:
-                self._puback_waiters.pop(packet_id, None)
-        return message
-
-    async def _write_publish(self, message: OutgoingApplicationMessage, *, duplicate: bool = False) -> None:
+    def publish_bytes(self, message: OutgoingApplicationMessage, *, duplicate: bool = False) -> bytes | None:
         properties = getattr(message, "properties", None) or MessageProperties()
         packet = mqtt5.PublishPacket(
             message.topic, bytes(message.data or b""), qos=mqtt5.QoS(message.qos), packet_id=message.packet_id,
@@ -177,29 +143,20 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
             correlation_data=properties.correlation_data, content_type=properties.content_type,
             user_properties=list(properties.user_properties))
         data = packet.write()
-        if len(data) <= self.client_max_packet_size:  # else never sent, as if delivered (MQTT 5 §3.1.2.25)
-            await self._write_bytes(data)
-
-    async def _retry_deliveries(self) -> None:
-        for message in list(self.session.inflight_out.values()):
-            if isinstance(message, OutgoingApplicationMessage):
-                await self._write_publish(message, duplicate=True)
+        # Larger than the client takes: never sent, as if delivered (MQTT 5 §3.1.2.25).
+        return data if len(data) <= self.client_max_packet_size else None
 
     # --- reading ------------------------------------------------------------------------------
 
-    async def decode(self, frame: bytes):
-        return decode(frame)
+    async def handle_frame(self, frame: bytes) -> DisconnectReason | None:
+        return await self.handle_packet(decode(frame))
 
     async def handle_packet(self, packet) -> DisconnectReason | None:
         """Act on one packet from the client; a reason to close the connection, or None."""
         if isinstance(packet, mqtt5.PublishPacket):
             return await self._handle_publish(packet)
         if isinstance(packet, mqtt5.PubAckPacket):
-            waiter = self._puback_waiters.get(packet.packet_id)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(packet)
-            else:  # a message resent on a resumed session (nobody waits for it any more)
-                self.session.inflight_out.pop(packet.packet_id, None)
+            self.puback_received(packet.packet_id)
             return None
         if isinstance(packet, mqtt5.SubscribePacket):
             await self._pending_subscriptions.put(Subscription(

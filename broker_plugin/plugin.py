@@ -421,7 +421,12 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         entry = self._broker._sessions.get(session.client_id)
         if entry is None or entry[0] is not session or entry[0].transitions.state != "connected":
             return
-        self._spawn(self._publish_on(entry[1], topic, payload, qos, properties))
+        self._deliver(entry[1], topic, payload, qos, properties)
+
+    def _deliver(self, handler, topic: str, payload: bytes, qos: int, properties: MessageProperties | None) -> None:
+        publish_soon = getattr(handler, "publish_soon", None)  # the hardened broker's handlers
+        if publish_soon is None or not publish_soon(topic, payload, qos, properties):
+            self._spawn(self._publish_on(handler, topic, payload, qos, properties))
 
     @staticmethod
     def _publish_on(handler, topic: str, payload: bytes, qos: int, properties: MessageProperties | None):
@@ -446,7 +451,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                 if session.transitions.state == "connected":
                     handler = broker._get_handler(session)
                     if handler is not None:
-                        self._spawn(self._publish_on(handler, topic, payload, qos, properties))
+                        self._deliver(handler, topic, payload, qos, properties)
                 elif not session.clean_session and qos > 0:  # kept for a persistent session's return
                     await broker._retain_broadcast_message({"session": None, "topic": topic, "data": payload},
                                                            qos, session)

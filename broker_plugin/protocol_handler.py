@@ -1,7 +1,13 @@
 """amqtt's broker-side protocol handler (MQTT 3.1.1 on the wire) with what the hardened broker
 needs of every connection: a reader that takes whole frames and hands PUBLISHes on at once;
 PUBLISHes answered only once processed, in arrival order; the keep-alive enforced; closes that
-say why (for MQTT 5, whose handler extends this one)."""
+say why (for MQTT 5, whose handler extends this one).
+
+PUBLISH and PUBACK, the packets of every telemetry message, are read and written here as bytes
+rather than through amqtt's packet classes (an object per header field, an awaited read per
+field, a plugin event per packet sent): on the path from a device to an application that cost
+more than storing the message. Every other packet still goes through amqtt.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +16,7 @@ from collections import deque
 
 from amqtt.adapters import BufferReader, ReaderAdapter
 from amqtt.mqtt import packet_class
-from amqtt.mqtt.constants import QOS_1, QOS_2
+from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
 from amqtt.mqtt.packet import (
     DISCONNECT,
     PINGREQ,
@@ -24,8 +30,11 @@ from amqtt.mqtt.packet import (
     MQTTFixedHeader,
 )
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.mqtt.puback import PubackPacket
-from amqtt.session import INCOMING, IncomingApplicationMessage
+from amqtt.session import (
+    INCOMING,
+    IncomingApplicationMessage,
+    OutgoingApplicationMessage,
+)
 
 from .interfaces import (
     MAX_IN_FLIGHT,
@@ -70,6 +79,49 @@ async def read_frame(reader: ReaderAdapter, max_size: int) -> bytes:
     return first + bytes(length_bytes) + (await reader.read(remaining) if remaining else b"")
 
 
+def remaining_length(n: int) -> bytes:
+    """MQTT's variable-length encoding of a packet's remaining length."""
+    encoded = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        encoded.append(digit | 0x80 if n else digit)
+        if not n:
+            return bytes(encoded)
+
+
+def decode_publish(frame: bytes) -> IncomingApplicationMessage:
+    """A whole MQTT 3.1.1 PUBLISH frame (QoS 0 or 1) as amqtt's incoming message."""
+    flags, qos = frame[0], (frame[0] >> 1) & 0x03
+    offset = 1
+    while frame[offset] & 0x80:  # read_frame has checked the remaining length
+        offset += 1
+    offset += 1
+    topic_end = offset + 2 + int.from_bytes(frame[offset:offset + 2], "big")
+    header_end = topic_end + (2 if qos else 0)
+    if header_end > len(frame):
+        raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, "PUBLISH shorter than its header")
+    try:
+        topic = frame[offset + 2:topic_end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, "PUBLISH topic is not UTF-8") from None
+    packet_id = int.from_bytes(frame[topic_end:header_end], "big") if qos else None
+    return IncomingApplicationMessage(packet_id, topic, qos, frame[header_end:], bool(flags & 0x01))
+
+
+def encode_publish(message: OutgoingApplicationMessage, *, duplicate: bool = False) -> bytes:
+    topic = message.topic.encode("utf-8")
+    data = bytes(message.data or b"")
+    header = len(topic).to_bytes(2, "big") + topic
+    if message.qos:
+        header += message.packet_id.to_bytes(2, "big")
+    first = (PUBLISH << 4) | (0x08 if duplicate else 0) | (message.qos << 1) | (0x01 if message.retain else 0)
+    return bytes((first,)) + remaining_length(len(header) + len(data)) + header + data
+
+
+class _Outgoing(OutgoingApplicationMessage):
+    __slots__ = ("properties",)  # amqtt's messages have slots and no room for MQTT 5 properties
+
+
 class _Answer:
     """The broker's answer to one PUBLISH, decided once it is processed."""
 
@@ -84,6 +136,7 @@ class _Answer:
 class GatehouseProtocolHandler(BrokerProtocolHandler):
     protocol_level = MQTT_311
     publish_sink = None  # the broker's: takes every incoming PUBLISH (else amqtt's session queue)
+    client_receive_slots: asyncio.Semaphore | None = None  # MQTT 5: the client's Receive Maximum
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -94,6 +147,8 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
         self._flush_scheduled = False
         self._flows: set[asyncio.Task] = set()  # QoS 2 exchanges in progress
         self._closing = False
+        self._write_buffer = bytearray()
+        self._write_scheduled = False
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -101,19 +156,24 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
         """amqtt's reader reads a packet field by field and runs a task per packet; this one
         reads whole frames and hands PUBLISHes on at once: the hot path of every device."""
         keepalive = self.session.keep_alive if self.session.keep_alive > 0 else None
+        loop = asyncio.get_running_loop()
         reason: DisconnectReason | None = None
         try:
-            while True:
-                self._reader_ready.set()
-                try:
-                    frame = await asyncio.wait_for(read_frame(self.reader, MAX_PACKET_SIZE), keepalive)
-                except TimeoutError:
-                    # Nothing for 1.5 × the client's keep-alive: it is gone (MQTT 3.1.1 §3.1.2.10).
-                    reason = DisconnectReason.KEEP_ALIVE_TIMEOUT
-                    break
-                reason = await self.handle_packet(await self.decode(frame))
-                if reason is not None:
-                    break
+            # One deadline moved along, not a wait_for (a task) per packet; it runs only while
+            # waiting for the client, not while the broker holds it back (in_flight).
+            async with asyncio.timeout(None) as silence:
+                while True:
+                    self._reader_ready.set()
+                    if keepalive:
+                        silence.reschedule(loop.time() + keepalive)
+                    frame = await read_frame(self.reader, MAX_PACKET_SIZE)
+                    silence.reschedule(None)
+                    reason = await self.handle_frame(frame)
+                    if reason is not None:
+                        break
+        except TimeoutError:
+            # Nothing for 1.5 × the client's keep-alive: it is gone (MQTT 3.1.1 §3.1.2.10).
+            reason = DisconnectReason.KEEP_ALIVE_TIMEOUT
         except MalformedPacket as e:
             self.logger.info("closing %s: %s", self.session.client_id, e)
             reason = e.reason
@@ -132,6 +192,17 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
         self._reader_stopped.set()
         await self.stop()
 
+    async def handle_frame(self, frame: bytes) -> DisconnectReason | None:
+        """Act on one whole packet from the client; a reason to close the connection, or None."""
+        kind = frame[0] >> 4
+        if kind == PUBLISH and (frame[0] >> 1) & 0x03 in (QOS_0, QOS_1):
+            await self.deliver_incoming(decode_publish(frame))
+            return None
+        if kind == PUBACK and len(frame) == 4:
+            self.puback_received(int.from_bytes(frame[2:4], "big"))
+            return None
+        return await self.handle_packet(await self.decode(frame))
+
     async def decode(self, frame: bytes):
         reader = BufferReader(frame)
         try:
@@ -143,17 +214,12 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
     async def handle_packet(self, packet) -> DisconnectReason | None:
         """Act on one packet from the client; a reason to close the connection, or None."""
         kind = packet.fixed_header.packet_type
-        if kind == PUBLISH:
-            if packet.topic_name is None or packet.data is None:
+        if kind == PUBLISH:  # QoS 2 (or the invalid 3), which handle_frame leaves to amqtt's flow
+            if packet.qos != QOS_2 or packet.topic_name is None or packet.data is None:
                 raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, "PUBLISH without topic or payload")
-            if packet.qos == QOS_2:  # amqtt's flow, which waits for the PUBREL this loop reads
-                self._flows.add(task := asyncio.create_task(self.handle_publish(packet)))
-                task.add_done_callback(self._flows.discard)
-            else:
-                message = IncomingApplicationMessage(packet.packet_id, packet.topic_name, packet.qos, packet.data,
-                                                     packet.retain_flag)
-                message.publish_packet = packet
-                await self.deliver_incoming(message)
+            # amqtt's flow waits for the PUBREL this loop reads
+            self._flows.add(task := asyncio.create_task(self.handle_publish(packet)))
+            task.add_done_callback(self._flows.discard)
         elif kind == DISCONNECT:
             await self.handle_disconnect(packet)
             return DisconnectReason.NORMAL_DISCONNECTION
@@ -181,16 +247,109 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
         else:
             await super()._handle_qos1_message_flow(app_message)
 
+    # --- sending ------------------------------------------------------------------------------
+
+    async def write_bytes(self, data: bytes) -> None:
+        """Send `data` to the client. What is written in one loop iteration leaves in one send
+        (a group commit answers and republishes many messages at once); a slow reader holds the
+        writers back once the transport's buffer is full."""
+        if self.writer is None or self._closing:
+            return
+        self._write_soon(data)
+        try:
+            await self.writer.drain()
+        except (ConnectionError, RuntimeError):
+            await self.handle_connection_closed()
+
+    def _write_soon(self, data: bytes) -> None:
+        self._write_buffer += data
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_buffer)
+
+    def _send_buffer(self) -> None:
+        self._write_scheduled = False
+        if self._write_buffer and self.writer is not None:
+            data, self._write_buffer = bytes(self._write_buffer), bytearray()
+            with contextlib.suppress(ConnectionError, RuntimeError):  # the client may be gone
+                self.writer.write(data)
+
+    async def handle_connection_closed(self) -> None:
+        self._send_buffer()  # a DISCONNECT with its reason, say
+        await super().handle_connection_closed()
+
+    def publish_bytes(self, message: OutgoingApplicationMessage, *, duplicate: bool = False) -> bytes | None:
+        """The PUBLISH packet for `message`, or None if it must not be sent. MQTT 3.1.1 has no
+        properties: the message goes without them."""
+        return encode_publish(message, duplicate=duplicate)
+
     async def mqtt_publish(self, topic: str, data: bytes, qos: int, retain: bool, ack_timeout: int | None = None,
-                           properties: MessageProperties | None = None):
-        # MQTT 3.1.1 has no properties: the message goes without them.
-        return await super().mqtt_publish(topic, data, qos, retain, ack_timeout)
+                           properties: MessageProperties | None = None) -> OutgoingApplicationMessage:
+        """Send a PUBLISH; at QoS 1, return once the client has acknowledged it (or the
+        connection has stopped: the message stays in flight for a resumed session)."""
+        qos = min(qos, QOS_1)
+        packet_id = self.session.next_packet_id if qos == QOS_1 else None
+        message = _Outgoing(packet_id, topic, qos, data, retain)
+        message.properties = properties
+        if qos == QOS_0:
+            await self._write_publish(message)
+            return message
+        async with self.client_receive_slots or contextlib.nullcontext():
+            self.session.inflight_out[packet_id] = message
+            waiter = asyncio.get_running_loop().create_future()
+            self._puback_waiters[packet_id] = waiter
+            try:
+                await self._write_publish(message)
+                await waiter
+                self.session.inflight_out.pop(packet_id, None)
+            finally:
+                self._puback_waiters.pop(packet_id, None)
+        return message
+
+    def publish_soon(self, topic: str, data: bytes, qos: int, properties: MessageProperties | None = None) -> bool:
+        """Send a PUBLISH without waiting for its PUBACK, which then just clears it from the
+        session's in-flight messages: no task and no future per message on the way to
+        applications. False, and nothing sent, where the client's Receive Maximum (MQTT 5)
+        must be kept: mqtt_publish waits for room."""
+        if self.client_receive_slots is not None:
+            return False
+        qos = min(qos, QOS_1)
+        message = _Outgoing(self.session.next_packet_id if qos == QOS_1 else None, topic, qos, data, False)
+        message.properties = properties
+        if qos == QOS_1:
+            self.session.inflight_out[message.packet_id] = message  # resent if the session resumes
+        packet = self.publish_bytes(message)
+        if packet is not None and self.writer is not None and not self._closing:
+            self._write_soon(packet)
+        return True
+
+    async def _write_publish(self, message: OutgoingApplicationMessage, *, duplicate: bool = False) -> None:
+        data = self.publish_bytes(message, duplicate=duplicate)
+        if data is not None:
+            await self.write_bytes(data)
+
+    def puback_received(self, packet_id: int) -> None:
+        waiter = self._puback_waiters.get(packet_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(packet_id)
+        else:  # a message resent on a resumed session (nobody waits for it any more)
+            self.session.inflight_out.pop(packet_id, None)
+
+    async def _retry_deliveries(self) -> None:
+        """Resend what a resumed session still has in flight [MQTT-4.4.0-1]; the PUBACKs then
+        find nobody waiting and clear it."""
+        for message in list(self.session.inflight_out.values()):
+            if isinstance(message, OutgoingApplicationMessage):
+                await self._write_publish(message, duplicate=True)
+        for message in list(self.session.inflight_in.values()):  # QoS 2 from a 3.1.1 client
+            self._flows.add(task := asyncio.create_task(asyncio.wait_for(self._handle_message_flow(message), 10)))
+            task.add_done_callback(self._flows.discard)
 
     def puback_bytes(self, packet_id: int, reason: int) -> bytes:
-        return PubackPacket.build(packet_id).to_bytes()  # 3.1.1 has no reason code
+        return bytes((PUBACK << 4, 2)) + packet_id.to_bytes(2, "big")  # 3.1.1 has no reason code
 
     async def send_puback(self, packet_id: int, reason: int = 0) -> None:
-        await self._send_packet(PubackPacket.build(packet_id))
+        await self.write_bytes(self.puback_bytes(packet_id, reason))
 
     async def acknowledge_unsubscription(self, packet_id: int, existed: list[bool]) -> None:
         await self.mqtt_acknowledge_unsubscription(packet_id)  # 3.1.1 has no per-filter codes
@@ -229,9 +388,9 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
                 acks += self.puback_bytes(answer.packet_id, puback)
             if disconnect is not None:
                 break
-        if acks and self.writer is not None:
-            with contextlib.suppress(ConnectionError, RuntimeError):  # the client may be gone
-                self.writer.write(bytes(acks))
+        if acks and self.writer is not None and not self._closing:
+            self._write_buffer += acks
+            self._send_buffer()
         if disconnect is not None:
             # Nothing is answered after the publish that closes the connection; the message
             # loop then sees the disconnect and cleans the session up as usual.

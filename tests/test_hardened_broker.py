@@ -20,7 +20,7 @@ from gatehouse.credentials import AccessToken
 from gatehouse.registry import Registry
 
 from .conftest import start_broker
-from .devices import unique
+from .devices import token_device, unique
 from .mqtt_client import (
     PINGREQ,
     PINGRESP,
@@ -252,6 +252,45 @@ def test_connection_without_a_complete_connect_is_closed_after_connect_timeout(g
     assert client.closed_by_server(CONNECT_TIMEOUT + 3)
     elapsed = time.monotonic() - started
     assert CONNECT_TIMEOUT - 0.3 <= elapsed <= CONNECT_TIMEOUT + 1.5, elapsed
+
+
+# --- PUBLISH and PUBACK read and written as bytes (protocol_handler) ---------------------------
+
+@pytest.mark.parametrize("frame", [
+    bytes((0x32, 0x04, 0x00, 0x09, 0x61, 0x62)),  # topic length past the end of the packet
+    bytes((0x32, 0x04, 0x00, 0x01, 0x61, 0x00)),  # QoS 1 without a whole packet id
+    bytes((0x30, 0x04, 0x00, 0x02, 0xC3, 0x28)),  # topic that is not UTF-8
+    bytes((0x36, 0x05, 0x00, 0x01, 0x61, 0x00, 0x01)),  # QoS 3
+], ids=["topic-past-end", "short-packet-id", "topic-not-utf8", "qos-3"])
+def test_malformed_publish_closes_the_connection_and_the_broker_keeps_serving(gh, frame):
+    device, token = token_device(gh, "malformed")
+    code, client = login(gh.mqtt_port, unique("malformed"), token)
+    assert code == connack(ACCEPTED)
+    client.send(frame)
+    assert client.closed_by_server(5)
+    code, client = login(gh.mqtt_port, unique("malformed"), token)
+    assert code == connack(ACCEPTED)
+    assert publish_qos1(client, {"after": 1}) == PUBACK_1
+    assert telemetry(gh, device.id) == {"after": 1}
+
+
+@pytest.mark.parametrize("size", [0, 120, 16_370, 70_000])
+def test_publish_frames_match_amqtts_encoding_at_every_remaining_length_width(size):
+    """The hand-written PUBLISH encoder against amqtt's own packet classes, across the 1-, 2- and
+    3-byte remaining lengths, and the decoder reading its output back."""
+    from amqtt.mqtt.publish import PublishPacket
+    from amqtt.session import OutgoingApplicationMessage
+
+    from broker_plugin.protocol_handler import decode_publish, encode_publish
+
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    for qos, packet_id, retain, dup in ((0, None, False, False), (1, 65535, True, True)):
+        message = OutgoingApplicationMessage(packet_id, "gatehouse/devices/d/telemetry", qos, payload, retain)
+        ours = encode_publish(message, duplicate=dup)
+        assert ours == PublishPacket.build(message.topic, payload, packet_id, dup, qos, retain).to_bytes()
+        back = decode_publish(ours)
+        assert (back.topic, back.qos, back.packet_id, back.data, back.retain) == (
+            message.topic, qos, packet_id, payload, retain)
 
 
 # --- G5: keep-alive ------------------------------------------------------------------------------
