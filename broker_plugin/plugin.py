@@ -76,6 +76,7 @@ DEVICE = "gatehouse.device"
 CREDENTIALS_VERSION = "gatehouse.credentials_version"
 SUBSCRIPTIONS = "gatehouse.subscriptions"  # granted filter -> QoS
 CLIENT_RPC_REPLIES = "gatehouse.client_rpc_replies"  # request id -> reply topic
+PROVISION_CLOSE_TIMER = "gatehouse.provision_close_timer"
 
 ROLE_DEVICE, ROLE_PROVISION, ROLE_APPLICATION = "device", "provision", "application"
 
@@ -201,6 +202,9 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         await self._publish_event(device.id, "connected")
 
     async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
+        close_timer = client_session.attributes.pop(PROVISION_CLOSE_TIMER, None)
+        if close_timer is not None:
+            close_timer.cancel()
         device: Device | None = client_session.attributes.get(DEVICE)
         if device is not None and self.connected_devices.get(device.id) is client_session:
             del self.connected_devices[device.id]
@@ -350,8 +354,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return PublishVerdict.PAYLOAD_FORMAT_INVALID
         try:
             request = ProvisionRequest.from_json(parsed)
-            result = await self.worker.call(Registry.provision, request, transport="MQTT",
-                                            remote_address=session.remote_address)
+            result = await self.worker.call_write(Registry.provision, request, transport="MQTT",
+                                                  remote_address=session.remote_address)
         except ProvisionRequestError as e:
             log.info("closing provisioning session from %s: %s", session.remote_address, e)
             return PublishVerdict.FAILED
@@ -361,7 +365,9 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             if result.credentials_type is CredentialsType.X509_CERTIFICATE:
                 await self._refresh_trust_store()  # the device brought its own certificate
         # ThingsBoard closes provisioning connections 60 s after answering, whatever the answer.
-        asyncio.get_running_loop().call_later(
+        # Most devices leave first, and the timer then goes with their session (see
+        # on_broker_client_disconnected) rather than keep it alive for the rest of the minute.
+        session.attributes[PROVISION_CLOSE_TIMER] = asyncio.get_running_loop().call_later(
             self.config.provision_close_seconds,
             lambda: self._spawn(self._disconnect(session, DisconnectReason.MAXIMUM_CONNECT_TIME)))
         return PublishVerdict.ACK
@@ -473,6 +479,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
     async def _watch_for_changes(self) -> None:
         while True:
             await asyncio.sleep(self.config.change_poll_seconds)
+            await self.worker.checkpoint()
             version = await self.worker.call(Registry.change_counter)
             if version == self._version:
                 continue

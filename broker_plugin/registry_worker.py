@@ -1,6 +1,12 @@
 """The broker's path to the database: one thread that owns a Registry for everything that
 writes, so the event loop never waits for SQLite's write lock, and group commit for device data.
 
+A short write that arrives while nobody holds the write lock (a provisioning request) runs on
+the event loop's own connection instead, which never waits for the lock (busy timeout 0) and
+never checkpoints: the hop to the thread and back, with the interpreter lock changing hands
+around every statement, cost a busy loop three times the write itself. If the lock is taken
+the write goes to the thread as before.
+
 Telemetry is the write-heavy path and SQLite has one writer at a time, so device data that
 arrives while a commit is running waits for the next one and then shares its transaction (a few
 statements for the whole batch; a bad item fails alone), and a QoS 1 message is acknowledged only
@@ -16,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gatehouse.registry import DeviceData, Registry
+from gatehouse.store import DatabaseBusy
 
 T = TypeVar("T")
 GROUP_COMMIT_MAX = 1000
@@ -27,6 +34,7 @@ class RegistryWorker:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gatehouse-db")
         self._registry: Registry | None = None
         self.reader: Registry | None = None  # read-only use from the event loop
+        self._loop_writer: Registry | None = None  # short writes from the event loop, never waiting
         self._writes: asyncio.Queue[tuple[DeviceData, asyncio.Future]] = asyncio.Queue()
         self._writer_task: asyncio.Task | None = None
 
@@ -37,6 +45,8 @@ class RegistryWorker:
         # requests): in WAL mode a reader never waits for a writer, and a 0.2 ms lookup costs
         # less than the hop to the database thread and back through a busy loop.
         self.reader = Registry.open(self._data_dir)
+        self._loop_writer = Registry.open(self._data_dir)
+        self._loop_writer.store.never_wait()
         self._writer_task = asyncio.create_task(self._group_commit_loop(), name="gatehouse-group-commit")
 
     async def close(self) -> None:
@@ -45,6 +55,7 @@ class RegistryWorker:
             await asyncio.gather(self._writer_task, return_exceptions=True)
         if self._registry is not None:
             self.reader.close()
+            self._loop_writer.close()
             await asyncio.get_running_loop().run_in_executor(self._executor, self._registry.close)
         self._executor.shutdown(wait=True)
 
@@ -52,6 +63,18 @@ class RegistryWorker:
         """Run `fn(registry, *args, **kwargs)` on the database thread."""
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, functools.partial(fn, self._registry, *args, **kwargs))
+
+    async def call_write(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """Run the write transaction `fn(registry, *args, **kwargs)` at once on the event loop
+        if the database's write lock is free, else on the database thread."""
+        try:
+            return fn(self._loop_writer, *args, **kwargs)
+        except DatabaseBusy:  # raised by BEGIN IMMEDIATE: nothing was done
+            return await self.call(fn, *args, **kwargs)
+
+    async def checkpoint(self) -> None:
+        """What the event loop's connection leaves to others (see call_write)."""
+        await self.call(Registry.checkpoint)
 
     async def write(self, data: DeviceData) -> None:
         """Store `data` in the next group commit; returns once it is committed, raises if it

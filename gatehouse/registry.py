@@ -429,6 +429,9 @@ class Registry:
 
     # --- watching for changes made elsewhere ---------------------------------------------------
 
+    def checkpoint(self) -> None:
+        self.store.checkpoint()
+
     def change_counter(self) -> int:
         """A number that changes when another process commits a change (cheap to poll)."""
         return self.store.data_version()

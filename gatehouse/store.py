@@ -39,6 +39,10 @@ def _constraint_of(error: sqlite3.IntegrityError) -> str:
     return message.split(": ", 1)[1] if ": " in message else message
 
 
+class DatabaseBusy(Exception):
+    """Another connection holds the write lock (at once, for a connection that never waits)."""
+
+
 class Store:
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -55,6 +59,17 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+    def never_wait(self) -> None:
+        """For a connection used on an event loop: a write lock held elsewhere raises
+        DatabaseBusy at once instead of waiting, and its commits never run a checkpoint (an
+        fsync); other connections checkpoint (`checkpoint`)."""
+        self.conn.execute("PRAGMA busy_timeout = 0")
+        self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+
+    def checkpoint(self) -> None:
+        """Copy what the write-ahead log holds into the database, without waiting for readers."""
+        self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def schema_version(self) -> list[str]:
         return [m.name for m in MIGRATIONS.applied(self.db)]
@@ -73,7 +88,12 @@ class Store:
                 raise
             self.conn.execute("RELEASE nested")
             return
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise DatabaseBusy(str(e)) from None
+            raise
         try:
             yield
         except BaseException:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -33,7 +34,14 @@ from gatehouse.registry import Registry
 
 from .conftest import start_broker
 from .devices import unique
-from .mqtt_client import RawClient, acknowledged, connect, connect_packet, publish_packet, wait_until
+from .mqtt_client import (
+    RawClient,
+    acknowledged,
+    connect,
+    connect_packet,
+    publish_packet,
+    wait_until,
+)
 
 TELEMETRY = "v1/devices/me/telemetry"
 PROVISION_REQUEST, PROVISION_RESPONSE = "/provision/request", "/provision/response"
@@ -480,6 +488,30 @@ def test_concurrent_provisioning_clients_with_client_id_provision_all_get_their_
     for client, name in zip(clients, names, strict=True):
         response = json.loads(client.next_message(5).payload)
         assert (response["status"], response["deviceName"]) == ("SUCCESS", name)
+
+
+def test_provisioning_waits_for_a_write_lock_held_by_another_process(gh):
+    """The broker provisions on its event loop's own connection only while nobody holds the
+    database's write lock; held elsewhere (the CLI, the sidecar), the request waits its turn on
+    the database thread and still succeeds."""
+    key, secret = allow_profile(gh)
+    name = unique("locked")
+    client = provision_client(gh)
+    blocker = sqlite3.connect(gh.data_dir / "gatehouse.db", isolation_level=None)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        info = client.client.publish(PROVISION_REQUEST, json.dumps(
+            {"deviceName": name, "provisionDeviceKey": key, "provisionDeviceSecret": secret}), qos=1)
+        assert client.no_message(1.0)  # waiting for the lock, not refused
+        assert not acknowledged(info)
+        provision_client(gh)  # meanwhile the event loop serves other clients
+        blocker.execute("COMMIT")
+        response = json.loads(client.next_message(5).payload)
+        assert wait_until(lambda: acknowledged(info))
+    finally:
+        blocker.close()
+    assert (response["status"], response["deviceName"]) == ("SUCCESS", name)
+    assert _stored(gh, name)[0].name == name
 
 
 @pytest.mark.parametrize("via", ["username", "client_id"])

@@ -3,6 +3,7 @@ secrets at rest (DESIGN.md: a stolen database file alone yields no usable creden
 import os
 import sqlite3
 import stat
+import time
 
 import pytest
 
@@ -12,7 +13,7 @@ from gatehouse.models import ProvisionType
 from gatehouse.provisioning import ProvisionRequest
 from gatehouse.registry import Registry
 from gatehouse.server_key import ServerKey, ServerKeyError
-from gatehouse.store import Store
+from gatehouse.store import DatabaseBusy, Store
 
 
 def test_schema_is_applied_once_and_recorded(tmp_path):
@@ -118,3 +119,19 @@ def test_constraint_violations_in_raw_sql_are_enforced(registry):
     # The schema itself refuses a second default profile and a key-less strategy.
     with pytest.raises(sqlite3.IntegrityError):
         registry.store.conn.execute("UPDATE device_profile SET provision_type = 'ALLOW_CREATE_NEW_DEVICES'")
+
+
+def test_a_connection_that_never_waits_raises_database_busy_at_once_and_changes_nothing(tmp_path):
+    waiting = Store(tmp_path / "g.db")
+    never_waits = Store(tmp_path / "g.db")
+    never_waits.never_wait()
+    with waiting.transaction():
+        waiting.conn.execute("CREATE TABLE marker (x)")
+        started = time.monotonic()
+        with pytest.raises(DatabaseBusy), never_waits.transaction():
+            never_waits.conn.execute("CREATE TABLE other (x)")
+        assert time.monotonic() - started < 1.0  # the waiting store's busy timeout is 10 s
+    with never_waits.transaction():  # the lock is free again
+        never_waits.conn.execute("CREATE TABLE later (x)")
+    tables = {row[0] for row in never_waits.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"marker", "later"} <= tables and "other" not in tables
