@@ -23,12 +23,22 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from gatehouse import certificates
+from gatehouse.application_namespace import (
+    ApplicationAction,
+    attributes_message,
+    classify_application_publish,
+    device_data_device,
+    device_topic,
+    event_message,
+    is_application_filter,
+    rpc_request_message,
+    telemetry_message,
+)
 from gatehouse.login import PROVISION_LOGIN, LoginOutcome
 from gatehouse.models import AttributeScope, CredentialsType, Device
 from gatehouse.payloads import (
     PayloadError,
     TelemetryRecord,
-    entry_to_json_value,
     parse_attribute_request,
     parse_attributes,
     parse_json,
@@ -58,14 +68,10 @@ from .registry_worker import RegistryWorker
 from .topics import (
     PROVISION_REQUEST,
     PROVISION_RESPONSE,
-    ApplicationAction,
     DeviceAction,
     SubscriptionKind,
-    classify_application_publish,
     classify_device_publish,
     device_subscription,
-    device_topic,
-    is_application_filter,
 )
 
 log = logging.getLogger(__name__)
@@ -78,7 +84,9 @@ SUBSCRIPTIONS = "gatehouse.subscriptions"  # granted filter -> QoS
 CLIENT_RPC_REPLIES = "gatehouse.client_rpc_replies"  # request id -> reply topic
 PROVISION_CLOSE_TIMER = "gatehouse.provision_close_timer"
 
-ROLE_DEVICE, ROLE_PROVISION, ROLE_APPLICATION = "device", "provision", "application"
+ROLE_DEVICE, ROLE_PROVISION, ROLE_APPLICATION, ROLE_SERVICE = "device", "provision", "application", "service"
+# Roles that use the application namespace, gatehouse/devices/#.
+NAMESPACE_ROLES = (ROLE_APPLICATION, ROLE_SERVICE)
 
 _REFUSALS = {
     LoginOutcome.BAD_USERNAME_OR_PASSWORD: LoginRefusal.BAD_USERNAME_OR_PASSWORD,
@@ -107,6 +115,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         self.worker = RegistryWorker(self.config.data_dir)
         self.limiter = LoginLimiter(self.config.max_failed_logins, self.config.block_seconds)
         self.connected_devices: dict[str, Session] = {}
+        # Service sessions (the sidecar) get what applications send to devices not connected here.
+        self.connected_services: dict[str, Session] = {}
         self.ready = False
         self._background: set[asyncio.Task] = set()
         self._trusted: set[str] = set()
@@ -178,6 +188,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                 session.client_id = f"{PROVISION_LOGIN}/{uuid.uuid4()}"
         elif result.outcome is LoginOutcome.APPLICATION:
             session.attributes[ROLE] = ROLE_APPLICATION
+        elif result.outcome is LoginOutcome.SERVICE:
+            session.attributes[ROLE] = ROLE_SERVICE
         elif result.outcome is LoginOutcome.ACCEPTED:
             session.attributes.update({ROLE: ROLE_DEVICE, DEVICE: result.device,
                                        CREDENTIALS_VERSION: result.credentials_version, CLIENT_RPC_REPLIES: {}})
@@ -191,6 +203,9 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         return True
 
     async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
+        if client_session.attributes.get(ROLE) == ROLE_SERVICE:
+            self.connected_services[client_id] = client_session
+            return
         device: Device | None = client_session.attributes.get(DEVICE)
         if device is None:
             return
@@ -205,6 +220,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         close_timer = client_session.attributes.pop(PROVISION_CLOSE_TIMER, None)
         if close_timer is not None:
             close_timer.cancel()
+        if self.connected_services.get(client_id) is client_session:
+            del self.connected_services[client_id]
         device: Device | None = client_session.attributes.get(DEVICE)
         if device is not None and self.connected_devices.get(device.id) is client_session:
             del self.connected_devices[device.id]
@@ -219,12 +236,12 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return False
         if action is Action.RECEIVE:
             # Only applications get broadcasts; devices never see each other's v1/devices/me/...
-            return role == ROLE_APPLICATION and is_application_filter(topic)
+            return role in NAMESPACE_ROLES and is_application_filter(topic)
         if action is Action.PUBLISH:
             return False  # client publishes are processed, never routed as they are
         if role == ROLE_PROVISION:
             allowed = topic == PROVISION_RESPONSE
-        elif role == ROLE_APPLICATION:
+        elif role in NAMESPACE_ROLES:
             allowed = is_application_filter(topic)
         else:
             allowed = device_subscription(topic) is not None
@@ -281,7 +298,12 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         if role == ROLE_PROVISION:
             return await self._provision_publish(session, topic, payload)
         if role == ROLE_APPLICATION:
-            return await self._application_publish(topic, payload, properties)
+            return await self._application_publish(session, topic, payload, properties)
+        if role == ROLE_SERVICE:
+            if device_data_device(topic) is not None:  # an HTTP or CoAP device's data, already stored
+                await self._republish_raw(topic, payload, properties)
+                return PublishVerdict.ACK
+            return await self._application_publish(session, topic, payload, properties)
         return PublishVerdict.FAILED
 
     async def _device_publish(self, session: Session, topic: str, payload: bytes,
@@ -303,15 +325,13 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             stamp = now_ms()  # one server time for the stored and the republished copy
             records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
             await self.worker.write(DeviceData(device.id, telemetry=tuple(records)))
-            await self._republish(device_topic(device.id, "telemetry"), [
-                {"ts": r.ts, "values": {e.key: entry_to_json_value(e) for e in r.values}} for r in records], properties)
+            await self._republish(device_topic(device.id, "telemetry"), telemetry_message(records), properties)
         elif action is DeviceAction.ATTRIBUTES:
             entries = parse_attributes(payload, max_bytes=self.config.max_payload_size)
             if isinstance(entries, PayloadError):
                 return self._invalid_payload(device, topic, entries)
             await self.worker.write(DeviceData(device.id, attributes=entries))
-            await self._republish(device_topic(device.id, "attributes"),
-                                  {e.key: entry_to_json_value(e) for e in entries}, properties)
+            await self._republish(device_topic(device.id, "attributes"), attributes_message(entries), properties)
         elif action is DeviceAction.ATTRIBUTE_REQUEST:
             request = parse_attribute_request(payload)
             if isinstance(request, PayloadError):
@@ -331,7 +351,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             else:
                 session.attributes[CLIENT_RPC_REPLIES][publish.request_id] = publish.reply_topic
                 await self._republish(device_topic(device.id, "rpc", "request", publish.request_id),
-                                      {"method": rpc.method, "params": rpc.params}, properties)
+                                      rpc_request_message(rpc.method, rpc.params), properties)
         return PublishVerdict.ACK
 
     def _invalid_payload(self, device: Device, topic: str, error: PayloadError) -> PublishVerdict:
@@ -372,33 +392,50 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             lambda: self._spawn(self._disconnect(session, DisconnectReason.MAXIMUM_CONNECT_TIME)))
         return PublishVerdict.ACK
 
-    async def _application_publish(self, topic: str, payload: bytes,
+    async def _application_publish(self, sender: Session, topic: str, payload: bytes,
                                    properties: MessageProperties | None) -> PublishVerdict:
+        """An application (or a service account) speaks to a device. A device connected here
+        gets it at once; the service accounts get what may be for a device of theirs (HTTP and
+        CoAP devices wait for it in long polls)."""
         publish = classify_application_publish(topic)
         if publish is None:
             return PublishVerdict.ACK
         target = self.connected_devices.get(publish.device_id)
         if publish.action is ApplicationAction.SHARED_ATTRIBUTES:
-            await self._update_shared_attributes(publish.device_id, target, payload, properties)
+            update = await self._update_shared_attributes(publish.device_id, target, payload, properties)
+            if update is not None:
+                self._to_services(sender, topic, _json(update), properties)
         elif publish.action is ApplicationAction.RPC_CALL:
             rpc = parse_rpc_request(payload)
             if isinstance(rpc, PayloadError):
                 log.info("application RPC to %s ignored: %s", publish.device_id, rpc.message)
-            elif target is None or self._push_target(target, SubscriptionKind.RPC_REQUESTS) is None:
+                return PublishVerdict.ACK
+            call = _json(rpc_request_message(rpc.method, rpc.params))
+            push = self._push_target(target, SubscriptionKind.RPC_REQUESTS) if target is not None else None
+            if push is not None:
+                self._send(target, f"{push[0]}{publish.request_id}", call, push[1], properties)
+            elif not self._to_services(sender, topic, call, properties):
                 await self._republish(device_topic(publish.device_id, "rpc", "response", publish.request_id),
                                       {"error": "Device is not connected or not subscribed to RPC"}, properties)
-            else:
-                prefix, qos = self._push_target(target, SubscriptionKind.RPC_REQUESTS)
-                self._send(target, f"{prefix}{publish.request_id}",
-                           _json({"method": rpc.method, "params": rpc.params}), qos, properties)
         elif target is not None:  # RPC_REPLY to the device's client-side RPC
             replies = target.attributes.get(CLIENT_RPC_REPLIES, {})
             reply_topic = replies.pop(publish.request_id, f"v1/devices/me/rpc/response/{publish.request_id}")
             self._send(target, reply_topic, payload, self._reply_qos(target, reply_topic), properties)
+        else:
+            self._to_services(sender, topic, payload, properties)
         return PublishVerdict.ACK
 
+    def _to_services(self, sender: Session, topic: str, payload: bytes, properties: MessageProperties | None) -> bool:
+        """Hand a message for a device to the service accounts (not back to the one that sent
+        it); False if none is connected."""
+        services = [s for s in self.connected_services.values() if s is not sender]
+        for service in services:
+            self._send(service, topic, payload, 1, properties)
+        return bool(services)
+
     async def _update_shared_attributes(self, device_id: str, target: Session | None, payload: bytes,
-                                        properties: MessageProperties | None) -> None:
+                                        properties: MessageProperties | None) -> dict | None:
+        """Store and push an update; returns it as devices are sent it, or None if it was not stored."""
         parsed = parse_json(payload)
         deleted = parsed.get("deleted") if isinstance(parsed, dict) and len(parsed) == 1 else None
         try:
@@ -409,15 +446,16 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                 entries = parse_attributes(payload)
                 if isinstance(entries, PayloadError):
                     log.info("shared attributes for %s ignored: %s", device_id, entries.message)
-                    return
+                    return None
                 await self.worker.write(DeviceData(device_id, attributes=entries, scope=AttributeScope.SHARED))
-                update = {e.key: entry_to_json_value(e) for e in entries}
+                update = attributes_message(entries)
         except Exception as e:  # an unknown device id, most likely
             log.info("shared attributes for %s not stored: %s", device_id, e)
-            return
+            return None
         push = self._push_target(target, SubscriptionKind.ATTRIBUTE_UPDATES) if target is not None else None
         if push is not None:  # pushed only to devices subscribed to attribute updates
             self._send(target, push[0], _json(update), push[1], properties)
+        return update
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -463,7 +501,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                                                            qos, session)
 
     async def _publish_event(self, device_id: str, event: str) -> None:
-        await self._republish(device_topic(device_id, "events"), {"event": event, "ts": now_ms()})
+        await self._republish(device_topic(device_id, "events"), event_message(event, now_ms()))
 
     async def _disconnect(self, session: Session, reason: DisconnectReason) -> None:
         entry = self._broker._sessions.get(session.client_id)

@@ -1,5 +1,6 @@
-"""MQTT topics: ThingsBoard's device topics (SPEC §2.2, §2.7), the provisioning pair (§3) and
-Gatehouse's per-device application namespace (DESIGN.md), classified without I/O.
+"""MQTT topics: ThingsBoard's device topics (SPEC §2.2, §2.7) and the provisioning pair (§3),
+classified without I/O. The application namespace is the domain's
+(gatehouse.application_namespace): the sidecar publishes there too.
 
 Every device uses the same `v1/devices/me/...` strings, so the broker never routes them
 between clients: it classifies a device publish, acts on it, and answers the one connection.
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 
 PROVISION_REQUEST = "/provision/request"
 PROVISION_RESPONSE = "/provision/response"
-APPLICATION_ROOT = "gatehouse/devices"
 
 
 class DeviceAction(enum.Enum):
@@ -98,42 +98,3 @@ _DEVICE_SUBSCRIPTIONS = {
 def device_subscription(topic_filter: str) -> tuple[SubscriptionKind, str | None] | None:
     """What a device subscription means, or None if a device may not subscribe to it."""
     return _DEVICE_SUBSCRIPTIONS.get(topic_filter)
-
-
-# --- the application namespace --------------------------------------------------------------
-
-def device_topic(device_id: str, *parts: object) -> str:
-    """`gatehouse/devices/{deviceId}/...`: where device data is published for applications."""
-    return "/".join((APPLICATION_ROOT, device_id, *map(str, parts)))
-
-
-class ApplicationAction(enum.Enum):
-    SHARED_ATTRIBUTES = "SHARED_ATTRIBUTES"  # .../attributes/shared
-    RPC_CALL = "RPC_CALL"  # .../rpc/call/{id}: server-side RPC to the device
-    RPC_REPLY = "RPC_REPLY"  # .../rpc/reply/{id}: answer to the device's client-side RPC
-
-
-@dataclass(frozen=True)
-class ApplicationPublish:
-    action: ApplicationAction
-    device_id: str
-    request_id: int | None = None
-
-
-_APPLICATION_PUBLISH = re.compile(
-    r"gatehouse/devices/(?P<device>[^/+#]+)/(?:(?P<shared>attributes/shared)|rpc/(?P<kind>call|reply)/(?P<id>\d{1,9}))")
-
-
-def classify_application_publish(topic: str) -> ApplicationPublish | None:
-    match = _APPLICATION_PUBLISH.fullmatch(topic)
-    if match is None:
-        return None
-    if match["shared"]:
-        return ApplicationPublish(ApplicationAction.SHARED_ATTRIBUTES, match["device"])
-    action = ApplicationAction.RPC_CALL if match["kind"] == "call" else ApplicationAction.RPC_REPLY
-    return ApplicationPublish(action, match["device"], int(match["id"]))
-
-
-def is_application_filter(topic_filter: str) -> bool:
-    """Applications may subscribe anywhere below gatehouse/devices, and nowhere else."""
-    return topic_filter in ("gatehouse/#", f"{APPLICATION_ROOT}/#") or topic_filter.startswith(f"{APPLICATION_ROOT}/")

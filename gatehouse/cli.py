@@ -419,6 +419,26 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
 
 
 @main.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address the HTTP server binds to.")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0: any free port.")
+@click.option("--broker-host", default="127.0.0.1", show_default=True, help="The Gatehouse broker to publish to.")
+@click.option("--broker-port", type=click.IntRange(1, 65535), default=1883, show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=64, show_default=True,
+              help="Server threads; every open long poll holds one.")
+@click.option("--rpc-expiry-seconds", type=click.FloatRange(0.1), default=60.0, show_default=True,
+              help="How long a server-side RPC waits for an HTTP or CoAP device to poll for it.")
+@click.pass_context
+def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_seconds) -> None:
+    """Run the HTTP device API and the admin REST API until Ctrl-C or SIGTERM."""
+    Registry.open(ctx.obj).close()
+    from sidecar.context import SidecarSettings  # components load lazily: the domain imports none
+    from sidecar.server import run
+
+    ctx.exit(run(SidecarSettings(data_dir=ctx.obj.resolve(), host=host, http_port=http_port, broker_host=broker_host,
+                                 broker_port=broker_port, threads=threads, rpc_expiry_seconds=rpc_expiry_seconds)))
+
+
+@main.command()
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address every listener binds to.")
 @click.option("--mqtt-port", type=click.IntRange(0, 65535), default=1883, show_default=True)
 @click.option("--mqtts-port", type=click.IntRange(0, 65535), default=8883, show_default=True)

@@ -9,11 +9,14 @@ from .models import Device
 PROVISION_LOGIN = "provision"
 # Application accounts' MQTT user names; no device credential may start with it.
 APPLICATION_USERNAME_PREFIX = "gatehouse-app:"
+# Service accounts: other Gatehouse processes (the sidecar) with the server key's password.
+SERVICE_USERNAME_PREFIX = "gatehouse-service:"
 
 
 class LoginOutcome(enum.Enum):
     ACCEPTED = "ACCEPTED"
     APPLICATION = "APPLICATION"  # a backend application account (gatehouse/devices/# namespace)
+    SERVICE = "SERVICE"  # a Gatehouse process speaking for its HTTP and CoAP devices
     PROVISION_SESSION = "PROVISION_SESSION"  # username or client id "provision"
     BAD_USERNAME_OR_PASSWORD = "BAD_USERNAME_OR_PASSWORD"  # MQTT 5 0x86, MQTT 3 0x05
     CLIENT_ID_NOT_VALID = "CLIENT_ID_NOT_VALID"  # MQTT 5 0x85, MQTT 3 0x02

@@ -35,6 +35,7 @@ from .data_dir import DataDir
 from .errors import NotFoundError, ValidationError
 from .login import (
     APPLICATION_USERNAME_PREFIX,
+    SERVICE_USERNAME_PREFIX,
     LoginOutcome,
     LoginResult,
     is_provision_login,
@@ -338,8 +339,9 @@ class Registry:
         return self.store.transaction()
 
     def _credentials_columns(self, credentials_row_id: str, creds: NewCredentials) -> dict:
-        if creds.credentials_id.startswith(APPLICATION_USERNAME_PREFIX):
-            raise ValidationError(f"Device credentials must not start with {APPLICATION_USERNAME_PREFIX!r}")
+        for reserved in (APPLICATION_USERNAME_PREFIX, SERVICE_USERNAME_PREFIX):
+            if creds.credentials_id.startswith(reserved):
+                raise ValidationError(f"Device credentials must not start with {reserved!r}")
         context = f"device_credentials:{credentials_row_id}"
         columns = {
             "credentials_type": creds.credentials_type.value,
@@ -477,6 +479,8 @@ class Registry:
                 return LoginResult(LoginOutcome.PROVISION_SESSION)
             if username and username.startswith(APPLICATION_USERNAME_PREFIX):
                 return self._application_login(username, password)
+            if username and username.startswith(SERVICE_USERNAME_PREFIX):
+                return self._service_login(username, password)
             if cert_der is not None:
                 return self._certificate_login(cert_der, provision)
             found = authenticate_basic(client_id, username, password, find=self._find_credentials,
@@ -737,6 +741,18 @@ class Registry:
         if row is None or not self.key.matches(password or "", row["password_digest"]):
             return LoginResult(LoginOutcome.BAD_USERNAME_OR_PASSWORD)
         return LoginResult(LoginOutcome.APPLICATION, application=row["name"])
+
+    # --- service accounts ---------------------------------------------------------------------
+
+    def service_credentials(self, account: str) -> tuple[str, str]:
+        """(MQTT username, password) of a Gatehouse process's service account, e.g. "sidecar"."""
+        return SERVICE_USERNAME_PREFIX + account, self.key.service_password(account)
+
+    def _service_login(self, username: str, password: str | None) -> LoginResult:
+        account = username[len(SERVICE_USERNAME_PREFIX):]
+        if not account or not hmac.compare_digest((password or "").encode(), self.key.service_password(account).encode()):
+            return LoginResult(LoginOutcome.BAD_USERNAME_OR_PASSWORD)
+        return LoginResult(LoginOutcome.SERVICE, application=account)
 
     # --- admin users ------------------------------------------------------------------------
 

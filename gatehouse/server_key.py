@@ -7,6 +7,7 @@ the database alone is useless to an attacker while the key file alone holds no c
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -36,6 +37,7 @@ class ServerKey:
             raise ServerKeyError(f"server key must be {MASTER_KEY_BYTES} bytes, got {len(master)}")
         self._digest_key = _derive(master, b"gatehouse credential digest v1")
         self._aead = AESGCM(_derive(master, b"gatehouse credential seal v1"))
+        self._service_key = _derive(master, b"gatehouse service account v1")
 
     @classmethod
     def generate(cls) -> ServerKey:
@@ -61,6 +63,12 @@ class ServerKey:
         if stored_digest is None:
             return False
         return hmac.compare_digest(self.digest(value), stored_digest)
+
+    def service_password(self, account: str) -> str:
+        """The MQTT password of a Gatehouse process's service account: derived, never stored,
+        so only processes that can read the server key can log in with it."""
+        mac = hmac.new(self._service_key, account.encode("utf-8"), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
 
     def seal(self, plaintext: str, context: str) -> bytes:
         """Encrypt; `context` (e.g. the owning row's id) is authenticated, so a sealed value

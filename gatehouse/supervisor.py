@@ -50,7 +50,17 @@ def components(settings: Settings) -> list[Component]:
                                               "--mqtt-port", str(settings.mqtt_port),
                                               "--mqtts-port", str(settings.mqtts_port), *tls),
                   f"MQTT on {settings.host}:{settings.mqtt_port}, MQTT over TLS on {settings.host}:{settings.mqtts_port}"),
+        Component("sidecar", gatehouse_command(settings, "sidecar", "--host", settings.host,
+                                               "--http-port", str(settings.http_port),
+                                               "--broker-host", _loopback_of(settings.host),
+                                               "--broker-port", str(settings.mqtt_port)),
+                  f"HTTP device API and admin REST API on http://{settings.host}:{settings.http_port}"),
     ]
+
+
+def _loopback_of(host: str) -> str:
+    """Where the sidecar reaches a broker listening on `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
 def _describe_exit(code: int) -> str:

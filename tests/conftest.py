@@ -79,6 +79,71 @@ def start_broker(data_dir: Path, log_path: Path, *extra: str, timeout: float = 2
     return RunningBroker(process, data_dir, "127.0.0.1", ports["MQTT "], ports["MQTTS"], log_path)
 
 
+@dataclass
+class RunningSidecar:
+    """A real `gatehouse sidecar` process (waitress) on a free port, linked to a broker."""
+
+    process: subprocess.Popen
+    data_dir: Path
+    http_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start_sidecar(broker: RunningBroker, log_path: Path, *extra: str, timeout: float = 20,
+                  wait_for_broker: bool = True) -> RunningSidecar:
+    """Start `gatehouse sidecar` on a port chosen by the OS, publishing to `broker`; wait until
+    it listens and (by default) until the broker has its service session."""
+    log_file = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gatehouse", "--data-dir", str(broker.data_dir), "sidecar", "--host", "127.0.0.1",
+         "--http-port", "0", "--broker-host", "127.0.0.1", "--broker-port", str(broker.mqtt_port), *extra],
+        stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log_file.close()
+    deadline = time.monotonic() + timeout
+    port = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"sidecar exited with {process.returncode}:\n{log_path.read_text()}")
+        text = log_path.read_text()
+        for line in text.splitlines():
+            if line.startswith("HTTP  listening on "):
+                port = int(line.rsplit(":", 1)[1])
+        if port is not None and (not wait_for_broker or "connected to the broker" in text):
+            return RunningSidecar(process, broker.data_dir, port, log_path)
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"sidecar did not start in {timeout} s:\n{log_path.read_text()}")
+
+
+@pytest.fixture
+def sidecar_factory(tmp_path):
+    """Start sidecars for given brokers; all are stopped after the test."""
+    started = []
+
+    def start(broker: RunningBroker, *extra: str, **kwargs) -> RunningSidecar:
+        running = start_sidecar(broker, tmp_path / f"sidecar-{len(started)}.log", *extra, **kwargs)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+
+
 @pytest.fixture
 def broker_factory(tmp_path):
     """Start brokers with extra `gatehouse broker` options; all are stopped after the test."""

@@ -99,7 +99,7 @@ def test_up_passes_the_operators_certificate_to_the_broker(tmp_path):
     from gatehouse.supervisor import Settings, components
 
     settings = Settings(data_dir=tmp_path, tls_cert=tmp_path / "own.pem", tls_key=tmp_path / "own.key")
-    (broker,) = components(settings)
+    broker = components(settings)[0]
     argv = list(broker.argv)
     assert argv[argv.index("--tls-cert") + 1] == str(tmp_path / "own.pem")
     assert argv[argv.index("--tls-key") + 1] == str(tmp_path / "own.key")

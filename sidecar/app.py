@@ -1,0 +1,50 @@
+"""The sidecar's Flask app factory: the HTTP device API (`/api/v1`) and the admin REST API
+(`/api`), with errors as JSON in ThingsBoard's shape and never a traceback in a response."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+from gatehouse.store import now_ms
+
+from .admin_api import admin_api
+from .broker_link import BrokerLink
+from .context import EXTENSION, Sidecar, SidecarSettings
+from .device_api import device_api
+from .mailboxes import DeviceMailboxes
+
+log = logging.getLogger(__name__)
+
+# ThingsBoard's ThingsboardErrorCode values, by HTTP status.
+ERROR_CODES = {400: 31, 401: 10, 403: 20, 404: 32, 405: 31, 408: 2, 409: 31, 413: 31, 415: 31, 429: 33}
+
+
+def error_response(status: int, message: str, error_code: int | None = None) -> Response:
+    """ThingsBoard's error body: {"status", "message", "errorCode", "timestamp"}."""
+    response = jsonify({"status": status, "message": message,
+                        "errorCode": ERROR_CODES.get(status, 2) if error_code is None else error_code,
+                        "timestamp": now_ms()})
+    response.status_code = status
+    return response
+
+
+def create_app(settings: SidecarSettings, *, mailboxes: DeviceMailboxes | None = None,
+               link: BrokerLink | None = None) -> Flask:
+    app = Flask(__name__)
+    app.json.sort_keys = False  # ThingsBoard's key order, e.g. in provisioning responses
+    app.extensions[EXTENSION] = Sidecar(settings, mailboxes or DeviceMailboxes(), link)
+    app.register_blueprint(device_api)
+    app.register_blueprint(admin_api)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        return error_response(error.code or 500, error.description or error.name)
+
+    @app.errorhandler(Exception)
+    def internal_error(error: Exception) -> Response:
+        log.exception("request failed")
+        return error_response(500, "Internal server error")
+
+    return app

@@ -1,0 +1,91 @@
+"""What the sidecar's blueprints share, reached with `sidecar()` inside a request."""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import current_app
+
+from gatehouse.application_namespace import attributes_message
+from gatehouse.models import AttributeScope
+from gatehouse.payloads import KvEntry
+from gatehouse.registry import Registry
+
+from .broker_link import BrokerLink
+from .mailboxes import DeviceMailboxes
+
+EXTENSION = "gatehouse"
+
+
+@dataclass(frozen=True)
+class SidecarSettings:
+    data_dir: Path
+    host: str = "0.0.0.0"
+    http_port: int = 8080
+    broker_host: str = "127.0.0.1"
+    broker_port: int = 1883
+    threads: int = 64  # waitress worker threads: each open long poll holds one
+    # ThingsBoard's transport.http.max_payload_size: /api/v1/*/rpc/** 64 KiB, /api/v1/** 50 MiB
+    max_payload_size: int = 52_428_800
+    max_rpc_payload_size: int = 65_536
+    request_timeout_ms: int = 60_000  # long polls without ?timeout= (transport.http.request_timeout)
+    max_request_timeout_ms: int = 300_000  # transport.http.max_request_timeout
+    jwt_expiry_seconds: int = 9_000  # ThingsBoard's security.jwt.tokenExpirationTime
+    rpc_expiry_seconds: float = 60.0
+
+
+class Sidecar:
+    def __init__(self, settings: SidecarSettings, mailboxes: DeviceMailboxes, link: BrokerLink | None):
+        self.settings = settings
+        self.mailboxes = mailboxes
+        self.link = link  # None: no broker (data is stored, nothing is published)
+        self._local = threading.local()
+        self._opened: list[Registry] = []
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> Registry:
+        """This thread's Registry (one SQLite connection per server thread, kept open)."""
+        registry = getattr(self._local, "registry", None)
+        if registry is None:
+            registry = self._local.registry = Registry.open(self.settings.data_dir)
+            with self._lock:
+                self._opened.append(registry)
+        return registry
+
+    def publish_json(self, device_id: str, parts: tuple, value) -> None:
+        if self.link is not None:
+            self.link.publish_json(device_id, parts, value)
+
+    def publish_event(self, device_id: str, event: str) -> None:
+        if self.link is not None:
+            self.link.publish_event(device_id, event)
+
+    def change_shared_attributes(self, device_id: str, entries: Iterable[KvEntry] = (),
+                                 deleted: Iterable[str] = ()) -> None:
+        """An operator changes a device's shared attributes (admin API, web UI): stored here,
+        then told to the device wherever it is connected: HTTP long polls of this sidecar at
+        once, MQTT devices through the broker (which stores the same values again and pushes
+        them; the sidecar's own service session is not sent them back)."""
+        entries, deleted = tuple(entries), tuple(deleted)
+        if entries:
+            self.registry.save_attributes(device_id, AttributeScope.SHARED, entries)
+            update = attributes_message(entries)
+            self.mailboxes.shared_attributes_changed(device_id, update)
+            self.publish_json(device_id, ("attributes", "shared"), update)
+        if deleted:
+            self.registry.delete_attributes(device_id, AttributeScope.SHARED, deleted)
+            self.mailboxes.shared_attributes_changed(device_id, {"deleted": list(deleted)})
+            self.publish_json(device_id, ("attributes", "shared"), {"deleted": list(deleted)})
+
+    def close(self) -> None:
+        with self._lock:
+            for registry in self._opened:
+                registry.close()
+            self._opened.clear()
+
+
+def sidecar() -> Sidecar:
+    return current_app.extensions[EXTENSION]

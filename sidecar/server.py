@@ -1,0 +1,70 @@
+"""`gatehouse sidecar`: the Flask app under waitress (a production WSGI server: threads, no
+development server), with its broker link, until SIGINT or SIGTERM."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+import waitress
+
+from gatehouse.registry import Registry
+
+from .app import create_app
+from .broker_link import SERVICE_ACCOUNT, BrokerLink
+from .context import EXTENSION, SidecarSettings
+from .mailboxes import DeviceMailboxes
+
+log = logging.getLogger(__name__)
+RPC_EXPIRY_CHECK_SECONDS = 1.0
+
+
+def serve(settings: SidecarSettings, announce=print) -> int:
+    with Registry.open(settings.data_dir) as registry:  # a clear error now if the data dir is not there
+        username, password = registry.service_credentials(SERVICE_ACCOUNT)
+    link: BrokerLink | None = None
+    mailboxes = DeviceMailboxes(rpc_expiry_seconds=settings.rpc_expiry_seconds,
+                                on_rpc_expired=lambda device_id, request_id: link.rpc_expired(device_id, request_id))
+    link = BrokerLink(settings.broker_host, settings.broker_port, username, password, mailboxes)
+    app = create_app(settings, mailboxes=mailboxes, link=link)
+    try:
+        server = waitress.create_server(app, host=settings.host, port=settings.http_port, threads=settings.threads,
+                                        ident="gatehouse", clear_untrusted_proxy_headers=True)
+    except OSError as e:
+        print(f"Error: the sidecar could not listen on {settings.host}:{settings.http_port}: {e.strerror}",
+              file=sys.stderr, flush=True)
+        return 1
+    link.start()
+    stopping = threading.Event()
+
+    def expire_rpc_calls() -> None:
+        while not stopping.wait(RPC_EXPIRY_CHECK_SECONDS):
+            mailboxes.expire_rpc_calls()
+
+    threading.Thread(target=expire_rpc_calls, name="rpc-expiry", daemon=True).start()
+
+    def stop(signum, frame) -> None:
+        log.info("stopping the sidecar")
+        stopping.set()
+        server.close()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    announce(f"HTTP  listening on {settings.host}:{server.effective_port}")
+    try:
+        server.run()
+    except OSError:
+        if not stopping.is_set():  # closing the server under run() ends it this way
+            raise
+    finally:
+        stopping.set()
+        link.stop()
+        app.extensions[EXTENSION].close()
+    return 0
+
+
+def run(settings: SidecarSettings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" under load
+    return serve(settings, announce=lambda line: print(line, flush=True))
