@@ -30,8 +30,9 @@ up: $(VENV)/.installed
 
 $(SDK_VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(SDK_VENV)
-	# mmh3 too: the SDK pip-installs it at import time otherwise
-	$(SDK_VENV)/bin/pip install --quiet 'tb-mqtt-client>=1.13' mmh3
+	# mmh3 too: the SDK pip-installs it at import time otherwise. tb-rest-client drives the admin
+	# API; before 4.4 it cannot decode ThingsBoard's bulk import result (AtomicInteger fields).
+	$(SDK_VENV)/bin/pip install --quiet 'tb-mqtt-client>=1.13' mmh3 'tb-rest-client>=4.4'
 	touch $@
 
 debian-test-packages:
@@ -47,6 +48,7 @@ test: $(VENV)/.installed-test $(SDK_VENV)/.installed debian-test-packages
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/registry.py
 	$(BIN)/python bench/mqtt.py
+	$(BIN)/python bench/http.py
 
 clean:
 	rm -rf $(VENV) $(SDK_VENV) build *.egg-info

@@ -81,6 +81,8 @@ from pathlib import Path
 _PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 if _PROJECT_ROOT not in sys.path:
     sys.path.insert(0, _PROJECT_ROOT)
+# This directory goes last: bench/http.py would shadow the standard library's `http` (amqtt imports it).
+sys.path.sort(key=lambda entry: entry == str(Path(__file__).resolve().parent))
 
 import mqtt5
 from amqtt.codecs_amqtt import encode_data_with_length  # noqa: E402

@@ -402,7 +402,10 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return PublishVerdict.ACK
         target = self.connected_devices.get(publish.device_id)
         if publish.action is ApplicationAction.SHARED_ATTRIBUTES:
-            update = await self._update_shared_attributes(publish.device_id, target, payload, properties)
+            # A service account has stored the change itself: storing it again here could put
+            # an older value back over a newer one it has stored since.
+            update = await self._update_shared_attributes(publish.device_id, target, payload, properties,
+                                                          store=sender.attributes.get(ROLE) != ROLE_SERVICE)
             if update is not None:
                 self._to_services(sender, topic, _json(update), properties)
         elif publish.action is ApplicationAction.RPC_CALL:
@@ -434,20 +437,23 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         return bool(services)
 
     async def _update_shared_attributes(self, device_id: str, target: Session | None, payload: bytes,
-                                        properties: MessageProperties | None) -> dict | None:
-        """Store and push an update; returns it as devices are sent it, or None if it was not stored."""
+                                        properties: MessageProperties | None, *, store: bool = True) -> dict | None:
+        """Store (unless told not to) and push an update; returns it as devices are sent it, or
+        None if it was not stored."""
         parsed = parse_json(payload)
         deleted = parsed.get("deleted") if isinstance(parsed, dict) and len(parsed) == 1 else None
         try:
             if isinstance(deleted, list) and all(isinstance(k, str) for k in deleted):
-                await self.worker.write(DeviceData(device_id, deleted=tuple(deleted), scope=AttributeScope.SHARED))
+                if store:
+                    await self.worker.write(DeviceData(device_id, deleted=tuple(deleted), scope=AttributeScope.SHARED))
                 update = {"deleted": deleted}
             else:
                 entries = parse_attributes(payload)
                 if isinstance(entries, PayloadError):
                     log.info("shared attributes for %s ignored: %s", device_id, entries.message)
                     return None
-                await self.worker.write(DeviceData(device_id, attributes=entries, scope=AttributeScope.SHARED))
+                if store:
+                    await self.worker.write(DeviceData(device_id, attributes=entries, scope=AttributeScope.SHARED))
                 update = attributes_message(entries)
         except Exception as e:  # an unknown device id, most likely
             log.info("shared attributes for %s not stored: %s", device_id, e)

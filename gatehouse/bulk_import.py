@@ -75,16 +75,29 @@ class BulkImportMapping:
 
     @classmethod
     def from_json(cls, obj: object) -> BulkImportMapping:
-        """ThingsBoard's `mapping` object: {"columns":[{"type":..,"key":..}], "delimiter", "update", "header"}."""
+        """ThingsBoard's `mapping` object: {"columns":[{"type":..,"key":..}], "delimiter", "update",
+        "header"}, read as strictly as ThingsBoard's JSON mapping reads it (column types exactly
+        as the enum spells them); null or absent options take their defaults."""
         if not isinstance(obj, dict) or not isinstance(obj.get("columns"), list):
             raise ValidationError("mapping.columns must be a list")
         columns = []
         for column in obj["columns"]:
             if not isinstance(column, dict) or not isinstance(column.get("type"), str):
                 raise ValidationError("each mapping column needs a type")
-            columns.append(Column(_column_type(column["type"]), column.get("key") or None))
-        return cls(tuple(columns), delimiter=obj.get("delimiter") or ",", update=obj.get("update") is not False,
-                   header=obj.get("header") is not False)
+            if column["type"] not in ColumnType.__members__:
+                raise ValidationError(f"Unsupported column type {column['type']!r} "
+                                      f"(supported: {', '.join(t.value for t in ColumnType)})")
+            if not isinstance(column.get("key"), (str, type(None))):
+                raise ValidationError("a mapping column's key must be a string")
+            columns.append(Column(ColumnType(column["type"]), column.get("key") or None))
+        delimiter = obj.get("delimiter")
+        if not isinstance(delimiter, (str, type(None))):
+            raise ValidationError("The delimiter must be one character")
+        for option in ("update", "header"):
+            if not isinstance(obj.get(option), (bool, type(None))):
+                raise ValidationError(f"mapping.{option} must be true or false")
+        return cls(tuple(columns), delimiter="," if delimiter is None else delimiter,
+                   update=obj.get("update") is not False, header=obj.get("header") is not False)
 
     @classmethod
     def from_header(cls, cells: Iterable[str], *, delimiter: str = ",", update: bool = True) -> BulkImportMapping:

@@ -185,6 +185,15 @@ def parse_attribute_request(data, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Attr
     return AttributeRequest(client_keys, shared_keys)
 
 
+def attribute_request_from_keys(client_keys: str | None, shared_keys: str | None) -> AttributeRequest:
+    """An attribute request whose key lists come as text, e.g. HTTP's `?clientKeys=a,b&sharedKeys=c`
+    (None: not given); read with the same rules as the JSON request."""
+    body = {field: keys for field, keys in (("clientKeys", client_keys), ("sharedKeys", shared_keys))
+            if keys is not None}
+    # Strings never make _key_list fail.
+    return AttributeRequest(_key_list(body, "clientKeys"), _key_list(body, "sharedKeys"))
+
+
 def parse_rpc_request(data, *, max_bytes: int = DEFAULT_MAX_BYTES) -> RpcRequest | PayloadError:
     """Client-side RPC: {"method": "...", "params": any}; missing params are None, as TB's "null"."""
     value = _load(data, max_bytes, _plain_number)

@@ -60,13 +60,14 @@ from .provisioning import (
     decide_x509_chain,
 )
 from .server_key import ServerKey
-from .store import IntegrityError, Store, now_ms
+from .store import DEVICE_ORDER, PROFILE_ORDER, IntegrityError, Store, now_ms
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROFILE_NAME = "default"
 DEFAULT_CN_REGEX = "(.*)"
 TELEMETRY_RETENTION_DAYS = 30
+KEY_SECRET_STRATEGIES = (ProvisionType.ALLOW_CREATE_NEW_DEVICES, ProvisionType.CHECK_PRE_PROVISIONED_DEVICES)
 
 # ThingsBoard's messages for the uniqueness rules, keyed by the constraint SQLite reports.
 _CONSTRAINT_MESSAGES = {
@@ -80,6 +81,38 @@ _CONSTRAINT_MESSAGES = {
 
 def _integrity_message(error: IntegrityError) -> str:
     return _CONSTRAINT_MESSAGES.get(error.constraint, f"Constraint violated: {error.constraint}")
+
+
+def _profile_clash(error: IntegrityError, strategy: ProvisionType) -> ValidationError:
+    if strategy is ProvisionType.X509_CERTIFICATE_CHAIN and error.constraint == "device_profile.provision_device_key":
+        return ValidationError("Device profile with such certificate already exists!")
+    return ValidationError(_integrity_message(error))
+
+
+def _checked_name(name: str | None, what: str) -> str:
+    """ThingsBoard's name rules (DataValidator.validateString), after trimming."""
+    name = (name or "").strip()
+    if not name:
+        raise ValidationError(f"{what} name should be specified!")
+    if "\x00" in name:
+        raise ValidationError(f"{what} name should not contain 0x00 symbol!")
+    return name
+
+
+def _profile_name(name: str | None) -> str:
+    return _checked_name(name, "Device profile")
+
+
+def _device_name(name: str | None) -> str:
+    name = _checked_name(name, "Device")
+    if len(name) > 255:
+        raise ValidationError("Device name should be at most 255 characters long")
+    return name
+
+
+def _check_order(order_by: str, allowed: dict) -> None:
+    if order_by not in allowed:
+        raise ValidationError(f"Unsupported sort property: {order_by!r} (supported: {', '.join(allowed)})")
 
 
 @dataclass(frozen=True)
@@ -149,41 +182,76 @@ class Registry:
         """Key and secret are generated when not given; an X.509 chain profile's key is the
         SHA3 hash of its CA certificate, as in ThingsBoard."""
         strategy = ProvisionType(strategy)
-        name = (name or "").strip()
-        if not name:
-            raise ValidationError("Device profile name should be specified!")
         with self.store.transaction():
             profile_id = self._insert_profile(
                 name, strategy, is_default=default, key=key, secret=secret, ca_certificate_pem=ca_certificate_pem,
                 cn_regex=cn_regex, allow_create=allow_create, description=description)
             return self._profile(self.store.profile(id=profile_id))
 
+    def update_profile(
+        self,
+        profile_id: str,
+        name: str,
+        strategy: ProvisionType = ProvisionType.DISABLED,
+        *,
+        key: str | None = None,
+        secret: str | None = None,
+        ca_certificate_pem: str | None = None,
+        cn_regex: str = DEFAULT_CN_REGEX,
+        allow_create: bool = True,
+        description: str | None = None,
+    ) -> DeviceProfile:
+        """Replace a profile's name, description and provisioning settings in place (ThingsBoard's
+        save with an id); its id, devices and default flag stay. A key or secret not given keeps
+        the current one while the strategy stays a key/secret one, else is generated."""
+        strategy = ProvisionType(strategy)
+        with self.store.transaction():
+            row = self._profile_row(profile_id, by_id=True)
+            if strategy in KEY_SECRET_STRATEGIES and row["provision_type"] in KEY_SECRET_STRATEGIES:
+                key = key or row["provision_device_key"]
+                secret = secret or self.key.open(row["sealed_provision_secret"], f"device_profile:{row['id']}")
+            changes = {"name": _profile_name(name), "description": description, "provision_type": strategy.value,
+                       **self._provision_columns(row["id"], strategy, key, secret, ca_certificate_pem, cn_regex,
+                                                 allow_create)}
+            try:
+                self.store.update_profile(row["id"], changes)
+            except IntegrityError as e:
+                raise _profile_clash(e, strategy) from None
+            return self._profile(self.store.profile(id=row["id"]))
+
     def _insert_profile(self, name, strategy, *, is_default=False, key=None, secret=None, ca_certificate_pem=None,
                         cn_regex=DEFAULT_CN_REGEX, allow_create=True, description=None) -> str:
         profile_id = str(uuid.uuid4())
-        row = {"id": profile_id, "created_time": now_ms(), "name": name, "description": description,
-               "is_default": int(is_default), "provision_type": strategy.value}
-        if strategy in (ProvisionType.ALLOW_CREATE_NEW_DEVICES, ProvisionType.CHECK_PRE_PROVISIONED_DEVICES):
-            key, secret = key or generate_secret(), secret or generate_secret()
-            for label, value in (("key", key), ("secret", secret)):
-                if value != value.strip() or re.search(r"[\x00-\x1f\x7f]", value):
-                    raise ValidationError(f"Provision device {label} must not contain whitespace at its ends "
-                                          "or control characters")
-            row["provision_device_key"] = key
-            row["sealed_provision_secret"] = self.key.seal(secret, f"device_profile:{profile_id}")
-        elif strategy is ProvisionType.X509_CERTIFICATE_CHAIN:
-            row.update(self._x509_chain_columns(ca_certificate_pem, cn_regex, allow_create))
-        elif key or secret or ca_certificate_pem:
-            raise ValidationError("A DISABLED profile takes no provision key, secret or certificate")
+        row = {"id": profile_id, "created_time": now_ms(), "name": _profile_name(name), "description": description,
+               "is_default": int(is_default), "provision_type": strategy.value,
+               **self._provision_columns(profile_id, strategy, key, secret, ca_certificate_pem, cn_regex,
+                                         allow_create)}
         try:
             if is_default:
                 self.store.clear_default_profile()
             self.store.insert_profile(row)
         except IntegrityError as e:
-            if strategy is ProvisionType.X509_CERTIFICATE_CHAIN and e.constraint == "device_profile.provision_device_key":
-                raise ValidationError("Device profile with such certificate already exists!") from None
-            raise ValidationError(_integrity_message(e)) from None
+            raise _profile_clash(e, strategy) from None
         return profile_id
+
+    def _provision_columns(self, profile_id, strategy, key, secret, ca_certificate_pem, cn_regex,
+                           allow_create) -> dict:
+        """Every strategy-dependent column, the unused ones NULL (a strategy change clears them)."""
+        columns = dict.fromkeys(("provision_device_key", "sealed_provision_secret", "ca_certificate_pem",
+                                 "certificate_regex", "allow_create_by_x509"))
+        if strategy in KEY_SECRET_STRATEGIES:
+            key, secret = key or generate_secret(), secret or generate_secret()
+            for label, value in (("key", key), ("secret", secret)):
+                if value != value.strip() or re.search(r"[\x00-\x1f\x7f]", value):
+                    raise ValidationError(f"Provision device {label} must not contain whitespace at its ends "
+                                          "or control characters")
+            columns["provision_device_key"] = key
+            columns["sealed_provision_secret"] = self.key.seal(secret, f"device_profile:{profile_id}")
+        elif strategy is ProvisionType.X509_CERTIFICATE_CHAIN:
+            columns.update(self._x509_chain_columns(ca_certificate_pem, cn_regex, allow_create))
+        elif key or secret or ca_certificate_pem:
+            raise ValidationError("A DISABLED profile takes no provision key, secret or certificate")
+        return columns
 
     @staticmethod
     def _x509_chain_columns(ca_pem: str | None, cn_regex: str, allow_create: bool) -> dict:
@@ -215,31 +283,45 @@ class Registry:
             provision_device_key=row["provision_device_key"], provision_device_secret=secret,
             certificate_regex=row["certificate_regex"], allow_create_by_x509=None if allow is None else bool(allow))
 
-    def _profile_row(self, name_or_id: str) -> dict:
+    def _profile_row(self, name_or_id: str, by_id: bool = False) -> dict:
+        if by_id:
+            row = self.store.profile(id=name_or_id)
+            if row is None:
+                raise NotFoundError(f"Device profile with id [{name_or_id}] is not found")
+            return row
         row = self.store.profile(name=name_or_id) or self.store.profile(id=name_or_id)
         if row is None:
             raise NotFoundError(f"Device profile {name_or_id!r} not found")
         return row
 
-    def get_profile(self, name_or_id: str) -> DeviceProfile:
-        return self._profile(self._profile_row(name_or_id))
+    def get_profile(self, name_or_id: str, *, by_id: bool = False) -> DeviceProfile:
+        """`by_id`: `name_or_id` is an id only, never a name (REST paths)."""
+        return self._profile(self._profile_row(name_or_id, by_id))
 
-    def list_profiles(self) -> list[DeviceProfile]:
-        return [self._profile(row) for row in self.store.profiles()]
+    def list_profiles(self, *, offset: int = 0, limit: int | None = None, name_contains: str | None = None,
+                      order_by: str = "name", descending: bool = False) -> list[DeviceProfile]:
+        """`order_by`: name, created_time or description."""
+        _check_order(order_by, PROFILE_ORDER)
+        return [self._profile(row) for row in self.store.profiles(
+            offset=offset, limit=-1 if limit is None else limit, name_contains=name_contains, order_by=order_by,
+            descending=descending)]
+
+    def count_profiles(self, *, name_contains: str | None = None) -> int:
+        return self.store.count_profiles(name_contains=name_contains)
 
     def default_profile(self) -> DeviceProfile:
         return self._profile(self.store.default_profile())
 
-    def set_default_profile(self, name_or_id: str) -> DeviceProfile:
+    def set_default_profile(self, name_or_id: str, *, by_id: bool = False) -> DeviceProfile:
         with self.store.transaction():
-            row = self._profile_row(name_or_id)
+            row = self._profile_row(name_or_id, by_id)
             self.store.clear_default_profile()
             self.store.update_profile(row["id"], {"is_default": 1})
-        return self.get_profile(row["id"])
+        return self.get_profile(row["id"], by_id=True)
 
-    def delete_profile(self, name_or_id: str) -> None:
+    def delete_profile(self, name_or_id: str, *, by_id: bool = False) -> None:
         with self.store.transaction():
-            row = self._profile_row(name_or_id)
+            row = self._profile_row(name_or_id, by_id)
             if row["is_default"]:
                 raise ValidationError("Deletion of Default Device Profile is prohibited!")
             if self.store.count_devices_in_profile(row["id"]):
@@ -267,15 +349,10 @@ class Registry:
 
     def _insert_device(self, name: str, profile_id: str, label: str | None, additional_info: dict | None,
                        credentials: NewCredentials) -> str:
-        name = (name or "").strip()
-        if not name:
-            raise ValidationError("Device name should be specified!")
-        if len(name) > 255:
-            raise ValidationError("Device name should be at most 255 characters long")
         device_id = str(uuid.uuid4())
         try:
             self.store.insert_device({
-                "id": device_id, "created_time": now_ms(), "name": name, "profile_id": profile_id,
+                "id": device_id, "created_time": now_ms(), "name": _device_name(name), "profile_id": profile_id,
                 "label": label, "additional_info": json.dumps(additional_info or {}),
             })
             credentials_id = str(uuid.uuid4())
@@ -286,6 +363,51 @@ class Registry:
         except IntegrityError as e:
             raise ValidationError(_integrity_message(e)) from None
         return device_id
+
+    def save_device(
+        self,
+        name: str,
+        *,
+        device_id: str | None = None,
+        profile_id: str | None = None,
+        profile_type: str | None = None,
+        label: str | None = None,
+        additional_info: dict | None = None,
+        credentials: NewCredentials | None = None,
+    ) -> Device:
+        """ThingsBoard's saveDevice (REST API): create a device, or with `device_id` replace that
+        device's name, profile, label and additional info (its credentials only if given). The
+        profile is `profile_id`, else the one named `profile_type` (created if missing, as
+        ThingsBoard does), else the default. One transaction: a refused device leaves no
+        profile behind."""
+        with self.store.transaction():
+            profile_row = self._profile_for_device(profile_id, profile_type)
+            if device_id is None:
+                device_id = self._insert_device(name, profile_row["id"], label, additional_info,
+                                                credentials or AccessToken(generate_secret()))
+            else:
+                self._device_row(device_id, by_id=True)
+                try:
+                    self.store.update_device(device_id, {
+                        "name": _device_name(name), "profile_id": profile_row["id"], "label": label,
+                        "additional_info": json.dumps(additional_info or {})})
+                except IntegrityError as e:
+                    raise ValidationError(_integrity_message(e)) from None
+                if credentials is not None:
+                    self._replace_credentials(self.store.credentials(device_id), credentials)
+            return self._device_by_id(device_id)
+
+    def _profile_for_device(self, profile_id: str | None, profile_type: str | None) -> dict:
+        if profile_id:
+            row = self.store.profile(id=profile_id)
+            if row is None:
+                raise ValidationError("Device is referencing non existing device profile!")
+            return row
+        if profile_type and profile_type.strip():
+            name = _profile_name(profile_type)
+            return self.store.profile(name=name) or self.store.profile(
+                id=self._insert_profile(name, ProvisionType.DISABLED))
+        return self.store.default_profile()
 
     def upsert_device(
         self,
@@ -368,7 +490,12 @@ class Registry:
                       profile_id=row["profile_id"], profile_name=row["profile_name"], label=row["label"],
                       additional_info=json.loads(row["additional_info"]))
 
-    def _device_row(self, name_or_id: str) -> dict:
+    def _device_row(self, name_or_id: str, by_id: bool = False) -> dict:
+        if by_id:
+            row = self.store.device(id=name_or_id)
+            if row is None:
+                raise NotFoundError(f"Device with id [{name_or_id}] is not found")
+            return row
         row = self.store.device(name=name_or_id) or self.store.device(id=name_or_id)
         if row is None:
             raise NotFoundError(f"Device {name_or_id!r} not found")
@@ -378,8 +505,14 @@ class Registry:
         # Logins know the id: skip get_device's by-name probe, which would always miss.
         return self._device(self.store.device(id=device_id))
 
-    def get_device(self, name_or_id: str) -> Device:
-        return self._device(self._device_row(name_or_id))
+    def get_device(self, name_or_id: str, *, by_id: bool = False) -> Device:
+        """`by_id`: `name_or_id` is an id only, never a name (REST paths)."""
+        return self._device(self._device_row(name_or_id, by_id))
+
+    def find_device_by_name(self, name: str) -> Device | None:
+        """The device of exactly this name (never one whose id it is)."""
+        row = self.store.device(name=name)
+        return None if row is None else self._device(row)
 
     def find_device(self, name_or_id: str) -> Device | None:
         try:
@@ -387,20 +520,25 @@ class Registry:
         except NotFoundError:
             return None
 
-    def list_devices(self, *, offset: int = 0, limit: int = 100, name_contains: str | None = None) -> list[Device]:
-        return [self._device(row) for row in self.store.devices(offset=offset, limit=limit,
-                                                                name_contains=name_contains)]
+    def list_devices(self, *, offset: int = 0, limit: int = 100, name_contains: str | None = None,
+                     profile_name: str | None = None, order_by: str = "name",
+                     descending: bool = False) -> list[Device]:
+        """`order_by`: name, created_time, label or profile_name."""
+        _check_order(order_by, DEVICE_ORDER)
+        return [self._device(row) for row in self.store.devices(
+            offset=offset, limit=limit, name_contains=name_contains, profile_name=profile_name, order_by=order_by,
+            descending=descending)]
 
-    def count_devices(self) -> int:
-        return self.store.count_devices()
+    def count_devices(self, *, name_contains: str | None = None, profile_name: str | None = None) -> int:
+        return self.store.count_devices(name_contains=name_contains, profile_name=profile_name)
 
-    def delete_device(self, name_or_id: str) -> None:
+    def delete_device(self, name_or_id: str, *, by_id: bool = False) -> None:
         with self.store.transaction():
-            self.store.delete_device(self._device_row(name_or_id)["id"])
+            self.store.delete_device(self._device_row(name_or_id, by_id)["id"])
 
-    def get_credentials(self, device: str) -> DeviceCredentials:
+    def get_credentials(self, device: str, *, by_id: bool = False) -> DeviceCredentials:
         """The device's credentials with secrets revealed (admin view)."""
-        row = self.store.credentials(self._device_row(device)["id"])
+        row = self.store.credentials(self._device_row(device, by_id)["id"])
         return self._reveal(row)
 
     def _reveal(self, row: dict) -> DeviceCredentials:
@@ -421,6 +559,18 @@ class Registry:
         with self.store.transaction():
             row = self.store.credentials(self._device_row(device)["id"])
             self._replace_credentials(row, credentials or AccessToken(generate_secret()))
+            return self._reveal(self.store.credentials(row["device_id"]))
+
+    def update_credentials(self, device_id: str, record_id: str | None,
+                           credentials: NewCredentials) -> DeviceCredentials:
+        """ThingsBoard's credentials update (REST API): the caller names the credentials record
+        it read (`id`); anything but the device's current record is refused as ThingsBoard
+        refuses it (SPEC §8). Logins with the old credentials end (the version changes)."""
+        with self.store.transaction():
+            row = self.store.credentials(self._device_row(device_id, by_id=True)["id"])
+            if record_id is None or record_id != row["id"]:
+                raise ValidationError("Unable to update non-existent device credentials!")
+            self._replace_credentials(row, credentials)
             return self._reveal(self.store.credentials(row["device_id"]))
 
     def _replace_credentials(self, row: dict, credentials: NewCredentials) -> None:
@@ -685,6 +835,11 @@ class Registry:
     def get_attributes(self, device_id: str, scope: AttributeScope, keys: Iterable[str] | None = None) -> dict:
         return {row["key"]: _json_value(row) for row in self.store.attributes(device_id, AttributeScope(scope).value, keys)}
 
+    def attribute_data(self, device_id: str, scope: AttributeScope, keys: Iterable[str] | None = None) -> list[dict]:
+        """ThingsBoard's AttributeData list (REST API): {"lastUpdateTs", "key", "value"} by key."""
+        return [{"lastUpdateTs": row["last_update_ts"], "key": row["key"], "value": _json_value(row)}
+                for row in self.store.attributes(device_id, AttributeScope(scope).value, keys)]
+
     def device_attributes(self, device_id: str, client_keys: Iterable[str] | None,
                           shared_keys: Iterable[str] | None) -> dict:
         """A device's attribute request (SPEC §2.4): no key lists means all client and shared
@@ -765,6 +920,9 @@ class Registry:
                                               "password_hash": _hash_password(password)})
         except IntegrityError as e:
             raise ValidationError(_integrity_message(e)) from None
+
+    def admin_exists(self, username: str) -> bool:
+        return self.store.admin_user(username) is not None
 
     def verify_admin(self, username: str, password: str) -> bool:
         row = self.store.admin_user(username)

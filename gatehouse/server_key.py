@@ -38,6 +38,7 @@ class ServerKey:
         self._digest_key = _derive(master, b"gatehouse credential digest v1")
         self._aead = AESGCM(_derive(master, b"gatehouse credential seal v1"))
         self._service_key = _derive(master, b"gatehouse service account v1")
+        self._jwt_key = _derive(master, b"gatehouse admin jwt v1")
 
     @classmethod
     def generate(cls) -> ServerKey:
@@ -69,6 +70,11 @@ class ServerKey:
         so only processes that can read the server key can log in with it."""
         mac = hmac.new(self._service_key, account.encode("utf-8"), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).decode("ascii").rstrip("=")
+
+    def jwt_signing_key(self) -> bytes:
+        """The HMAC key of the admin API's JWTs: derived, so rotating the server key logs every
+        administrator out and a stolen database signs nothing."""
+        return self._jwt_key
 
     def seal(self, plaintext: str, context: str) -> bytes:
         """Encrypt; `context` (e.g. the owning row's id) is authenticated, so a sealed value

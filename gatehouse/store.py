@@ -19,6 +19,9 @@ import sqlite_utils
 from .migrations import MIGRATIONS
 
 BUSY_TIMEOUT_SECONDS = 10.0
+# The orders lists may be sorted in: key -> ORDER BY expression.
+PROFILE_ORDER = {"name": "name", "created_time": "created_time", "description": "description"}
+DEVICE_ORDER = {"name": "d.name", "created_time": "d.created_time", "label": "d.label", "profile_name": "p.name"}
 
 
 def now_ms() -> int:
@@ -37,6 +40,11 @@ def _constraint_of(error: sqlite3.IntegrityError) -> str:
     # "UNIQUE constraint failed: device.name" -> "device.name"
     message = str(error)
     return message.split(": ", 1)[1] if ": " in message else message
+
+
+def _contains_pattern(text: str) -> str:
+    """A LIKE pattern (ESCAPE '\\') matching `text` anywhere, its own % and _ taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 class DatabaseBusy(Exception):
@@ -145,10 +153,28 @@ class Store:
     def clear_default_profile(self) -> None:
         self._write("UPDATE device_profile SET is_default = 0 WHERE is_default = 1")
 
-    def profiles(self, *, provision_type: str | None = None) -> list[dict]:
-        if provision_type is None:
-            return self._all("SELECT * FROM device_profile ORDER BY name")
-        return self._all("SELECT * FROM device_profile WHERE provision_type = ? ORDER BY name", [provision_type])
+    def profiles(self, *, provision_type: str | None = None, name_contains: str | None = None, offset: int = 0,
+                 limit: int = -1, order_by: str = "name", descending: bool = False) -> list[dict]:
+        """Profiles ordered by a PROFILE_ORDER key (then id, for stable pages); limit -1: all."""
+        where, params = self._profile_filter(provision_type, name_contains)
+        direction = "DESC" if descending else "ASC"
+        return self._all(f"SELECT * FROM device_profile{where} ORDER BY {PROFILE_ORDER[order_by]} {direction}, "
+                         f"id {direction} LIMIT ? OFFSET ?", [*params, limit, offset])
+
+    def count_profiles(self, *, name_contains: str | None = None) -> int:
+        where, params = self._profile_filter(None, name_contains)
+        return self.conn.execute(f"SELECT count(*) FROM device_profile{where}", params).fetchone()[0]
+
+    @staticmethod
+    def _profile_filter(provision_type: str | None, name_contains: str | None) -> tuple[str, list]:
+        clauses, params = [], []
+        if provision_type is not None:
+            clauses.append("provision_type = ?")
+            params.append(provision_type)
+        if name_contains:
+            clauses.append("name LIKE ? ESCAPE '\\'")
+            params.append(_contains_pattern(name_contains))
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
     def count_devices_in_profile(self, profile_id: str) -> int:
         return self.conn.execute("SELECT count(*) FROM device WHERE profile_id = ?", [profile_id]).fetchone()[0]
@@ -173,15 +199,29 @@ class Store:
             return self._one(f"{self._DEVICE} WHERE d.id = ?", [id])
         return self._one(f"{self._DEVICE} WHERE d.name = ?", [name])
 
-    def devices(self, *, offset: int = 0, limit: int = 100, name_contains: str | None = None) -> list[dict]:
-        if name_contains:
-            pattern = "%" + name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            return self._all(f"{self._DEVICE} WHERE d.name LIKE ? ESCAPE '\\' ORDER BY d.name LIMIT ? OFFSET ?",
-                             [pattern, limit, offset])
-        return self._all(f"{self._DEVICE} ORDER BY d.name LIMIT ? OFFSET ?", [limit, offset])
+    def devices(self, *, offset: int = 0, limit: int = 100, name_contains: str | None = None,
+                profile_name: str | None = None, order_by: str = "name", descending: bool = False) -> list[dict]:
+        """Devices ordered by a DEVICE_ORDER key (then id, for stable pages)."""
+        where, params = self._device_filter(name_contains, profile_name)
+        direction = "DESC" if descending else "ASC"
+        return self._all(f"{self._DEVICE}{where} ORDER BY {DEVICE_ORDER[order_by]} {direction}, d.id {direction} "
+                         "LIMIT ? OFFSET ?", [*params, limit, offset])
 
-    def count_devices(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM device").fetchone()[0]
+    def count_devices(self, *, name_contains: str | None = None, profile_name: str | None = None) -> int:
+        where, params = self._device_filter(name_contains, profile_name)
+        return self.conn.execute(f"SELECT count(*) FROM device d JOIN device_profile p ON p.id = d.profile_id{where}",
+                                 params).fetchone()[0]
+
+    @staticmethod
+    def _device_filter(name_contains: str | None, profile_name: str | None) -> tuple[str, list]:
+        clauses, params = [], []
+        if name_contains:
+            clauses.append("d.name LIKE ? ESCAPE '\\'")
+            params.append(_contains_pattern(name_contains))
+        if profile_name is not None:
+            clauses.append("p.name = ?")
+            params.append(profile_name)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
     # --- credentials ----------------------------------------------------------------------
 

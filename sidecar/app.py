@@ -14,6 +14,7 @@ from .broker_link import BrokerLink
 from .context import EXTENSION, Sidecar, SidecarSettings
 from .device_api import device_api
 from .mailboxes import DeviceMailboxes
+from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,19 @@ def error_response(status: int, message: str, error_code: int | None = None) -> 
 
 
 def create_app(settings: SidecarSettings, *, mailboxes: DeviceMailboxes | None = None,
-               link: BrokerLink | None = None) -> Flask:
+               link: BrokerLink | None = None, writer: GroupCommitWriter | None = None) -> Flask:
     app = Flask(__name__)
     app.json.sort_keys = False  # ThingsBoard's key order, e.g. in provisioning responses
-    app.extensions[EXTENSION] = Sidecar(settings, mailboxes or DeviceMailboxes(), link)
+    app.extensions[EXTENSION] = Sidecar(settings, mailboxes or DeviceMailboxes(), link, writer)
     app.register_blueprint(device_api)
     app.register_blueprint(admin_api)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
-        return error_response(error.code or 500, error.description or error.name)
+        response = error_response(error.code or 500, error.description or error.name)
+        if getattr(error, "valid_methods", None):  # 405 keeps its Allow header
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
 
     @app.errorhandler(Exception)
     def internal_error(error: Exception) -> Response:

@@ -37,6 +37,9 @@ SERVICE_ACCOUNT = "sidecar"
 INBOUND_FILTERS = ("gatehouse/devices/+/attributes/shared", "gatehouse/devices/+/rpc/call/+",
                    "gatehouse/devices/+/rpc/reply/+")
 _CLIENT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# The broker takes no larger payload from any client (ThingsBoard's MQTT limit) and drops the
+# connection of one that sends it; paho would then send it again after every reconnect.
+MAX_PUBLISH_PAYLOAD = 65536
 
 
 class BrokerLink:
@@ -103,7 +106,12 @@ class BrokerLink:
     # --- outbound: devices -> applications ----------------------------------------------------
 
     def publish(self, topic: str, payload: bytes) -> bool:
-        """QoS 1, without waiting; False if the broker is not connected (nothing is queued)."""
+        """QoS 1, without waiting; False if the broker is not connected (nothing is queued) or
+        the payload is more than the broker takes (HTTP devices may send up to 50 MiB)."""
+        if len(payload) > MAX_PUBLISH_PAYLOAD:
+            log.warning("%s not published: %d bytes, the broker takes at most %d", topic, len(payload),
+                        MAX_PUBLISH_PAYLOAD)
+            return False
         if not self.connected.is_set():
             log.warning("broker not connected; %s not published", topic)
             return False

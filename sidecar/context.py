@@ -2,21 +2,24 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from flask import current_app
 
 from gatehouse.application_namespace import attributes_message
 from gatehouse.models import AttributeScope
 from gatehouse.payloads import KvEntry
-from gatehouse.registry import Registry
+from gatehouse.registry import DeviceData, Registry
 
 from .broker_link import BrokerLink
 from .mailboxes import DeviceMailboxes
+from .writer import GroupCommitWriter
 
 EXTENSION = "gatehouse"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,14 +36,17 @@ class SidecarSettings:
     request_timeout_ms: int = 60_000  # long polls without ?timeout= (transport.http.request_timeout)
     max_request_timeout_ms: int = 300_000  # transport.http.max_request_timeout
     jwt_expiry_seconds: int = 9_000  # ThingsBoard's security.jwt.tokenExpirationTime
+    jwt_refresh_expiry_seconds: int = 604_800  # ThingsBoard's security.jwt.refreshTokenExpTime
     rpc_expiry_seconds: float = 60.0
 
 
 class Sidecar:
-    def __init__(self, settings: SidecarSettings, mailboxes: DeviceMailboxes, link: BrokerLink | None):
+    def __init__(self, settings: SidecarSettings, mailboxes: DeviceMailboxes, link: BrokerLink | None,
+                 writer: GroupCommitWriter | None = None):
         self.settings = settings
         self.mailboxes = mailboxes
         self.link = link  # None: no broker (data is stored, nothing is published)
+        self.writer = writer
         self._local = threading.local()
         self._opened: list[Registry] = []
         self._lock = threading.Lock()
@@ -54,6 +60,26 @@ class Sidecar:
             with self._lock:
                 self._opened.append(registry)
         return registry
+
+    def write(self, fn: Callable[..., T], *args, **kwargs) -> T:
+        """The write transaction `fn(registry, *args, **kwargs)`: in the writer's next group
+        commit when the server runs one, else on this thread's connection."""
+        if self.writer is not None:
+            return self.writer.call(fn, *args, **kwargs)
+        return fn(self.registry, *args, **kwargs)
+
+    def store_device_data(self, data: DeviceData, topic: str, message) -> None:
+        """Store a device's telemetry or attributes, then publish `message` on its application
+        topic `topic` ("telemetry", "attributes"). The writer publishes once it has committed:
+        a request then hands its work to one other thread, not two."""
+        def publish() -> None:
+            self.publish_json(data.device_id, (topic,), message)
+
+        if self.writer is not None:
+            self.writer.call(Registry.save_device_data, [data], after_commit=publish)
+        else:
+            self.registry.save_device_data([data])
+            publish()
 
     def publish_json(self, device_id: str, parts: tuple, value) -> None:
         if self.link is not None:
@@ -71,12 +97,12 @@ class Sidecar:
         them; the sidecar's own service session is not sent them back)."""
         entries, deleted = tuple(entries), tuple(deleted)
         if entries:
-            self.registry.save_attributes(device_id, AttributeScope.SHARED, entries)
+            self.write(Registry.save_attributes, device_id, AttributeScope.SHARED, entries)
             update = attributes_message(entries)
             self.mailboxes.shared_attributes_changed(device_id, update)
             self.publish_json(device_id, ("attributes", "shared"), update)
         if deleted:
-            self.registry.delete_attributes(device_id, AttributeScope.SHARED, deleted)
+            self.write(Registry.delete_attributes, device_id, AttributeScope.SHARED, deleted)
             self.mailboxes.shared_attributes_changed(device_id, {"deleted": list(deleted)})
             self.publish_json(device_id, ("attributes", "shared"), {"deleted": list(deleted)})
 

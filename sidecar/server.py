@@ -15,6 +15,7 @@ from .app import create_app
 from .broker_link import SERVICE_ACCOUNT, BrokerLink
 from .context import EXTENSION, SidecarSettings
 from .mailboxes import DeviceMailboxes
+from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 RPC_EXPIRY_CHECK_SECONDS = 1.0
@@ -27,7 +28,8 @@ def serve(settings: SidecarSettings, announce=print) -> int:
     mailboxes = DeviceMailboxes(rpc_expiry_seconds=settings.rpc_expiry_seconds,
                                 on_rpc_expired=lambda device_id, request_id: link.rpc_expired(device_id, request_id))
     link = BrokerLink(settings.broker_host, settings.broker_port, username, password, mailboxes)
-    app = create_app(settings, mailboxes=mailboxes, link=link)
+    writer = GroupCommitWriter(settings.data_dir)
+    app = create_app(settings, mailboxes=mailboxes, link=link, writer=writer)
     try:
         server = waitress.create_server(app, host=settings.host, port=settings.http_port, threads=settings.threads,
                                         ident="gatehouse", clear_untrusted_proxy_headers=True)
@@ -35,6 +37,7 @@ def serve(settings: SidecarSettings, announce=print) -> int:
         print(f"Error: the sidecar could not listen on {settings.host}:{settings.http_port}: {e.strerror}",
               file=sys.stderr, flush=True)
         return 1
+    writer.start()
     link.start()
     stopping = threading.Event()
 
@@ -60,6 +63,7 @@ def serve(settings: SidecarSettings, announce=print) -> int:
     finally:
         stopping.set()
         link.stop()
+        writer.stop()
         app.extensions[EXTENSION].close()
     return 0
 

@@ -1,5 +1,6 @@
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -77,6 +78,15 @@ def start_broker(data_dir: Path, log_path: Path, *extra: str, timeout: float = 2
         process.kill()
         raise RuntimeError(f"broker did not start in {timeout} s:\n{log_path.read_text()}")
     return RunningBroker(process, data_dir, "127.0.0.1", ports["MQTT "], ports["MQTTS"], log_path)
+
+
+def free_port() -> int:
+    """A port free right now, for a process whose port another process must be told before it
+    starts (amqtt's YAML config, the sidecar's broker under `gatehouse up`); a port-0 listener
+    is used wherever the process reports the port it got."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @dataclass

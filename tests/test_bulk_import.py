@@ -279,8 +279,15 @@ def test_mapping_defaults_and_a_semicolon_file_without_header(registry):
     lambda: BulkImportMapping.from_json({"columns": [{"key": "model"}]}),
     lambda: BulkImportMapping.from_json({"columns": "NAME"}),
     lambda: BulkImportMapping.from_header(["NAME", "FIRMWARE"]),
+    lambda: BulkImportMapping.from_json({"columns": [{"type": "name"}]}),
+    lambda: BulkImportMapping.from_json({"columns": [{"type": "NAME"}, {"type": "SERVER_ATTRIBUTE", "key": 5}]}),
+    lambda: BulkImportMapping.from_json({"columns": [{"type": "NAME"}], "delimiter": 5}),
+    lambda: BulkImportMapping.from_json({"columns": [{"type": "NAME"}], "delimiter": ""}),
+    lambda: BulkImportMapping.from_json({"columns": [{"type": "NAME"}], "update": "yes"}),
+    lambda: BulkImportMapping.from_json({"columns": [{"type": "NAME"}], "header": 0}),
 ], ids=["unsupported type", "attribute without key", "no NAME", "column without type", "columns not a list",
-        "unsupported header"])
+        "unsupported header", "JSON type not spelled as the enum", "key not a string", "delimiter not a string",
+        "empty delimiter", "update not a boolean", "header not a boolean"])
 def test_invalid_mappings_are_validation_errors(build):
     with pytest.raises(ValidationError):
         build()

@@ -141,6 +141,22 @@ def test_credentials_are_revealed_in_thingsboard_shape(registry):
     assert registry.get_credentials("user-only").credentials_id == "u2"
 
 
+def test_credentials_update_needs_the_id_of_the_current_record(registry):
+    device = registry.create_device("updated", credentials=AccessToken("token-before"))
+    current = registry.get_credentials(device.id, by_id=True)
+    for wrong in (None, "00000000-0000-0000-0000-000000000000"):
+        with pytest.raises(ValidationError, match="^Unable to update non-existent device credentials!$"):
+            registry.update_credentials(device.id, wrong, AccessToken("token-after"))
+    assert registry.get_credentials(device.id, by_id=True).credentials_id == "token-before"
+    version = registry.credentials_versions([device.id])[device.id]
+
+    updated = registry.update_credentials(device.id, current.id, MqttBasic("cid", "user", "pw"))
+    assert (updated.id, updated.credentials_type) == (current.id, CredentialsType.MQTT_BASIC)
+    assert registry.credentials_versions([device.id])[device.id] != version  # logins with the old ones end
+    assert registry.login("c", "token-before").outcome is BAD
+    assert registry.login("cid", "user", "pw").outcome is ACCEPTED
+
+
 def test_rotation_issues_a_new_token_and_retires_the_old(registry):
     registry.create_device("rotating", credentials=AccessToken("old-token"))
     new = registry.set_credentials("rotating")

@@ -48,6 +48,15 @@ def test_attribute_requests_follow_thingsboard_scoping(registry, device_id):
     assert _request(registry, device_id, b'{"clientKeys":"hidden","sharedKeys":"none"}') == {}
 
 
+def test_attribute_data_has_thingsboard_shape_and_update_times(registry, device_id):
+    registry.save_attributes(device_id, AttributeScope.SERVER, parse_attributes(b'{"b": 2.0, "a": "x"}'))
+    data = registry.attribute_data(device_id, AttributeScope.SERVER)
+    assert [(item["key"], item["value"]) for item in data] == [("a", "x"), ("b", 2.0)]
+    assert all(abs(item["lastUpdateTs"] - now_ms()) < 60_000 for item in data)
+    assert registry.attribute_data(device_id, AttributeScope.SERVER, ["b", "missing"]) == data[1:]
+    assert registry.attribute_data(device_id, AttributeScope.SHARED) == []
+
+
 def test_deleted_attributes_are_gone(registry, device_id):
     registry.save_attributes(device_id, AttributeScope.SHARED, parse_attributes(b'{"a":1,"b":2}'))
     registry.delete_attributes(device_id, AttributeScope.SHARED, ["a"])

@@ -9,20 +9,15 @@ from pathlib import Path
 from gatehouse.credentials import AccessToken
 from gatehouse.registry import Registry
 
+from .conftest import free_port
 from .mqtt_client import connect, wait_until
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_plugin_loads_from_a_plain_amqtt_yaml_config(tmp_path):
     data_dir = tmp_path / "data"
     with Registry.initialise(data_dir) as registry:
         device = registry.create_device("plain", credentials=AccessToken("PLAIN_TOKEN"))
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "broker.yaml"
     config.write_text(f"""\
 listeners:

@@ -11,7 +11,7 @@ import pytest
 from gatehouse.certificates import base64_body, der_bytes
 from gatehouse.credentials import AccessToken, MqttBasic, X509Certificate, certificate_thumbprint, sha3_hash
 from gatehouse.data_dir import DataDir
-from gatehouse.errors import ValidationError
+from gatehouse.errors import NotFoundError, ValidationError
 from gatehouse.login import LoginOutcome
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
 from gatehouse.payloads import kv_entries
@@ -557,3 +557,52 @@ def test_two_profiles_cannot_share_a_provision_key(registry, allow):
     with pytest.raises(ValidationError, match="provision device key already exists!"):
         registry.create_profile("check-same-key", ProvisionType.CHECK_PRE_PROVISIONED_DEVICES,
                                 key=ALLOW_KEY, secret="another-secret")
+
+
+# --- profiles edited in place (admin REST API) --------------------------------------------------
+
+def test_a_profile_updated_in_place_keeps_its_id_and_provisions_with_its_new_secret(registry, allow):
+    updated = registry.update_profile(allow.id, "renamed", ProvisionType.ALLOW_CREATE_NEW_DEVICES,
+                                      secret="new-Secret-1", description="edited")
+    assert (updated.id, updated.name, updated.description) == (allow.id, "renamed", "edited")
+    assert (updated.provision_device_key, updated.provision_device_secret) == (ALLOW_KEY, "new-Secret-1")
+    assert provision(registry, updated, deviceName="after-edit").status is SUCCESS
+    assert provision(registry, allow, deviceName="old-secret").status is NOT_FOUND
+    assert registry.get_device("after-edit").profile_name == "renamed"
+
+
+def test_a_profile_switched_to_disabled_loses_key_and_secret(registry, allow):
+    disabled = registry.update_profile(allow.id, allow.name, ProvisionType.DISABLED)
+    assert (disabled.provision_device_key, disabled.provision_device_secret) == (None, None)
+    assert provision(registry, allow, deviceName="refused").status is NOT_FOUND
+    switched = registry.update_profile(allow.id, allow.name, ProvisionType.CHECK_PRE_PROVISIONED_DEVICES)
+    assert len(switched.provision_device_key) == 20 and len(switched.provision_device_secret) == 20
+
+
+def test_a_profile_update_that_clashes_changes_nothing(registry, allow, check):
+    with pytest.raises(ValidationError, match="^Device profile with such provision device key already exists!$"):
+        registry.update_profile(check.id, "check-renamed", ProvisionType.CHECK_PRE_PROVISIONED_DEVICES, key=ALLOW_KEY)
+    with pytest.raises(ValidationError, match="^Device profile with such name already exists!$"):
+        registry.update_profile(check.id, allow.name, ProvisionType.CHECK_PRE_PROVISIONED_DEVICES)
+    assert registry.get_profile(check.id, by_id=True) == check
+
+
+def test_profiles_are_listed_in_pages_filtered_by_name(registry, allow, check):
+    registry.create_profile("100%_literal")
+    names = [p.name for p in registry.list_profiles()]
+    assert names == sorted(names) and len(names) == 4 == registry.count_profiles()
+    assert [p.name for p in registry.list_profiles(offset=1, limit=2)] == names[1:3]
+    assert [p.name for p in registry.list_profiles(name_contains="%_")] == ["100%_literal"]
+    assert registry.count_profiles(name_contains="PROFILE") == 2  # case-insensitive, like ThingsBoard
+    assert [p.name for p in registry.list_profiles(descending=True)] == names[::-1]
+    newest_first = [p.created_time for p in registry.list_profiles(order_by="created_time", descending=True)]
+    assert newest_first == sorted(newest_first, reverse=True)
+    with pytest.raises(ValidationError):
+        registry.list_profiles(order_by="provision_device_key")
+
+
+def test_profile_lookups_by_id_never_match_a_name(registry, allow):
+    registry.create_profile(allow.id)  # a profile named like another one's id
+    assert registry.get_profile(allow.id, by_id=True) == allow
+    with pytest.raises(NotFoundError, match=r"^Device profile with id \[.*\] is not found$"):
+        registry.get_profile("00000000-0000-0000-0000-000000000000", by_id=True)

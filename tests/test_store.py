@@ -1,5 +1,6 @@
-"""The store: schema applied once and recorded, SQLite settings for several processes, and
-secrets at rest (DESIGN.md: a stolen database file alone yields no usable credential)."""
+"""The store: schema applied once and recorded, SQLite settings for several processes, secrets
+at rest (DESIGN.md: a stolen database file alone yields no usable credential), and device records
+saved, paged and looked up by id as the admin REST API does."""
 import os
 import sqlite3
 import stat
@@ -9,6 +10,7 @@ import pytest
 
 from gatehouse.credentials import AccessToken, MqttBasic
 from gatehouse.data_dir import DataDir
+from gatehouse.errors import NotFoundError, ValidationError
 from gatehouse.models import ProvisionType
 from gatehouse.provisioning import ProvisionRequest
 from gatehouse.registry import Registry
@@ -65,6 +67,61 @@ def test_deleting_a_device_deletes_its_credentials_and_data(registry):
     registry.delete_device("doomed")
     assert registry.token_login("doomed-token") is None
     assert registry.store.credentials(device.id) is None
+
+
+def test_save_device_creates_then_updates_in_place_by_id(registry):
+    created = registry.save_device("saved", label="first", additional_info={"gateway": True},
+                                   credentials=AccessToken("saved-token"))
+    assert created.profile_name == "default" and created.is_gateway
+    sensors = registry.create_profile("sensors")
+    updated = registry.save_device("renamed", device_id=created.id, profile_id=sensors.id, label=None)
+    assert (updated.id, updated.name, updated.profile_name, updated.label) == (created.id, "renamed", "sensors", None)
+    assert updated.additional_info == {}  # replaced, as ThingsBoard replaces the whole device
+    assert registry.token_login("saved-token").id == created.id  # credentials untouched
+    with pytest.raises(NotFoundError, match=r"^Device with id \[.*\] is not found$"):
+        registry.save_device("ghost", device_id="00000000-0000-0000-0000-000000000000")
+
+
+def test_save_device_finds_or_creates_its_profile_by_type_and_a_refusal_leaves_nothing(registry):
+    device = registry.save_device("typed", profile_type=" thermostats ")
+    assert device.profile_name == "thermostats"
+    assert registry.save_device("typed-2", profile_type="thermostats").profile_id == device.profile_id
+    with pytest.raises(ValidationError, match="^Device with such name already exists!$"):
+        registry.save_device("typed", profile_type="brand-new-type")
+    assert registry.find_device_by_name("brand-new-type") is None
+    assert "brand-new-type" not in [p.name for p in registry.list_profiles()]
+    with pytest.raises(ValidationError, match="^Device is referencing non existing device profile!$"):
+        registry.save_device("orphan", profile_id="00000000-0000-0000-0000-000000000000")
+    for name in ("", "   ", "nul\x00name", "x" * 256):
+        with pytest.raises(ValidationError):
+            registry.save_device(name)
+    assert registry.count_devices() == 2
+
+
+def test_devices_are_listed_in_pages_filtered_by_name_and_profile(registry):
+    registry.create_profile("meters")
+    for name in ("b-meter", "a-meter", "c_100%"):
+        registry.create_device(name, profile="meters" if "meter" in name else None)
+    assert [d.name for d in registry.list_devices(limit=2)] == ["a-meter", "b-meter"]
+    assert [d.name for d in registry.list_devices(offset=2, limit=2)] == ["c_100%"]
+    assert [d.name for d in registry.list_devices(name_contains="_100%")] == ["c_100%"]
+    assert registry.count_devices(name_contains="METER") == 2 == registry.count_devices(profile_name="meters")
+    assert [d.name for d in registry.list_devices(order_by="profile_name", descending=True)][-1] == "c_100%"
+    newest_first = [d.created_time for d in registry.list_devices(order_by="created_time", descending=True)]
+    assert newest_first == sorted(newest_first, reverse=True)
+    with pytest.raises(ValidationError):
+        registry.list_devices(order_by="id; DROP TABLE device")
+
+
+def test_device_lookups_by_id_never_match_a_name(registry):
+    target = registry.create_device("target")
+    registry.create_device(target.id)  # a device named like another one's id
+    assert registry.get_device(target.id, by_id=True) == target
+    assert registry.find_device_by_name(target.id).name == target.id
+    assert registry.find_device_by_name(target.name) == target
+    registry.delete_device(target.id, by_id=True)
+    assert registry.find_device_by_name("target") is None
+    assert registry.find_device_by_name(target.id) is not None
 
 
 def test_initialise_is_idempotent_and_protects_the_key(data_dir):

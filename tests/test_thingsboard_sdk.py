@@ -8,7 +8,9 @@ the SDK's log on stderr. `TBDeviceMqttClient.provision` speaks MQTT 3.1.1 with t
 (provision.py); the SDK's device client speaks MQTT 5 only, and device_session.py drives one
 such session through its public API: the `getSessionLimits` call it makes on connecting,
 telemetry, client attributes, attribute requests, shared attribute updates and RPC both ways.
-Applications on the other side are MQTT 3.1.1 paho clients in the test process.
+Applications on the other side are MQTT 3.1.1 paho clients in the test process. The SDK's HTTP
+device client, `TBHTTPDevice`, talks to a sidecar linked to the broker (http_device.py). ThingsBoard's
+REST client, tb-rest-client, drives the sidecar's admin API (rest_client.py).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from gatehouse.credentials import sha3_hash
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
 from gatehouse.payloads import kv_entries
 from gatehouse.registry import Registry
@@ -389,3 +392,113 @@ def test_sdk_over_tls_with_an_x509_device_certificate(broker, sdk_session, tmp_p
     session.finish()
     with Registry.open(broker.data_dir) as registry:
         assert registry.latest_telemetry(device_id)["viaTls"]["value"] is True
+
+
+# --- the SDK's HTTP device client against the sidecar -------------------------------------------
+
+
+def sdk_http_device(sdk_python: Path, sidecar, **plan) -> SdkRun:
+    return run_sdk(sdk_python, "http_device.py", {"url": sidecar.url, "provision_device_key": KEY,
+                                                  "provision_device_secret": SECRET, **plan})
+
+
+def test_sdk_http_device_provisions_connects_sends_telemetry_and_requests_attributes(
+        sdk_python, provisioning_broker, sidecar_factory):
+    sidecar = sidecar_factory(provisioning_broker)
+    run = sdk_http_device(sdk_python, sidecar, device_name="sdk-http",
+                          telemetry={"temperature": 21.5, "status": "ok"}, telemetry_ts_ms=1700000000000,
+                          queued_telemetry={"queued": True},
+                          attributes={"fw": "1.2.0", "slots": 4},
+                          client_keys=["fw"], shared_keys=["targetTemp"])
+    result = run.result
+    assert result["connected"] is True
+    assert result["queued_published"] is True
+    # The SDK names its parameters client_keys and shared_keys; ThingsBoard reads only clientKeys
+    # and sharedKeys, so the SDK always gets every client and shared attribute, and so it does here.
+    assert result["attributes"] == {"client": {"fw": "1.2.0", "slots": 4}}
+
+    device, credentials, telemetry = stored(provisioning_broker, "sdk-http")
+    assert device.profile_name == "sdk-allow"
+    assert credentials.credentials_type is CredentialsType.ACCESS_TOKEN
+    assert credentials.credentials_id == result["token"]
+    assert {key: entry["value"] for key, entry in telemetry.items()} == {
+        "temperature": 21.5, "status": "ok", "queued": True}
+    assert telemetry["temperature"]["ts"] == 1700000000000
+    with Registry.open(provisioning_broker.data_dir) as registry:
+        assert registry.get_attributes(device.id, AttributeScope.CLIENT) == {"fw": "1.2.0", "slots": 4}
+        assert [(event["outcome"], event["transport"]) for event in registry.provisioning_events()] == [
+            ("SUCCESS", "HTTP")]
+
+
+def test_sdk_http_device_gets_the_provisioning_refusal_and_a_wrong_token_does_not_connect(
+        sdk_python, provisioning_broker, sidecar_factory):
+    sidecar = sidecar_factory(provisioning_broker)
+    run = sdk_http_device(sdk_python, sidecar, device_name="sdk-http-refused", provision_device_secret="not-it")
+    assert run.result == {"provision_failure": {"errorMsg": "Provision data was not found!", "status": "NOT_FOUND"}}
+
+    run = sdk_http_device(sdk_python, sidecar, device_name="sdk-http-ok", wrong_token="NOT_A_TOKEN")
+    assert run.result["connected"] is True
+    assert run.result["wrong_token_connected"] is False
+    assert "Error 401: Unauthorized" in run.log
+    with Registry.open(provisioning_broker.data_dir) as registry:
+        assert registry.find_device("sdk-http-refused") is None
+        assert registry.count_devices() == 1
+
+
+# --- ThingsBoard's REST client against the admin API --------------------------------------------
+
+
+def test_sdk_rest_client_manages_profiles_devices_and_credentials(sdk_python, broker, sidecar_factory):
+    """tests/sdk_scripts/rest_client.py: tb-rest-client, unchanged, logs in, creates a provisioning
+    profile and a device with MQTT basic credentials, reads and updates them, and deletes the
+    device; the profile it made then provisions a device for the SDK's MQTT client."""
+    with Registry.open(broker.data_dir) as registry:
+        registry.add_admin("sdk-admin@gatehouse.test", "sdk-Admin-pass1")
+    sidecar = sidecar_factory(broker)
+    plan = {"username": "sdk-admin@gatehouse.test", "password": "sdk-Admin-pass1", "profile": "sdk-rest-profile",
+            "key": "sdkRestKey", "secret": "sdk-rest-Secret", "device": "sdk-rest-device", "client_id": "sdk-rest-cid",
+            "user_name": "sdk-rest-user", "mqtt_password": "sdk-rest-pass",
+            "bulk_csv": "name,type,token\nsdk-bulk-1,sdk-bulk-type,SDK_BULK_TOKEN_1\n"}
+    said = run_sdk(sdk_python, "rest_client.py", sidecar.url, plan).result
+
+    assert said["refreshed"] is True and said["token_exp"] > 0
+    profile = said["profile"]
+    assert (profile["name"], profile["provision_type"], profile["provision_device_key"]) == (
+        "sdk-rest-profile", "ALLOW_CREATE_NEW_DEVICES", "sdkRestKey")
+    assert profile["profile_data"]["provision_configuration"] == {
+        "type": "ALLOW_CREATE_NEW_DEVICES", "provision_device_secret": "sdk-rest-Secret"}
+    assert said["profile_read"] == profile
+    assert [p["id"] for p in said["profiles_page"]["data"]] == [profile["id"]]
+    assert said["duplicate_key"]["status"] == 400
+    assert said["duplicate_key"]["body"]["message"] == "Device profile with such provision device key already exists!"
+
+    device = said["device"]
+    assert (device["name"], device["type"], device["label"]) == ("sdk-rest-device", "sdk-rest-profile",
+                                                                 "made by tb-rest-client")
+    assert device["device_profile_id"] == profile["id"]
+    credentials = said["credentials"]
+    assert credentials["credentials_type"] == "MQTT_BASIC"
+    assert credentials["credentials_id"] == sha3_hash("sdk-rest-cid", "sdk-rest-user")
+    assert json.loads(credentials["credentials_value"]) == {
+        "clientId": "sdk-rest-cid", "userName": "sdk-rest-user", "password": "sdk-rest-pass"}
+    assert said["by_name"] == device and [d["id"] for d in said["devices_page"]["data"]] == [device["id"]]
+    assert {item["key"]: item["value"] for item in said["shared"]} == {"targetTemp": 21.5, "mode": "eco"}
+    assert {"installedBy", "targetTemp"} <= {item["key"] for item in said["attributes"]}
+    assert said["latest"] == {}
+    assert json.loads(said["credentials_updated"]["credentials_value"])["password"] == "sdk-rest-pass-rotated"
+    assert said["bulk_import"] == {"created": 1, "updated": 0, "errors": 0, "errors_list": []}
+    assert said["after_delete"]["status"] == 404
+
+    with Registry.open(broker.data_dir) as registry:
+        stored_profile = registry.get_profile("sdk-rest-profile")
+        assert stored_profile.provision_type is ProvisionType.ALLOW_CREATE_NEW_DEVICES
+        assert (stored_profile.provision_device_key, stored_profile.provision_device_secret) == (
+            "sdkRestKey", "sdk-rest-Secret")
+        assert registry.find_device_by_name("sdk-rest-device") is None
+        assert registry.token_login("SDK_BULK_TOKEN_1").profile_name == "sdk-bulk-type"
+    provisioned = run_sdk(sdk_python, "provision.py", broker.host, str(broker.mqtt_port), {
+        "provision_device_key": "sdkRestKey", "provision_device_secret": "sdk-rest-Secret",
+        "device_name": "sdk-rest-provisioned"}).result
+    assert provisioned["status"] == "SUCCESS"
+    device_after, _, _ = stored(broker, "sdk-rest-provisioned")
+    assert device_after.profile_name == "sdk-rest-profile"
