@@ -133,3 +133,20 @@ CREATE TABLE application_account (
     username                  TEXT NOT NULL UNIQUE,
     password_digest           BLOB NOT NULL
 );
+
+-- A counter that changes whenever a device's credentials change or go away, or a device is
+-- changed or deleted, by any process (migration 0003): a process that caches logins (the
+-- sidecar) compares it instead of looking every request's credentials up again.
+CREATE TABLE credentials_generation (
+    id                        INTEGER PRIMARY KEY CHECK (id = 1),
+    value                     INTEGER NOT NULL
+);
+INSERT INTO credentials_generation (id, value) VALUES (1, 0);
+CREATE TRIGGER credentials_updated AFTER UPDATE ON device_credentials
+BEGIN UPDATE credentials_generation SET value = value + 1; END;
+CREATE TRIGGER credentials_deleted AFTER DELETE ON device_credentials
+BEGIN UPDATE credentials_generation SET value = value + 1; END;
+CREATE TRIGGER device_updated AFTER UPDATE ON device
+BEGIN UPDATE credentials_generation SET value = value + 1; END;
+CREATE TRIGGER device_deleted AFTER DELETE ON device
+BEGIN UPDATE credentials_generation SET value = value + 1; END;

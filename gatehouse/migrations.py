@@ -5,9 +5,8 @@ schema.sql is the readable picture of the current schema. A new database gets it
 gets each later migration in order. A schema change is therefore two edits: the statement added to
 schema.sql, and a migration here (never an edit of an applied one) doing the same to old files.
 """
-from importlib import resources
-
 import sqlite3
+from importlib import resources
 
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
@@ -44,3 +43,12 @@ def initial(db: sqlite_utils.Database) -> None:
 def application_accounts(db: sqlite_utils.Database) -> None:
     if not db["application_account"].exists():  # a database created from the current schema.sql
         db.execute(_statement_creating("application_account"))
+
+
+@MIGRATIONS(name="0003_credentials_generation")
+def credentials_generation(db: sqlite_utils.Database) -> None:
+    if db["credentials_generation"].exists():  # a database created from the current schema.sql
+        return
+    for statement in _schema_statements():  # the table, its row and its triggers
+        if "credentials_generation" in statement:
+            db.execute(statement)

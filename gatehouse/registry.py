@@ -642,6 +642,15 @@ class Registry:
             log.exception("login lookup failed")
             return LoginResult(LoginOutcome.SERVER_UNAVAILABLE)
 
+    def credentials_generation(self) -> int:
+        """Changes whenever any device's credentials change or go away, or a device changes
+        (in any process): what caches of logins compare."""
+        return self.store.credentials_generation()
+
+    def lookup_digest(self, secret: str) -> bytes:
+        """The keyed digest a secret is looked up by; caches key by it, never by the secret."""
+        return self.key.digest(secret)
+
     def token_login(self, token: str) -> Device | None:
         """HTTP and CoAP: the token in the path must be an ACCESS_TOKEN credential (SPEC §1.2)."""
         found = self._find_credentials(token) if token else None
@@ -828,9 +837,12 @@ class Registry:
                            _db_value(e)) for record in item.telemetry for e in record.values]
             attributes += [(item.device_id, scope, e.key, e.kind.value, _db_value(e), ts) for e in item.attributes]
             deleted += [(item.device_id, scope, key) for key in item.deleted]
-        self.store.save_telemetry(telemetry)
-        self.store.save_attributes(attributes)
-        self.store.delete_attributes(deleted)
+        try:
+            self.store.save_telemetry(telemetry)
+            self.store.save_attributes(attributes)
+            self.store.delete_attributes(deleted)
+        except IntegrityError:  # the only constraint these rows can break: their device
+            raise NotFoundError("Device not found (deleted meanwhile?)") from None
 
     def get_attributes(self, device_id: str, scope: AttributeScope, keys: Iterable[str] | None = None) -> dict:
         return {row["key"]: _json_value(row) for row in self.store.attributes(device_id, AttributeScope(scope).value, keys)}

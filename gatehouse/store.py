@@ -251,6 +251,9 @@ class Store:
                                  f"WHERE public_credentials_id IN ({marks})", ids) if ids else []
         return {row[0]: row[1] for row in rows}
 
+    def credentials_generation(self) -> int:
+        return self.conn.execute("SELECT value FROM credentials_generation").fetchone()[0]
+
     def data_version(self) -> int:
         """Changes whenever another connection (another process) commits."""
         return self.conn.execute("PRAGMA data_version").fetchone()[0]
@@ -272,13 +275,16 @@ class Store:
         SQLite's JSON functions, so such rare batches take the executemany path."""
         if not rows:
             return
-        if any(isinstance(value, str) and "\x00" in value for row in rows for value in row):
-            marks = ", ".join("?" for _ in range(columns))
-            self.conn.executemany(f"{insert} VALUES ({marks}) {conflict}", rows)
-            return
-        fields = ", ".join(f"value->>{i}" for i in range(columns))
-        self.conn.execute(f"{insert} SELECT {fields} FROM json_each(?) WHERE true {conflict}",
-                          [orjson.dumps(rows).decode()])
+        try:
+            if any(isinstance(value, str) and "\x00" in value for row in rows for value in row):
+                marks = ", ".join("?" for _ in range(columns))
+                self.conn.executemany(f"{insert} VALUES ({marks}) {conflict}", rows)
+                return
+            fields = ", ".join(f"value->>{i}" for i in range(columns))
+            self.conn.execute(f"{insert} SELECT {fields} FROM json_each(?) WHERE true {conflict}",
+                              [orjson.dumps(rows).decode()])
+        except sqlite3.IntegrityError as e:
+            raise IntegrityError(_constraint_of(e)) from None
 
     def save_attributes(self, rows: Iterable[tuple[str, str, str, str, object, int]]) -> None:
         """Rows of (device_id, scope, key, kind, value, ts), any number of devices at once."""

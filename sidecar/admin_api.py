@@ -44,6 +44,7 @@ from .admin_payloads import (
     uuid_param,
 )
 from .context import sidecar
+from .errors import error_response
 
 admin_api = Blueprint("admin_api", __name__, url_prefix="/api")
 admin_api.before_request(admin_auth.login_required)
@@ -68,26 +69,19 @@ def _route(rule: str, **options):
     return admin_api.route(rule, merge_slashes=False, **options)
 
 
-def _error(status: int, message: str, error_code: int | None = None) -> Response:
-    # app.py imports this module to register the blueprint: import it late.
-    from .app import error_response
-
-    return error_response(status, message, error_code)
-
-
 def _ok() -> Response:
     return Response(status=200)
 
 
 @admin_api.errorhandler(NotFoundError)
 def _not_found(error: NotFoundError) -> Response:
-    return _error(404, str(error))
+    return error_response(404, str(error))
 
 
 @admin_api.errorhandler(ValidationError)
 @admin_api.errorhandler(CertificateError)
 def _invalid(error: Exception) -> Response:
-    return _error(400, str(error))
+    return error_response(400, str(error))
 
 
 def _registry():
@@ -108,9 +102,9 @@ def login() -> Response:
     body = json_object(MAX_PUBLIC_BODY_BYTES)
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
-        return _error(400, "username and password must be strings")
+        return error_response(400, "username and password must be strings")
     if not _registry().verify_admin(username, password):
-        return _error(401, "Invalid username or password", admin_auth.AUTHENTICATION)
+        return error_response(401, "Invalid username or password", admin_auth.AUTHENTICATION)
     return _token_pair(username)
 
 
@@ -119,13 +113,13 @@ def login() -> Response:
 def refresh_token() -> Response:
     token = json_object(MAX_PUBLIC_BODY_BYTES).get("refreshToken")
     if not isinstance(token, str):
-        return _error(400, "refreshToken must be a string")
+        return error_response(400, "refreshToken must be a string")
     try:
         claims = admin_auth.verify(admin_auth.signing_key(), token, admin_auth.REFRESH_TOKEN)
     except admin_auth.TokenError as e:
-        return _error(401, e.message, e.error_code)
+        return error_response(401, e.message, e.error_code)
     if not _registry().admin_exists(claims["sub"]):
-        return _error(401, "Authentication failed", admin_auth.AUTHENTICATION)
+        return error_response(401, "Authentication failed", admin_auth.AUTHENTICATION)
     return _token_pair(claims["sub"])
 
 
@@ -228,7 +222,7 @@ def save_device_with_credentials() -> Response:
     body = json_object()
     device, credentials = body.get("device"), body.get("credentials")
     if not isinstance(device, dict) or not isinstance(credentials, dict):
-        return _error(400, "device and credentials must be objects")
+        return error_response(400, "device and credentials must be objects")
     fields = device_fields(device)
     return jsonify(_save_device(fields, new_credentials(credentials)).to_json())
 
@@ -261,7 +255,7 @@ def update_device_credentials() -> Response:
 def _device_by_name() -> Response:
     found = _registry().find_device_by_name(request.args["deviceName"])
     if found is None:
-        return _error(404, "Requested item wasn't found!")
+        return error_response(404, "Requested item wasn't found!")
     return jsonify(found.to_json())
 
 
@@ -284,7 +278,7 @@ def get_tenant_devices() -> Response:
 def get_tenant_device() -> Response:
     """tb-rest-client 4.x asks for a device by name here."""
     if "deviceName" not in request.args:
-        return _error(400, "Required request parameter 'deviceName' is not present")
+        return error_response(400, "Required request parameter 'deviceName' is not present")
     return _device_by_name()
 
 
@@ -323,9 +317,9 @@ def _save_attributes(deviceId: str, scope: str) -> Response:
     # No more than one MQTT message carries: shared values must reach MQTT devices whole.
     entries = parse_attributes(body_bytes(MAX_ATTRIBUTES_BYTES), max_bytes=MAX_ATTRIBUTES_BYTES)
     if isinstance(entries, PayloadError):
-        return _error(400, entries.message)
+        return error_response(400, entries.message)
     if not entries:
-        return _error(400, "No attributes data found in request body!")
+        return error_response(400, "No attributes data found in request body!")
     if chosen is AttributeScope.SHARED:
         sidecar().change_shared_attributes(device_id, entries)  # reaches the device wherever it is connected
     else:

@@ -18,6 +18,7 @@ import jwt
 from flask import Response, current_app, g, request
 
 from .context import sidecar
+from .errors import error_response
 
 ALGORITHM = "HS256"
 ISSUER = "gatehouse"
@@ -91,9 +92,6 @@ def public(view: Callable) -> Callable:
 def login_required() -> Response | None:
     """The admin blueprint's before_request: every route not marked `public` needs a valid
     access token; its claims are `g.admin`."""
-    # app.py imports the blueprints that use this module: import it late.
-    from .app import error_response
-
     view = current_app.view_functions.get(request.endpoint)
     if request.method == "OPTIONS" or getattr(view, "public", False):
         return None

@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
-
-from gatehouse.store import now_ms
 
 from .admin_api import admin_api
 from .broker_link import BrokerLink
 from .context import EXTENSION, Sidecar, SidecarSettings
 from .device_api import device_api
+from .errors import error_response
 from .mailboxes import DeviceMailboxes
 from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
-
-# ThingsBoard's ThingsboardErrorCode values, by HTTP status.
-ERROR_CODES = {400: 31, 401: 10, 403: 20, 404: 32, 405: 31, 408: 2, 409: 31, 413: 31, 415: 31, 429: 33}
-
-
-def error_response(status: int, message: str, error_code: int | None = None) -> Response:
-    """ThingsBoard's error body: {"status", "message", "errorCode", "timestamp"}."""
-    response = jsonify({"status": status, "message": message,
-                        "errorCode": ERROR_CODES.get(status, 2) if error_code is None else error_code,
-                        "timestamp": now_ms()})
-    response.status_code = status
-    return response
-
 
 def create_app(settings: SidecarSettings, *, mailboxes: DeviceMailboxes | None = None,
                link: BrokerLink | None = None, writer: GroupCommitWriter | None = None) -> Flask:

@@ -10,9 +10,10 @@ from typing import TypeVar
 from flask import current_app
 
 from gatehouse.application_namespace import attributes_message
-from gatehouse.models import AttributeScope
+from gatehouse.models import AttributeScope, Device
 from gatehouse.payloads import KvEntry
 from gatehouse.registry import DeviceData, Registry
+from gatehouse.token_logins import TokenLogins
 
 from .broker_link import BrokerLink
 from .mailboxes import DeviceMailboxes
@@ -47,6 +48,7 @@ class Sidecar:
         self.mailboxes = mailboxes
         self.link = link  # None: no broker (data is stored, nothing is published)
         self.writer = writer
+        self.token_logins = TokenLogins()
         self._local = threading.local()
         self._opened: list[Registry] = []
         self._lock = threading.Lock()
@@ -60,6 +62,9 @@ class Sidecar:
             with self._lock:
                 self._opened.append(registry)
         return registry
+
+    def device_for_token(self, token: str) -> Device | None:
+        return self.token_logins.login(self.registry, token)
 
     def write(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """The write transaction `fn(registry, *args, **kwargs)`: in the writer's next group
@@ -76,7 +81,7 @@ class Sidecar:
             self.publish_json(data.device_id, (topic,), message)
 
         if self.writer is not None:
-            self.writer.call(Registry.save_device_data, [data], after_commit=publish)
+            self.writer.save_device_data(data, after_commit=publish)
         else:
             self.registry.save_device_data([data])
             publish()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, Response, abort, jsonify, request
+from flask import Blueprint, Response, abort, g, jsonify, request
 
 from gatehouse.application_namespace import (
     attributes_message,
@@ -20,6 +20,7 @@ from gatehouse.application_namespace import (
     rpc_request_message,
     telemetry_message,
 )
+from gatehouse.errors import NotFoundError
 from gatehouse.models import Device
 from gatehouse.payloads import (
     PayloadError,
@@ -39,6 +40,7 @@ from gatehouse.registry import DeviceData, Registry
 from gatehouse.store import now_ms
 
 from .context import sidecar
+from .errors import error_response
 
 device_api = Blueprint("device_api", __name__, url_prefix="/api/v1")
 
@@ -60,9 +62,6 @@ def _empty(status: int) -> Response:
 
 
 def _error(status: int, message: str) -> Response:
-    # Imported here: app.py imports this module to register the blueprint.
-    from .app import error_response
-
     return error_response(status, message)
 
 
@@ -73,24 +72,35 @@ def _json_body(payload: bytes) -> Response:
 # --- what every request goes through ------------------------------------------------------------
 
 def _payload_limit() -> int:
-    """This request's body limit, by path as ThingsBoard's transport.http.max_payload_size."""
-    settings = sidecar().settings
-    return settings.max_rpc_payload_size if _RPC_PATH.fullmatch(request.path) else settings.max_payload_size
+    """This request's body limit, by path as ThingsBoard's transport.http.max_payload_size (set
+    for the request before anything else runs)."""
+    return g.payload_limit
 
 
 @device_api.before_request
 def _refuse_a_declared_oversized_payload() -> Response | None:
+    settings = sidecar().settings
+    g.payload_limit = limit = (settings.max_rpc_payload_size if _RPC_PATH.fullmatch(request.path)
+                               else settings.max_payload_size)
     # Before the token check, as ThingsBoard's filter: nothing is looked up for such a request.
-    if request.content_length is not None and request.content_length > _payload_limit():
+    content_length = request.content_length
+    if content_length is not None and content_length > limit:
         return _error(413, PAYLOAD_TOO_LARGE)
     return None
 
 
 def _device_or_401(token: str) -> Device:
-    device = sidecar().registry.token_login(token)
+    device = sidecar().device_for_token(token)
     if device is None:
         abort(_empty(401))  # ThingsBoard's 401 has no body
     return device
+
+
+def _store(data: DeviceData, topic: str, message) -> None:
+    try:
+        sidecar().store_device_data(data, topic, message)
+    except NotFoundError:  # deleted since its token was checked: the token is no longer valid
+        abort(_empty(401))
 
 
 def _body_within_limit() -> bytes:
@@ -98,6 +108,9 @@ def _body_within_limit() -> bytes:
     (chunked, under a WSGI server that does not count it first) is read to at most one byte
     past the limit."""
     limit = _payload_limit()
+    content_length = request.content_length
+    if content_length is not None:  # checked against the limit before the request got here
+        return request.stream.read(content_length)
     stream = request.stream
     body = bytearray()
     while len(body) <= limit:
@@ -141,8 +154,7 @@ def post_telemetry(token: str) -> Response:
     records = _valid(parse_telemetry(_body_within_limit(), max_bytes=_payload_limit()))
     stamp = now_ms()  # one server time per request, for the stored and the published copy
     records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
-    sidecar().store_device_data(DeviceData(device.id, telemetry=tuple(records)), "telemetry",
-                                telemetry_message(records))
+    _store(DeviceData(device.id, telemetry=tuple(records)), "telemetry", telemetry_message(records))
     return _empty(200)
 
 
@@ -150,7 +162,7 @@ def post_telemetry(token: str) -> Response:
 def post_attributes(token: str) -> Response:
     device = _device_or_401(token)
     entries = _valid(parse_attributes(_body_within_limit(), max_bytes=_payload_limit()))
-    sidecar().store_device_data(DeviceData(device.id, attributes=entries), "attributes", attributes_message(entries))
+    _store(DeviceData(device.id, attributes=entries), "attributes", attributes_message(entries))
     return _empty(200)
 
 

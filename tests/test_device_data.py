@@ -110,3 +110,15 @@ def test_values_keep_their_exact_types_and_bytes_through_batched_writes(registry
                       "nested": {"a": [1, "x"]}, "text": "café", "nul": "a\x00b"}
     registry.save_attributes(device_id, AttributeScope.CLIENT, parse_attributes(b'{"nul": "x\\u0000y", "n": 1.5}'))
     assert registry.get_attributes(device_id, AttributeScope.CLIENT) == {"nul": "x\x00y", "n": 1.5}
+
+
+def test_data_for_a_device_deleted_meanwhile_is_refused_as_not_found(tmp_path):
+    from gatehouse.errors import NotFoundError
+    from gatehouse.payloads import TelemetryRecord, kv_entries
+    from gatehouse.registry import DeviceData, Registry
+
+    with Registry.initialise(tmp_path) as registry:
+        device = registry.create_device("short-lived")
+        registry.delete_device(device.id)
+        with pytest.raises(NotFoundError):
+            registry.save_device_data([DeviceData(device.id, telemetry=(TelemetryRecord(1, kv_entries({"t": 1})),))])

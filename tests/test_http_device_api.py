@@ -37,7 +37,7 @@ from gatehouse.registry import Registry
 from .conftest import RunningBroker, RunningSidecar, start_broker, start_sidecar
 from .devices import token_device, unique
 from .mqtt_client import TestClient as MqttClient
-from .mqtt_client import connect, next_on
+from .mqtt_client import connect, next_on, wait_until
 from .test_mqtt_device_api import app_client, body
 from .test_mqtt_logins import FAILURE_JSON, NOT_FOUND_JSON
 from .test_mqtt_logins import provision as provision_over_mqtt
@@ -444,6 +444,25 @@ def test_wrong_token_is_401_with_an_empty_body_and_the_right_token_is_answered(g
     assert row_counts(gh) == before
     status, _, _ = raw_request(gh, method, f"/api/v1/{token}/{path}", valid_body)
     assert status in (200, 408)  # 408: a long poll with nothing to answer
+
+
+@pytest.mark.parametrize("change", ["rotate", "delete"])
+def test_a_token_revoked_elsewhere_stops_working_and_a_new_one_works_at_once(gh, change):
+    """The sidecar keeps found tokens in memory; a change by another process (here the test's
+    own registry, as the CLI or the admin API would) ends them within its recheck interval."""
+    device, token = http_device(gh)
+    assert requests.post(gh.url(token, "telemetry"), json={"before": 1}, timeout=WAIT).status_code == 200
+    new_token = unique("NEW")
+    with gh.registry() as registry:
+        if change == "rotate":
+            registry.set_credentials(device.id, AccessToken(new_token))
+        else:
+            registry.delete_device(device.id)
+    assert wait_until(lambda: requests.post(gh.url(token, "telemetry"), json={"after": 1},
+                                            timeout=WAIT).status_code == 401, timeout=5)
+    if change == "rotate":
+        assert requests.post(gh.url(new_token, "telemetry"), json={"after": 2}, timeout=WAIT).status_code == 200
+        assert latest_values(gh, device.id) == {"before": 1, "after": 2}
 
 
 def test_mqtt_basic_credentials_are_no_http_token(gh):

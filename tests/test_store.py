@@ -21,9 +21,10 @@ from gatehouse.store import DatabaseBusy, Store
 def test_schema_is_applied_once_and_recorded(tmp_path):
     Store(tmp_path / "g.db").close()
     store = Store(tmp_path / "g.db")  # reopening applies nothing twice
-    assert store.schema_version() == ["0001_initial", "0002_application_accounts"]
+    migrations = ["0001_initial", "0002_application_accounts", "0003_credentials_generation"]
+    assert store.schema_version() == migrations
     rows = store.conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
-    assert [tuple(r) for r in rows] == [("gatehouse", "0001_initial"), ("gatehouse", "0002_application_accounts")]
+    assert [tuple(r) for r in rows] == [("gatehouse", name) for name in migrations]
 
 
 def test_an_older_database_is_migrated_forward(tmp_path):
@@ -36,8 +37,26 @@ def test_an_older_database_is_migrated_forward(tmp_path):
     old.execute("DROP TABLE application_account")  # what a file made before 0002 looks like
     old.close()
     store = Store(tmp_path / "old.db")
-    assert store.schema_version()[-1] == "0002_application_accounts"
+    assert "0002_application_accounts" in store.schema_version()
     assert store.conn.execute("SELECT count(*) FROM application_account").fetchone()[0] == 0
+
+
+def test_a_database_from_before_the_credentials_generation_gets_its_counter_and_triggers(tmp_path):
+    import sqlite_utils
+
+    from gatehouse.migrations import MIGRATIONS
+
+    old = sqlite_utils.Database(tmp_path / "old.db")
+    MIGRATIONS.apply(old, stop_before="0003_credentials_generation")
+    for trigger in ("credentials_updated", "credentials_deleted", "device_updated", "device_deleted"):
+        old.execute(f"DROP TRIGGER {trigger}")
+    old.execute("DROP TABLE credentials_generation")  # what a file made before 0003 looks like
+    old.close()
+    store = Store(tmp_path / "old.db")
+    assert store.schema_version()[-1] == "0003_credentials_generation"
+    assert store.credentials_generation() == 0
+    triggers = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert {"credentials_updated", "credentials_deleted", "device_updated", "device_deleted"} <= triggers
 
 
 def test_schema_sql_is_the_schema(tmp_path):
