@@ -19,6 +19,7 @@ from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 RPC_EXPIRY_CHECK_SECONDS = 1.0
+BODY_MARGIN = 1 << 20
 
 
 def serve(settings: SidecarSettings, announce=print) -> int:
@@ -31,8 +32,12 @@ def serve(settings: SidecarSettings, announce=print) -> int:
     writer = GroupCommitWriter(settings.data_dir)
     app = create_app(settings, mailboxes=mailboxes, link=link, writer=writer)
     try:
+        # waitress buffers a whole body before the app sees it: a body a little past the largest
+        # the app accepts still reaches it (and gets its JSON 413); waitress refuses larger ones
+        # (its default would buffer up to 1 GB).
         server = waitress.create_server(app, host=settings.host, port=settings.http_port, threads=settings.threads,
-                                        ident="gatehouse", clear_untrusted_proxy_headers=True)
+                                        ident="gatehouse", clear_untrusted_proxy_headers=True,
+                                        max_request_body_size=settings.max_payload_size + BODY_MARGIN)
     except OSError as e:
         print(f"Error: the sidecar could not listen on {settings.host}:{settings.http_port}: {e.strerror}",
               file=sys.stderr, flush=True)

@@ -549,6 +549,22 @@ def test_payload_over_the_limit_is_413_and_exactly_at_the_limit_is_accepted(gh, 
         assert latest_values(gh, device.id) == {"atLimit": True}
 
 
+def test_a_declared_body_far_over_the_limit_is_refused_before_it_is_sent(gh):
+    """The server does not buffer a body it would refuse anyway: a declared gigabyte is a 413
+    at once, without one byte of it sent."""
+    _, token = http_device(gh)
+    connection = http.client.HTTPConnection("127.0.0.1", gh.sidecar.http_port, timeout=WAIT)
+    try:
+        connection.putrequest("POST", f"/api/v1/{token}/telemetry")
+        connection.putheader("Content-Length", str(1 << 30))
+        connection.endheaders()
+        response = connection.getresponse()
+        assert response.status == 413
+        response.read()
+    finally:
+        connection.close()
+
+
 def test_a_chunked_body_at_the_rpc_limit_is_accepted(gh):
     _, token = http_device(gh)
     status, _, _ = raw_request(gh, "POST", f"/api/v1/{token}/rpc/78", chunks(RPC_LIMIT, b"y", chunk_size=1000))

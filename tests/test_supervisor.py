@@ -109,46 +109,7 @@ def test_up_runs_the_whole_system_and_stops_it_on_sigterm(tmp_path):
         print("".join(lines) + rest)  # shown if the test fails
     assert proc.returncode == 0, rest
     assert "received SIGTERM; stopping" in rest
-    assert not any(_alive(pid) for pid in _pids(lines))
-
-
-def test_a_component_ignoring_sigterm_is_killed_after_the_grace_period():
-    said = []
-    started = time.monotonic()
-    status = supervise([Component("stubborn", STUBBORN, "nowhere"),
-                        Component("crasher", [sys.executable, "-c", "import time, sys; time.sleep(0.5); sys.exit(1)"],
-                                  "nowhere")],
-                       say=said.append, grace_seconds=0.5)
-    assert status == 1
-    assert "stubborn did not stop within 0.5 s; killing it" in said
-    assert time.monotonic() - started < 30
-    assert not any(_alive(pid) for pid in _pids(said))
-
-
-def test_up_runs_the_whole_system_and_stops_it_on_sigterm(tmp_path):
-    data_dir = tmp_path / "d"
-    # The sidecar is told the broker's port, so that one is chosen here; the others are port 0.
-    proc = subprocess.Popen([sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "up", "--host", "127.0.0.1",
-                             "--mqtt-port", str(free_port()), "--mqtts-port", "0", "--http-port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines = []
-    while not (any(line.startswith("MQTTS listening on") for line in lines)
-               and any("connected to the broker" in line for line in lines)):
-        line = proc.stdout.readline()
-        assert line, "gatehouse up ended early:\n" + "".join(lines)
-        lines.append(line)
-    assert (data_dir / "gatehouse.db").exists() and (data_dir / "pki" / "ca.pem").exists()
-    assert any(line.startswith("broker: ") for line in lines) and any(line.startswith("sidecar: ") for line in lines)
-    http_port = next(int(line.rsplit(":", 1)[1]) for line in lines if line.startswith("HTTP  listening on"))
-    with pytest.raises(urllib.error.HTTPError) as refused:  # the device API answers: an unknown token
-        urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/v1/no-such-token/attributes", timeout=10)
-    refused.value.close()
-    assert refused.value.code == 401
-    proc.send_signal(signal.SIGTERM)
-    rest, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, rest
-    assert "received SIGTERM; stopping" in rest
+    assert not any(_alive(pid) for pid in _pids([line.strip() for line in lines]))
 
 
 def test_up_passes_the_operators_certificate_to_the_broker(tmp_path):
