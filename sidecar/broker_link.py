@@ -115,7 +115,7 @@ class BrokerLink:
         if not self.connected.is_set():
             log.warning("broker not connected; %s not published", topic)
             return False
-        return self._client.publish(topic, payload, qos=0).rc == paho.MQTT_ERR_SUCCESS
+        return self._client.publish(topic, payload, qos=1).rc == paho.MQTT_ERR_SUCCESS
 
     def publish_json(self, device_id: str, parts: tuple, value) -> bool:
         return self.publish(device_topic(device_id, *parts), orjson.dumps(value))
