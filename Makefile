@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # a virtual environment of its own; tests run its unchanged client code there.
 SDK_VENV := .venv-sdk
 # Real clients the tests drive, from Debian.
-DEBIAN_TEST_PACKAGES := mosquitto-clients
+DEBIAN_TEST_PACKAGES := mosquitto-clients libcoap3-bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: up test bench clean debian-test-packages
@@ -32,7 +32,8 @@ $(SDK_VENV)/.installed: Makefile
 	$(PYTHON) -m venv $(SDK_VENV)
 	# mmh3 too: the SDK pip-installs it at import time otherwise. tb-rest-client drives the admin
 	# API; before 4.4 it cannot decode ThingsBoard's bulk import result (AtomicInteger fields).
-	$(SDK_VENV)/bin/pip install --quiet 'tb-mqtt-client>=1.13' mmh3 'tb-rest-client>=4.4'
+	# coapthon3: the CoAP client of ThingsBoard's CoAP provisioning example (tests/test_coap_bridge.py).
+	$(SDK_VENV)/bin/pip install --quiet 'tb-mqtt-client>=1.13' mmh3 'tb-rest-client>=4.4' 'coapthon3>=1.0.2'
 	touch $@
 
 debian-test-packages:

@@ -439,6 +439,23 @@ def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_
 
 
 @main.command()
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address the CoAP listeners bind to.")
+@click.option("--coap-port", type=click.IntRange(0, 65535), default=5683, show_default=True, help="0: any free port.")
+@click.option("--coaps-port", type=click.IntRange(0, 65535), default=5684, show_default=True, help="0: any free port.")
+@click.option("--sidecar-url", default="http://127.0.0.1:8080", show_default=True,
+              help="The Gatehouse sidecar whose HTTP device API the bridge forwards to.")
+@_tls_options
+@click.pass_context
+def coap(ctx, host, coap_port, coaps_port, sidecar_url, tls_cert, tls_key) -> None:
+    """Run the CoAP bridge (ThingsBoard's CoAP device API, plain and over DTLS) until Ctrl-C or SIGTERM."""
+    Registry.open(ctx.obj).close()
+    from coap_bridge.server import CoapSettings, run  # components load lazily: the domain imports none
+
+    ctx.exit(run(CoapSettings(data_dir=ctx.obj.resolve(), host=host, coap_port=coap_port, coaps_port=coaps_port,
+                              sidecar_url=sidecar_url, tls_cert=tls_cert, tls_key=tls_key)))
+
+
+@main.command()
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address every listener binds to.")
 @click.option("--mqtt-port", type=click.IntRange(0, 65535), default=1883, show_default=True)
 @click.option("--mqtts-port", type=click.IntRange(0, 65535), default=8883, show_default=True)

@@ -55,12 +55,24 @@ def components(settings: Settings) -> list[Component]:
                                                "--broker-host", _loopback_of(settings.host),
                                                "--broker-port", str(settings.mqtt_port)),
                   f"HTTP device API and admin REST API on http://{settings.host}:{settings.http_port}"),
+        Component("coap", gatehouse_command(settings, "coap", "--host", settings.host,
+                                            "--coap-port", str(settings.coap_port),
+                                            "--coaps-port", str(settings.coaps_port),
+                                            "--sidecar-url", _sidecar_url(settings), *tls),
+                  f"CoAP device API on coap://{settings.host}:{settings.coap_port}, "
+                  f"CoAP over DTLS on coaps://{settings.host}:{settings.coaps_port}"),
     ]
 
 
 def _loopback_of(host: str) -> str:
     """Where the sidecar reaches a broker listening on `host`."""
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _sidecar_url(settings: Settings) -> str:
+    """Where the CoAP bridge reaches the sidecar's HTTP device API."""
+    host = _loopback_of(settings.host)
+    return f"http://[{host}]:{settings.http_port}" if ":" in host else f"http://{host}:{settings.http_port}"
 
 
 def _describe_exit(code: int) -> str:

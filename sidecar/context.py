@@ -52,6 +52,7 @@ class Sidecar:
         self._local = threading.local()
         self._opened: list[Registry] = []
         self._lock = threading.Lock()
+        self._service_credentials: dict[str, tuple[str, str]] = {}
 
     @property
     def registry(self) -> Registry:
@@ -65,6 +66,18 @@ class Sidecar:
 
     def device_for_token(self, token: str) -> Device | None:
         return self.token_logins.login(self.registry, token)
+
+    def device_for_certificate(self, cert_der: bytes) -> Device | None:
+        """The X.509 device whose certificate this is (by its SHA3 thumbprint), else None."""
+        return self.registry.certificate_device(cert_der)
+
+    def service_credentials(self, account: str) -> tuple[str, str]:
+        """(username, password) of a Gatehouse service account, derived from the server key once
+        per account and kept: the key does not change while the process runs."""
+        found = self._service_credentials.get(account)
+        if found is None:
+            found = self._service_credentials[account] = self.registry.service_credentials(account)
+        return found
 
     def write(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """The write transaction `fn(registry, *args, **kwargs)`: in the writer's next group

@@ -7,12 +7,24 @@ ThingsBoard's, except that a malformed body is 400 with a JSON error rather than
 
 Order of checks, as in ThingsBoard: the payload size (its servlet filter runs before anything
 else), then the token (401 with an empty body, whatever the body holds), then the body.
+
+Every device route also exists without the token segment, `/api/v1/{feature}...`, for the CoAP
+bridge: over two-way DTLS a device is whoever its client certificate belongs to (SPEC §6, X.509
+over DTLS). The bridge passes the certificate in `X-Gatehouse-Client-Certificate` (Base64 DER)
+and authenticates as its service account with HTTP Basic; the header is believed only once that
+account's credentials check out, so no one else can claim a certificate they do not hold. Both
+forms of a route run the same view, given the device.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import re
+from collections.abc import Callable
 
 from flask import Blueprint, Response, abort, g, jsonify, request
+from werkzeug.routing import BaseConverter
 
 from gatehouse.application_namespace import (
     attributes_message,
@@ -43,9 +55,26 @@ from .context import sidecar
 from .errors import error_response
 
 device_api = Blueprint("device_api", __name__, url_prefix="/api/v1")
+_FEATURES = ("telemetry", "attributes", "rpc", "claim", "provision")
 
-# ThingsBoard's transport.http.max_payload_size patterns: /api/v1/*/rpc/** has the smaller limit.
-_RPC_PATH = re.compile(r"/api/v1/[^/]+/rpc(?:/.*)?", re.DOTALL)
+
+class _NotAFeatureConverter(BaseConverter):
+    """A path segment that is not a feature name. Werkzeug prefers static segments, so without
+    it POST /api/v1/rpc/attributes would be the token-less RPC reply with id "attributes" rather
+    than a device with the token "rpc" posting attributes, as the CoAP bridge (and ThingsBoard's
+    CoAP transport) read such a path."""
+
+    regex = "(?!(?:" + "|".join(_FEATURES) + ")$)[^/]+"
+
+
+# Before any rule: a blueprint's deferred functions run in the order they were recorded.
+device_api.record_once(lambda state: state.app.url_map.converters.setdefault("not_a_feature",
+                                                                              _NotAFeatureConverter))
+
+CLIENT_CERTIFICATE_HEADER = "X-Gatehouse-Client-Certificate"
+# The CoAP bridge's service account (Registry.service_credentials), the one caller of the
+# token-less routes.
+BRIDGE_SERVICE_ACCOUNT = "coap"
 _REQUEST_ID = re.compile(r"[0-9]{1,9}")  # what the application namespace's topics carry
 _TIMEOUT_MS = re.compile(r"[0-9]{1,18}")
 _READ_CHUNK = 1 << 20
@@ -80,7 +109,9 @@ def _payload_limit() -> int:
 @device_api.before_request
 def _refuse_a_declared_oversized_payload() -> Response | None:
     settings = sidecar().settings
-    g.payload_limit = limit = (settings.max_rpc_payload_size if _RPC_PATH.fullmatch(request.path)
+    # ThingsBoard's transport.http.max_payload_size patterns: /api/v1/*/rpc/** has the smaller
+    # limit; here by route, so the token-less RPC routes have it too.
+    g.payload_limit = limit = (settings.max_rpc_payload_size if request.endpoint in _RPC_ENDPOINTS
                                else settings.max_payload_size)
     # Before the token check, as ThingsBoard's filter: nothing is looked up for such a request.
     content_length = request.content_length
@@ -94,6 +125,55 @@ def _device_or_401(token: str) -> Device:
     if device is None:
         abort(_empty(401))  # ThingsBoard's 401 has no body
     return device
+
+
+def _certificate_device_or_401() -> Device:
+    """The device of the certificate the CoAP bridge vouches for; 401 unless the request comes
+    with the bridge's service credentials and the certificate is an X.509 device's."""
+    if not _from_the_bridge():
+        abort(_empty(401))  # the certificate header is not even read
+    try:
+        der = base64.b64decode(request.headers.get(CLIENT_CERTIFICATE_HEADER, ""), validate=True)
+    except (binascii.Error, ValueError):
+        der = b""
+    device = sidecar().device_for_certificate(der) if der else None
+    if device is None:
+        abort(_empty(401))
+    return device
+
+
+def _from_the_bridge() -> bool:
+    authorization = request.authorization
+    if authorization is None or authorization.type != "basic":
+        return False
+    # The service username holds a colon ("gatehouse-service:coap"), so Basic's user:password
+    # splits inside it; compare the whole user:password text instead of its two halves.
+    supplied = f"{authorization.username}:{authorization.password}"
+    username, password = sidecar().service_credentials(BRIDGE_SERVICE_ACCOUNT)
+    return hmac.compare_digest(supplied.encode(), f"{username}:{password}".encode())
+
+
+_RPC_ENDPOINTS: set[str] = set()
+
+
+def _device_route(method: str, rule: str) -> Callable:
+    """Register `view(device, **path_values)` twice: as `/<token>{rule}` for devices that name
+    their token, and as `{rule}` for certificate-identified devices behind the CoAP bridge.
+    The device is found before the view runs, so the order of checks is the same for both."""
+    def register(view: Callable[..., Response]) -> Callable[..., Response]:
+        def by_token(token: str, **path_values) -> Response:
+            return view(_device_or_401(token), **path_values)
+
+        def by_certificate(**path_values) -> Response:
+            return view(_certificate_device_or_401(), **path_values)
+
+        endpoints = (view.__name__, f"{view.__name__}_by_certificate")
+        device_api.add_url_rule(f"/<token>{rule}", endpoints[0], by_token, methods=[method], **_NO_REDIRECTS)
+        device_api.add_url_rule(rule, endpoints[1], by_certificate, methods=[method], **_NO_REDIRECTS)
+        if rule == "/rpc" or rule.startswith("/rpc/"):
+            _RPC_ENDPOINTS.update(f"{device_api.name}.{name}" for name in endpoints)
+        return view
+    return register
 
 
 def _store(data: DeviceData, topic: str, message) -> None:
@@ -148,9 +228,8 @@ def _key_list_param(name: str) -> str | None:
 
 # --- telemetry and attributes -------------------------------------------------------------------
 
-@device_api.post("/<token>/telemetry", **_NO_REDIRECTS)
-def post_telemetry(token: str) -> Response:
-    device = _device_or_401(token)
+@_device_route("POST", "/telemetry")
+def post_telemetry(device: Device) -> Response:
     records = _valid(parse_telemetry(_body_within_limit(), max_bytes=_payload_limit()))
     stamp = now_ms()  # one server time per request, for the stored and the published copy
     records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
@@ -158,40 +237,35 @@ def post_telemetry(token: str) -> Response:
     return _empty(200)
 
 
-@device_api.post("/<token>/attributes", **_NO_REDIRECTS)
-def post_attributes(token: str) -> Response:
-    device = _device_or_401(token)
+@_device_route("POST", "/attributes")
+def post_attributes(device: Device) -> Response:
     entries = _valid(parse_attributes(_body_within_limit(), max_bytes=_payload_limit()))
     _store(DeviceData(device.id, attributes=entries), "attributes", attributes_message(entries))
     return _empty(200)
 
 
-@device_api.get("/<token>/attributes", **_NO_REDIRECTS)
-def get_attributes(token: str) -> Response:
-    device = _device_or_401(token)
+@_device_route("GET", "/attributes")
+def get_attributes(device: Device) -> Response:
     wanted = attribute_request_from_keys(_key_list_param("clientKeys"), _key_list_param("sharedKeys"))
     return jsonify(sidecar().registry.device_attributes(device.id, wanted.client_keys, wanted.shared_keys))
 
 
-@device_api.get("/<token>/attributes/updates", **_NO_REDIRECTS)
-def poll_attribute_updates(token: str) -> Response:
-    device = _device_or_401(token)
+@_device_route("GET", "/attributes/updates")
+def poll_attribute_updates(device: Device) -> Response:
     update = sidecar().mailboxes.wait_for_attribute_update(device.id, _timeout_seconds())
     return _empty(408) if update is None else jsonify(update)
 
 
 # --- RPC ----------------------------------------------------------------------------------------
 
-@device_api.get("/<token>/rpc", **_NO_REDIRECTS)
-def poll_rpc_call(token: str) -> Response:
-    device = _device_or_401(token)
+@_device_route("GET", "/rpc")
+def poll_rpc_call(device: Device) -> Response:
     call = sidecar().mailboxes.take_rpc_call(device.id, _timeout_seconds())
     return _empty(408) if call is None else jsonify(call)
 
 
-@device_api.post("/<token>/rpc/<request_id>", **_NO_REDIRECTS)
-def reply_to_rpc_call(token: str, request_id: str) -> Response:
-    device = _device_or_401(token)
+@_device_route("POST", "/rpc/<not_a_feature:request_id>")
+def reply_to_rpc_call(device: Device, request_id: str) -> Response:
     if not _REQUEST_ID.fullmatch(request_id):
         abort(_error(400, "RPC request id must be a number of at most 9 digits"))
     body = _body_within_limit()
@@ -204,11 +278,10 @@ def reply_to_rpc_call(token: str, request_id: str) -> Response:
     return _empty(200)
 
 
-@device_api.post("/<token>/rpc", **_NO_REDIRECTS)
-def call_server(token: str) -> Response:
+@_device_route("POST", "/rpc")
+def call_server(device: Device) -> Response:
     """Client-side RPC: an application answers on .../rpc/reply/{id} while the request waits,
     up to `?timeout=` as for the long polls (ThingsBoard always waits its default)."""
-    device = _device_or_401(token)
     rpc = _valid(parse_rpc_request(_body_within_limit(), max_bytes=_payload_limit()))
     timeout = _timeout_seconds()
     mailboxes, link = sidecar().mailboxes, sidecar().link
@@ -223,10 +296,9 @@ def call_server(token: str) -> Response:
 
 # --- claiming and provisioning ------------------------------------------------------------------
 
-@device_api.post("/<token>/claim", **_NO_REDIRECTS)
-def claim_device(token: str) -> Response:
+@_device_route("POST", "/claim")
+def claim_device(device: Device) -> Response:
     """Claiming is out of scope; accepted as the MQTT device API accepts it, when well formed."""
-    _device_or_401(token)
     body = _body_within_limit()
     if body.strip() and not isinstance(_valid(parse_json(body, max_bytes=_payload_limit())), dict):
         abort(_error(400, "Claiming info must be a JSON object"))

@@ -5,7 +5,10 @@ The sidecar's request threads wait here (`GET /api/v1/{token}/attributes/updates
 broker link's thread delivers. No I/O: the transport decides what a timeout means.
 
 - Shared-attribute updates go to the polls open at that moment, as ThingsBoard's HTTP transport
-  subscribes only for the length of a poll.
+  subscribes only for the length of a poll, except that a device that polled within the last
+  `REPOLL_GRACE_SECONDS` is kept what arrives until its next poll (a few at most): one poll
+  answers one update, so a device re-polling at once (and the CoAP bridge's observations, which
+  are fed by these polls) would otherwise miss what came in between.
 - A server-side RPC waits for a poll for `rpc_expiry_seconds`; if none takes it, `on_rpc_expired`
   is called (the link answers the application with an error, as ThingsBoard times it out).
 - A reply to a client-side RPC goes to the request that is waiting for it, if it still is.
@@ -20,12 +23,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 DEFAULT_RPC_EXPIRY_SECONDS = 60.0
+REPOLL_GRACE_SECONDS = 5.0
+MISSED_UPDATES_KEPT = 16
 
 
 @dataclass
 class _Device:
     updates: list[list[dict]] = field(default_factory=list)  # one list per open update poll
     rpc_calls: deque[tuple[float, int, dict]] = field(default_factory=deque)  # (expires, id, call)
+    # Updates that came between two polls, with when they came; and when the last poll ended.
+    missed: deque[tuple[float, dict]] = field(default_factory=lambda: deque(maxlen=MISSED_UPDATES_KEPT))
+    last_poll_ended: float = float("-inf")
 
 
 class DeviceMailboxes:
@@ -46,7 +54,8 @@ class DeviceMailboxes:
 
     def _forget_if_empty(self, device_id: str) -> None:
         device = self._devices.get(device_id)
-        if device is not None and not device.updates and not device.rpc_calls:
+        if (device is not None and not device.updates and not device.rpc_calls and not device.missed
+                and time.monotonic() - device.last_poll_ended > REPOLL_GRACE_SECONDS):
             del self._devices[device_id]
 
     # --- shared attributes ----------------------------------------------------------------
@@ -55,27 +64,39 @@ class DeviceMailboxes:
         """`{"key": value, ...}` or `{"deleted": [...]}`, to every open update poll of the device."""
         with self._changed:
             device = self._devices.get(device_id)
-            if device is None or not device.updates:
+            if device is None:
                 return
-            for poll in device.updates:
-                poll.append(update)
-            self._changed.notify_all()
+            if device.updates:
+                for poll in device.updates:
+                    poll.append(update)
+                self._changed.notify_all()
+            elif time.monotonic() - device.last_poll_ended <= REPOLL_GRACE_SECONDS:
+                device.missed.append((time.monotonic(), update))
 
     def wait_for_attribute_update(self, device_id: str, timeout: float) -> dict | None:
         """The next shared-attribute update of the device within `timeout` seconds, or None."""
         deadline = time.monotonic() + timeout
         poll: list[dict] = []
         with self._changed:
-            self._device(device_id).updates.append(poll)
+            device = self._device(device_id)
+            while device.missed:
+                came, update = device.missed.popleft()
+                if time.monotonic() - came <= REPOLL_GRACE_SECONDS:
+                    device.last_poll_ended = time.monotonic()
+                    return update
+            device.updates.append(poll)
             try:
                 while not poll:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return None
                     self._changed.wait(remaining)
+                now = time.monotonic()
+                device.missed.extend((now, later) for later in poll[1:])  # for the next poll
                 return poll[0]
             finally:
-                self._devices[device_id].updates.remove(poll)
+                device.updates.remove(poll)
+                device.last_poll_ended = time.monotonic()
                 self._forget_if_empty(device_id)
 
     # --- server-side RPC --------------------------------------------------------------------
@@ -105,11 +126,16 @@ class DeviceMailboxes:
             finally:
                 self._forget_if_empty(device_id)
 
-    def expire_rpc_calls(self) -> None:
-        """Give up on RPCs no poll took in time (called periodically)."""
+    def expire(self) -> None:
+        """Give up on RPCs no poll took in time and on updates kept for a device that has not
+        polled again (called periodically)."""
         with self._changed:
+            now = time.monotonic()
             for device_id in list(self._devices):
-                self._expire(device_id, self._devices[device_id].rpc_calls)
+                device = self._devices[device_id]
+                self._expire(device_id, device.rpc_calls)
+                while device.missed and now - device.missed[0][0] > REPOLL_GRACE_SECONDS:
+                    device.missed.popleft()
                 self._forget_if_empty(device_id)
 
     def _expire(self, device_id: str, calls: deque) -> None:

@@ -18,7 +18,7 @@ from .mailboxes import DeviceMailboxes
 from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
-RPC_EXPIRY_CHECK_SECONDS = 1.0
+MAILBOX_EXPIRY_CHECK_SECONDS = 1.0
 BODY_MARGIN = 1 << 20
 
 
@@ -46,11 +46,11 @@ def serve(settings: SidecarSettings, announce=print) -> int:
     link.start()
     stopping = threading.Event()
 
-    def expire_rpc_calls() -> None:
-        while not stopping.wait(RPC_EXPIRY_CHECK_SECONDS):
-            mailboxes.expire_rpc_calls()
+    def expire() -> None:
+        while not stopping.wait(MAILBOX_EXPIRY_CHECK_SECONDS):
+            mailboxes.expire()
 
-    threading.Thread(target=expire_rpc_calls, name="rpc-expiry", daemon=True).start()
+    threading.Thread(target=expire, name="mailbox-expiry", daemon=True).start()
 
     def stop(signum, frame) -> None:
         log.info("stopping the sidecar")

@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -174,3 +175,62 @@ def broker_factory(tmp_path):
 @pytest.fixture
 def broker(broker_factory):
     return broker_factory("--provision-close-seconds", "2")
+
+
+LIBCOAP_CLIENTS = ("coap-client-notls", "coap-client-openssl", "coap-client-gnutls")
+
+
+@pytest.fixture
+def libcoap_clients():
+    """Debian's libcoap clients are part of the test set-up (`make test` installs libcoap3-bin):
+    a test that needs them fails without them, it is never skipped."""
+    missing = [client for client in LIBCOAP_CLIENTS if shutil.which(client) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: run `make debian-test-packages` (libcoap3-bin)")
+
+
+@dataclass
+class RunningCoapBridge:
+    """A real `gatehouse coap` process on a port chosen by the OS, forwarding to a sidecar."""
+
+    process: subprocess.Popen
+    data_dir: Path
+    coap_port: int
+    coaps_port: int
+    log_path: Path
+
+    def url(self, *path: str) -> str:
+        return f"coap://127.0.0.1:{self.coap_port}/" + "/".join(path)
+
+    def secure_url(self, *path: str) -> str:
+        return f"coaps://127.0.0.1:{self.coaps_port}/" + "/".join(path)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start_coap_bridge(data_dir: Path, sidecar_url: str, log_path: Path, *extra: str,
+                      timeout: float = 20) -> RunningCoapBridge:
+    """Start `gatehouse coap` on a UDP port chosen by the OS and wait until it listens."""
+    log_file = open(log_path, "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "coap", "--host", "127.0.0.1",
+         "--coap-port", "0", "--coaps-port", "0", "--sidecar-url", sidecar_url, *extra],
+        stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    log_file.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"CoAP bridge exited with {process.returncode}:\n{log_path.read_text()}")
+        ports = {line[:5]: int(line.rsplit(":", 1)[1]) for line in log_path.read_text().splitlines()
+                 if line.startswith(("COAP  listening on ", "COAPS listening on "))}
+        if len(ports) == 2:
+            return RunningCoapBridge(process, data_dir, ports["COAP "], ports["COAPS"], log_path)
+        time.sleep(0.05)
+    process.kill()
+    raise RuntimeError(f"CoAP bridge did not start in {timeout} s:\n{log_path.read_text()}")

@@ -84,15 +84,18 @@ def test_a_component_ignoring_sigterm_is_killed_after_the_grace_period():
 
 def test_up_runs_the_whole_system_and_stops_it_on_sigterm(tmp_path):
     data_dir = tmp_path / "d"
-    # The sidecar is told the broker's port, so that one is chosen here; the others are port 0.
+    # The sidecar is told the broker's port and the CoAP bridge the sidecar's, so those are chosen
+    # here; the others are port 0.
     proc = subprocess.Popen([sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "up", "--host", "127.0.0.1",
-                             "--mqtt-port", str(free_port()), "--mqtts-port", "0", "--http-port", "0"],
+                             "--mqtt-port", str(free_port()), "--mqtts-port", "0", "--http-port", str(free_port()),
+                             "--coap-port", "0", "--coaps-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         lines = []
         while not (any(line.startswith("MQTTS listening on") for line in lines)
-                   and any("connected to the broker" in line for line in lines)):
+                   and any("connected to the broker" in line for line in lines)
+                   and any(line.startswith("COAP  listening on") for line in lines)):
             line = proc.stdout.readline()
             assert line, "gatehouse up ended early:\n" + "".join(lines)
             lines.append(line)
@@ -103,6 +106,9 @@ def test_up_runs_the_whole_system_and_stops_it_on_sigterm(tmp_path):
             urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/v1/no-such-token/attributes", timeout=10)
         refused.value.close()
         assert refused.value.code == 401
+        coap_port = next(int(line.rsplit(":", 1)[1]) for line in lines if line.startswith("COAP  listening on"))
+        assert any(line.startswith("coap: ") for line in lines)
+        assert _coap_code(f"coap://127.0.0.1:{coap_port}/api/v1/no-such-token/telemetry") == "4.01 Unauthorized"
     finally:
         proc.send_signal(signal.SIGTERM)  # the supervisor stops its children
         rest, _ = proc.communicate(timeout=30)
@@ -110,6 +116,23 @@ def test_up_runs_the_whole_system_and_stops_it_on_sigterm(tmp_path):
     assert proc.returncode == 0, rest
     assert "received SIGTERM; stopping" in rest
     assert not any(_alive(pid) for pid in _pids([line.strip() for line in lines]))
+
+
+def _coap_code(uri: str) -> str:
+    """The code of one CoAP POST (aiocoap's client), e.g. "4.01 Unauthorized"."""
+    import asyncio
+
+    import aiocoap
+
+    async def post():
+        context = await aiocoap.Context.create_client_context(transports=["udp6"])
+        try:
+            request = aiocoap.Message(code=aiocoap.POST, uri=uri, payload=b'{"t": 1}')
+            return await asyncio.wait_for(context.request(request).response, 20)
+        finally:
+            await context.shutdown()
+
+    return str(asyncio.run(post()).code)
 
 
 def test_up_passes_the_operators_certificate_to_the_broker(tmp_path):
