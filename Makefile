@@ -50,6 +50,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/registry.py
 	$(BIN)/python bench/mqtt.py
 	$(BIN)/python bench/http.py
+	$(BIN)/python bench/coap.py
 
 clean:
 	rm -rf $(VENV) $(SDK_VENV) build *.egg-info
