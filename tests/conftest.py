@@ -1,3 +1,4 @@
+import contextlib
 import os
 import shutil
 import signal
@@ -5,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +138,21 @@ def start_sidecar(broker: RunningBroker, log_path: Path, *extra: str, timeout: f
         time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"sidecar did not start in {timeout} s:\n{log_path.read_text()}")
+
+
+@contextlib.contextmanager
+def broker_and_sidecar(root: Path, *broker_options: str) -> Iterator[tuple[RunningBroker, RunningSidecar]]:
+    """A real broker and a real sidecar linked to it, for a test module; both are stopped after
+    it, and a broker whose sidecar did not start is stopped too."""
+    broker = start_broker(root / "data", root / "broker.log", *broker_options)
+    sidecar = None
+    try:
+        sidecar = start_sidecar(broker, root / "sidecar.log")
+        yield broker, sidecar
+    finally:
+        for process in (sidecar, broker):
+            if process is not None and process.process.poll() is None:
+                process.stop()
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from gatehouse.registry import Registry
 from sidecar.app import create_app
 from sidecar.context import SidecarSettings
 
-from .conftest import start_broker, start_sidecar
+from .conftest import broker_and_sidecar
 from .devices import unique
 from .mqtt_client import connect, next_on, wait_until
 
@@ -172,18 +172,11 @@ class Gatehouse:
 def gh(tmp_path_factory):
     """The shared broker and sidecar, with one administrator. Many tests here log in wrongly on
     purpose, so the broker's address blocking is pushed out of the way."""
-    root = tmp_path_factory.mktemp("admin-api")
-    broker = start_broker(root / "data", root / "broker.log", "--max-failed-logins", "100000")
-    with Registry.open(broker.data_dir) as registry:
-        registry.add_admin(ADMIN, ADMIN_PASSWORD)
-    try:
-        sidecar = start_sidecar(broker, root / "sidecar.log")
-    except Exception:
-        broker.stop()
-        raise
-    yield Gatehouse(broker, sidecar)
-    sidecar.stop()
-    broker.stop()
+    with broker_and_sidecar(tmp_path_factory.mktemp("admin-api"), "--max-failed-logins", "100000") as (broker,
+                                                                                                      sidecar):
+        with Registry.open(broker.data_dir) as registry:
+            registry.add_admin(ADMIN, ADMIN_PASSWORD)
+        yield Gatehouse(broker, sidecar)
 
 
 @pytest.fixture(scope="module")

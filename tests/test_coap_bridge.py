@@ -19,7 +19,13 @@ from gatehouse.models import AttributeScope, ProvisionType
 from gatehouse.payloads import kv_entries
 from gatehouse.registry import Registry
 
-from .conftest import free_port, start_broker, start_coap_bridge, start_sidecar
+from .conftest import (
+    broker_and_sidecar,
+    free_port,
+    start_broker,
+    start_coap_bridge,
+    start_sidecar,
+)
 from .devices import latest_telemetry, token_device, unique
 from .mqtt_client import wait_until
 from .test_mqtt_device_api import app_client, body
@@ -55,14 +61,12 @@ class Gatehouse:
 @pytest.fixture(scope="module")
 def gh(tmp_path_factory):
     root = tmp_path_factory.mktemp("coap-bridge")
-    broker = start_broker(root / "data", root / "broker.log")
-    sidecar = start_sidecar(broker, root / "sidecar.log")
-    # Warnings the bridge would print (unclosed sessions, un-awaited coroutines) land in its log.
-    bridge = start_coap_bridge(root / "data", sidecar.url, root / "coap.log")
-    yield Gatehouse(broker, sidecar, bridge)
-    for process in (bridge, sidecar, broker):
-        if process.process.poll() is None:
-            process.stop()
+    with broker_and_sidecar(root) as (broker, sidecar):
+        # Warnings the bridge would print (unclosed sessions, un-awaited coroutines) land in its log.
+        bridge = start_coap_bridge(root / "data", sidecar.url, root / "coap.log")
+        yield Gatehouse(broker, sidecar, bridge)
+        if bridge.process.poll() is None:
+            bridge.stop()
 
 
 @pytest.fixture

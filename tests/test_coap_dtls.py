@@ -49,7 +49,11 @@ from gatehouse.pki import (
 )
 from gatehouse.registry import Registry
 
-from .conftest import RunningBroker, RunningSidecar, start_broker, start_sidecar
+from .conftest import (
+    RunningBroker,
+    RunningSidecar,
+    broker_and_sidecar,
+)
 from .devices import latest_telemetry, token_device, unique
 
 OPENSSL_CLIENT, GNUTLS_CLIENT = "coap-client-openssl", "coap-client-gnutls"
@@ -178,20 +182,14 @@ class Gatehouse:
 @pytest.fixture(scope="module")
 def gh(tmp_path_factory):
     root = tmp_path_factory.mktemp("coaps")
-    broker = start_broker(root / "data", root / "broker.log")
-    sidecar = bridge = None
-    try:
-        sidecar = start_sidecar(broker, root / "sidecar.log")
+    with broker_and_sidecar(root) as (broker, sidecar):
         bridge = InProcessBridge(broker.data_dir, sidecar.url).start()
-        certs = root / "certs"
-        certs.mkdir()
-        yield Gatehouse(broker, sidecar, bridge, certs)
-    finally:
-        if bridge is not None:
+        try:
+            certs = root / "certs"
+            certs.mkdir()
+            yield Gatehouse(broker, sidecar, bridge, certs)
+        finally:
             bridge.stop()
-        for process in (sidecar, broker):
-            if process is not None and process.process.poll() is None:
-                process.stop()
 
 
 @dataclass

@@ -20,7 +20,11 @@ from gatehouse.models import Device
 from gatehouse.pki import create_self_signed
 from gatehouse.registry import Registry
 
-from .conftest import RunningBroker, RunningSidecar, start_broker, start_sidecar
+from .conftest import (
+    RunningBroker,
+    RunningSidecar,
+    broker_and_sidecar,
+)
 from .devices import latest_telemetry, token_device, unique
 from .mqtt_client import next_on
 from .test_mqtt_device_api import app_client
@@ -44,17 +48,8 @@ class Gatehouse:
 
 @pytest.fixture(scope="module")
 def gh(tmp_path_factory):
-    root = tmp_path_factory.mktemp("certificate-device-api")
-    broker = start_broker(root / "data", root / "broker.log")
-    try:
-        sidecar = start_sidecar(broker, root / "sidecar.log")
-    except BaseException:
-        broker.stop()
-        raise
-    yield Gatehouse(broker, sidecar)
-    for process in (sidecar, broker):
-        if process.process.poll() is None:
-            process.stop()
+    with broker_and_sidecar(tmp_path_factory.mktemp("certificate-device-api")) as (broker, sidecar):
+        yield Gatehouse(broker, sidecar)
 
 
 @pytest.fixture(autouse=True)

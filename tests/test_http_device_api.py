@@ -34,7 +34,11 @@ from gatehouse.payloads import kv_entries
 from gatehouse.pki import certificate_pem, create_ca
 from gatehouse.registry import Registry
 
-from .conftest import RunningBroker, RunningSidecar, start_broker, start_sidecar
+from .conftest import (
+    RunningBroker,
+    RunningSidecar,
+    broker_and_sidecar,
+)
 from .devices import token_device, unique
 from .mqtt_client import TestClient as MqttClient
 from .mqtt_client import connect, next_on, wait_until
@@ -72,17 +76,8 @@ class Gatehouse:
 @pytest.fixture(scope="module")
 def gh(tmp_path_factory):
     """The module's broker and sidecar."""
-    root = tmp_path_factory.mktemp("http-device-api")
-    broker = start_broker(root / "data", root / "broker.log")
-    try:
-        sidecar = start_sidecar(broker, root / "sidecar.log")
-    except BaseException:
-        broker.stop()
-        raise
-    yield Gatehouse(broker, sidecar)
-    for process in (sidecar, broker):
-        if process.process.poll() is None:
-            process.stop()
+    with broker_and_sidecar(tmp_path_factory.mktemp("http-device-api")) as (broker, sidecar):
+        yield Gatehouse(broker, sidecar)
 
 
 @pytest.fixture(autouse=True)
