@@ -600,12 +600,13 @@ def run(settings: Settings, work: Path, processes: Processes) -> list[Row]:
         print(f"setup: {len(fleet.tokens)} token devices in {perf_counter() - began:.1f} s")
         gatehouse = [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir)]
         broker = processes.start("broker", [*gatehouse, "broker", "--host", "127.0.0.1", "--mqtt-port", "0",
-                                            "--mqtts-port", "0"], logs["broker"])
+                                            "--mqtts-port", "0", "--metrics-port", "0"], logs["broker"])
         sidecar = processes.start_http("sidecar", [
             *gatehouse, "sidecar", "--host", "127.0.0.1", "--http-port", "0", "--broker-host", "127.0.0.1",
             "--broker-port", str(broker.mqtt_port)], logs["sidecar"], wait_for=(bench_http.LINK_UP,))
         bridge = processes.start_bridge([*gatehouse, "coap", "--host", "127.0.0.1", "--coap-port", "0",
-                                         "--coaps-port", "0", "--sidecar-url", sidecar.base_url], logs["bridge"])
+                                         "--coaps-port", "0", "--metrics-port", "0", "--sidecar-url", sidecar.base_url],
+                                         logs["bridge"])
         print(f"processes: bridge pid {bridge.pid} (coap {bridge.coap_port}, coaps {bridge.coaps_port}), sidecar pid "
               f"{sidecar.pid} (http {sidecar.port}), broker pid {broker.pid} (mqtt {broker.mqtt_port})\n")
         rows = asyncio.run(measure(settings, bridge, sidecar, broker, fleet, data_dir, data_dir / "pki" / "ca.pem"))

@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{perf_counter() - setup_start:.1f} s")
             gatehouse = [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir)]
             broker = servers.start("broker", [*gatehouse, "broker", "--host", "127.0.0.1", "--mqtt-port", "0",
-                                              "--mqtts-port", "0"], logs["broker"])
+                                              "--mqtts-port", "0", "--metrics-port", "0"], logs["broker"])
             sidecar = servers.start_http("Gatehouse", [
                 *gatehouse, "sidecar", "--host", "127.0.0.1", "--http-port", "0", "--broker-host", "127.0.0.1",
                 "--broker-port", str(broker.mqtt_port), "--threads", str(settings.threads)],

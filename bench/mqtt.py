@@ -892,7 +892,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"1 application, 1 ALLOW_CREATE profile in {perf_counter() - setup_start:.1f} s")
             gatehouse = processes.start("Gatehouse", [
                 sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "broker", "--host", "127.0.0.1",
-                "--mqtt-port", "0", "--mqtts-port", "0"], work / "gatehouse.log")
+                "--mqtt-port", "0", "--mqtts-port", "0", "--metrics-port", "0"], work / "gatehouse.log")
             stock = processes.start("amqtt", [
                 sys.executable, str(Path(__file__).resolve()), "--serve-stock-amqtt",
                 json.dumps(stock_amqtt_config(data_dir / "pki"))], work / "amqtt.log")

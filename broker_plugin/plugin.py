@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from gatehouse import certificates
+from gatehouse import metrics as m
 from gatehouse.application_namespace import (
     ApplicationAction,
     attributes_message,
@@ -100,6 +102,16 @@ def _json(value) -> bytes:
     return orjson.dumps(value)
 
 
+# Metrics, bound to their labels once (gatehouse.metrics).
+_logins = m.Children(m.LOGINS, m.MQTT)
+_provisioning = m.Children(m.PROVISIONING, m.MQTT)
+_messages_in = {action: m.MESSAGES.labels(m.MQTT, m.IN, action.value.lower()) for action in DeviceAction}
+_messages_out = m.Children(m.MESSAGES, m.MQTT, m.OUT)
+_to_applications = m.MESSAGES.labels(m.MQTT, m.OUT, "application")
+_publish_seconds = {action: m.REQUEST_SECONDS.labels(m.MQTT, action.value.lower()) for action in DeviceAction}
+_publish_seconds_by_role = m.Children(m.REQUEST_SECONDS, m.MQTT)
+
+
 class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
     @dataclass
     class Config:
@@ -121,6 +133,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         self._background: set[asyncio.Task] = set()
         self._trusted: set[str] = set()
         self._version: int | None = None  # the database's change counter last seen
+        m.gauge_function(m.CONNECTED_DEVICES, lambda: len(self.connected_devices), m.MQTT)
+        m.gauge_function(m.BLOCKED_ADDRESSES, lambda: len(self.limiter.blocked_addresses()))
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -172,6 +186,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         address = session.remote_address or ""
         if self.limiter.is_blocked(address):
             session.attributes[LOGIN_REFUSAL] = LoginRefusal.CONNECTION_RATE_EXCEEDED
+            _logins(m.UNKNOWN, m.BLOCKED).inc()
             return False
         cert_der = session.ssl_object.getpeercert(binary_form=True) if session.ssl_object else None
         client_id = "" if session.attributes.get(CLIENT_ID_GENERATED) else session.client_id
@@ -180,6 +195,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         result = self.worker.reader.login(client_id, session.username, session.password, cert_der, provision=False)
         if cert_der is not None and result.outcome is LoginOutcome.NOT_AUTHORIZED:
             result = await self.worker.call(Registry.login, client_id, session.username, session.password, cert_der)
+        _logins(m.login_credentials_type(result, session.username, cert_der is not None), m.login_outcome(result)).inc()
         if result.outcome is LoginOutcome.PROVISION_SESSION:
             session.attributes[ROLE] = ROLE_PROVISION
             if session.client_id == PROVISION_LOGIN:
@@ -290,11 +306,26 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
 
     async def process_publish(self, session: Session, topic: str, payload: bytes,
                               properties: MessageProperties | None = None) -> PublishVerdict:
-        if len(payload) > self.config.max_payload_size:
-            return PublishVerdict.PACKET_TOO_LARGE
+        started = time.perf_counter()
         role = session.attributes.get(ROLE)
         if role == ROLE_DEVICE:
-            return await self._device_publish(session, topic, payload, properties)
+            publish = classify_device_publish(topic)
+            _messages_in[publish.action].inc()
+            try:
+                if len(payload) > self.config.max_payload_size:
+                    return PublishVerdict.PACKET_TOO_LARGE
+                return await self._device_publish(session, publish, topic, payload, properties)
+            finally:
+                _publish_seconds[publish.action].observe(time.perf_counter() - started)
+        try:
+            return await self._other_publish(session, role, topic, payload, properties)
+        finally:
+            _publish_seconds_by_role(role or "none").observe(time.perf_counter() - started)
+
+    async def _other_publish(self, session: Session, role: str | None, topic: str, payload: bytes,
+                             properties: MessageProperties | None) -> PublishVerdict:
+        if len(payload) > self.config.max_payload_size:
+            return PublishVerdict.PACKET_TOO_LARGE
         if role == ROLE_PROVISION:
             return await self._provision_publish(session, topic, payload)
         if role == ROLE_APPLICATION:
@@ -306,10 +337,9 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return await self._application_publish(session, topic, payload, properties)
         return PublishVerdict.FAILED
 
-    async def _device_publish(self, session: Session, topic: str, payload: bytes,
+    async def _device_publish(self, session: Session, publish, topic: str, payload: bytes,
                               properties: MessageProperties | None) -> PublishVerdict:
         device: Device = session.attributes[DEVICE]
-        publish = classify_device_publish(topic)
         action = publish.action
         if action is DeviceAction.UNKNOWN:
             return PublishVerdict.TOPIC_NAME_INVALID  # dropped, connection kept (SPEC §2.2)
@@ -337,7 +367,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             if isinstance(request, PayloadError):
                 return self._invalid_payload(device, topic, request)
             answer = self.worker.reader.device_attributes(device.id, request.client_keys, request.shared_keys)
-            self._send(session, publish.reply_topic, _json(answer), self._reply_qos(session, publish.reply_topic))
+            self._send(session, publish.reply_topic, _json(answer), self._reply_qos(session, publish.reply_topic),
+                       kind="attributes_response")
         elif action is DeviceAction.RPC_RESPONSE:
             await self._republish_raw(device_topic(device.id, "rpc", "response", publish.request_id), payload,
                                       properties)
@@ -347,7 +378,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                 return self._invalid_payload(device, topic, rpc)
             if rpc.method == "getSessionLimits":
                 self._send(session, publish.reply_topic, _json(self._session_limits(device)),
-                           self._reply_qos(session, publish.reply_topic))
+                           self._reply_qos(session, publish.reply_topic), kind="rpc_reply")
             else:
                 session.attributes[CLIENT_RPC_REPLIES][publish.request_id] = publish.reply_topic
                 await self._republish(device_topic(device.id, "rpc", "request", publish.request_id),
@@ -371,15 +402,19 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return PublishVerdict.NOT_ALLOWED  # a provisioning session may do nothing else (SPEC §3.1)
         parsed = parse_json(payload)
         if isinstance(parsed, PayloadError):
+            _provisioning(m.NO_PROFILE, m.PROVISION_INVALID).inc()
             return PublishVerdict.PAYLOAD_FORMAT_INVALID
         try:
             request = ProvisionRequest.from_json(parsed)
             result = await self.worker.call_write(Registry.provision, request, transport="MQTT",
                                                   remote_address=session.remote_address)
         except ProvisionRequestError as e:
+            _provisioning(m.NO_PROFILE, m.PROVISION_INVALID).inc()
             log.info("closing provisioning session from %s: %s", session.remote_address, e)
             return PublishVerdict.FAILED
-        self._send(session, PROVISION_RESPONSE, _json(result.to_json()), self._reply_qos(session, PROVISION_RESPONSE))
+        _provisioning(m.provision_strategy(result), result.status.value).inc()
+        self._send(session, PROVISION_RESPONSE, _json(result.to_json()), self._reply_qos(session, PROVISION_RESPONSE),
+                   kind="provision_response")
         if result.status is ProvisionStatus.SUCCESS:
             await self._publish_event(result.device_id, "provisioned")
             if result.credentials_type is CredentialsType.X509_CERTIFICATE:
@@ -416,14 +451,14 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             call = _json(rpc_request_message(rpc.method, rpc.params))
             push = self._push_target(target, SubscriptionKind.RPC_REQUESTS) if target is not None else None
             if push is not None:
-                self._send(target, f"{push[0]}{publish.request_id}", call, push[1], properties)
+                self._send(target, f"{push[0]}{publish.request_id}", call, push[1], properties, kind="rpc_call")
             elif not self._to_services(sender, topic, call, properties):
                 await self._republish(device_topic(publish.device_id, "rpc", "response", publish.request_id),
                                       {"error": "Device is not connected or not subscribed to RPC"}, properties)
         elif target is not None:  # RPC_REPLY to the device's client-side RPC
             replies = target.attributes.get(CLIENT_RPC_REPLIES, {})
             reply_topic = replies.pop(publish.request_id, f"v1/devices/me/rpc/response/{publish.request_id}")
-            self._send(target, reply_topic, payload, self._reply_qos(target, reply_topic), properties)
+            self._send(target, reply_topic, payload, self._reply_qos(target, reply_topic), properties, kind="rpc_reply")
         else:
             self._to_services(sender, topic, payload, properties)
         return PublishVerdict.ACK
@@ -460,17 +495,20 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return None
         push = self._push_target(target, SubscriptionKind.ATTRIBUTE_UPDATES) if target is not None else None
         if push is not None:  # pushed only to devices subscribed to attribute updates
-            self._send(target, push[0], _json(update), push[1], properties)
+            self._send(target, push[0], _json(update), push[1], properties, kind="attributes_update")
         return update
 
     # --- sending ------------------------------------------------------------------------------
 
     def _send(self, session: Session, topic: str, payload: bytes, qos: int,
-              properties: MessageProperties | None = None) -> None:
-        """Publish to this one connection, subscribed or not (never through the fan-out)."""
+              properties: MessageProperties | None = None, *, kind: str | None = None) -> None:
+        """Publish to this one connection, subscribed or not (never through the fan-out); `kind`:
+        a message to a device, counted as such."""
         entry = self._broker._sessions.get(session.client_id)
         if entry is None or entry[0] is not session or entry[0].transitions.state != "connected":
             return
+        if kind is not None:
+            _messages_out(kind).inc()
         self._deliver(entry[1], topic, payload, qos, properties)
 
     def _deliver(self, handler, topic: str, payload: bytes, qos: int, properties: MessageProperties | None) -> None:
@@ -501,6 +539,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                 if session.transitions.state == "connected":
                     handler = broker._get_handler(session)
                     if handler is not None:
+                        _to_applications.inc()
                         self._deliver(handler, topic, payload, qos, properties)
                 elif not session.clean_session and qos > 0:  # kept for a persistent session's return
                     await broker._retain_broadcast_message({"session": None, "topic": topic, "data": payload},

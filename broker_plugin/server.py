@@ -13,6 +13,8 @@ from pathlib import Path
 from amqtt.errors import BrokerError
 
 from gatehouse.data_dir import DataDir
+from gatehouse.logs import configure_logging
+from gatehouse.metrics import serve_metrics
 
 from .hardened_broker import HardenedBroker
 from .plugin import GatehousePlugin
@@ -33,6 +35,8 @@ class BrokerSettings:
     max_failed_logins: int = 10
     block_seconds: float = 60.0
     provision_close_seconds: float = 60.0
+    metrics_port: int | None = 9883  # Prometheus /metrics; 0: any free port, None: not served
+    log_format: str = "text"
 
 
 def broker_config(settings: BrokerSettings) -> dict:
@@ -76,8 +80,25 @@ async def start_broker(settings: BrokerSettings) -> HardenedBroker:
     return broker
 
 
+def start_metrics(host: str, port: int, announce):
+    """Serve /metrics (prometheus_client's HTTP server); a busy port is a start error."""
+    try:
+        server, bound = serve_metrics(host, port)
+    except OSError as e:
+        raise BrokerStartError(f"cannot listen on {host}:{port} for metrics: {e.strerror or e}") from None
+    announce(f"METRICS listening on {host}:{bound}")
+    return server
+
+
 async def serve(settings: BrokerSettings, announce=print) -> None:
-    broker = await start_broker(settings)
+    metrics = None
+    if settings.metrics_port is not None:  # first: a busy port stops the start before any MQTT listener opens
+        metrics = start_metrics(settings.host, settings.metrics_port, announce)
+    try:
+        broker = await start_broker(settings)
+    except BaseException:
+        _stop_metrics(metrics)
+        raise
     announce(f"MQTT  listening on {settings.host}:{broker.listening_port('default')}")
     announce(f"MQTTS listening on {settings.host}:{broker.listening_port('tls')}")
     stop = asyncio.Event()
@@ -89,10 +110,17 @@ async def serve(settings: BrokerSettings, announce=print) -> None:
     finally:
         log.info("stopping the broker")
         await broker.shutdown()
+        _stop_metrics(metrics)
+
+
+def _stop_metrics(server) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()
 
 
 def run(settings: BrokerSettings) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format)
     for noisy in ("amqtt", "transitions"):  # amqtt logs every connection at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -10,17 +10,22 @@ import base64
 import aiohttp
 from yarl import URL
 
+from gatehouse.logs import redact_token_path
+
 from .interfaces import HttpAnswer, SidecarTimeout, SidecarUnavailable
 
 CERTIFICATE_HEADER = "X-Gatehouse-Client-Certificate"
+# The sidecar counts what the bridge forwards under the COAP transport (sidecar/metrics.py).
+TRANSPORT_HEADERS = {"X-Gatehouse-Transport": "COAP"}
 DEFAULT_TIMEOUT = 10.0  # ThingsBoard's transport.coap.timeout (10000 ms)
 CONNECT_TIMEOUT = 2.0
 MAX_CONNECTIONS = 256  # every observed attribute or RPC feed holds one during its long poll
 
 
 class HttpForwarder:
-    """Forwards to the sidecar at `base_url`; `service_credentials` (username, password) are sent
-    only with calls made for a device identified by its client certificate."""
+    """Forwards to the sidecar at `base_url`, with the bridge's `service_credentials` (username,
+    password): the sidecar believes a client certificate, and that a request came over CoAP,
+    only from a request that carries them."""
 
     def __init__(self, base_url: str, service_credentials: tuple[str, str] | None = None, *,
                  default_timeout: float = DEFAULT_TIMEOUT, connect_timeout: float = CONNECT_TIMEOUT,
@@ -45,13 +50,14 @@ class HttpForwarder:
     async def request(self, method: str, path: str, query: list[tuple[str, str]] | None = None,
                       body: bytes = b"", *, client_certificate: bytes | None = None,
                       timeout: float | None = None) -> HttpAnswer:
-        headers = {}
+        headers = dict(TRANSPORT_HEADERS)
         if body:
             headers["Content-Type"] = "application/json"
+        if self._authorization is not None:  # what the bridge says of a request is believed with it
+            headers["Authorization"] = self._authorization
         if client_certificate is not None:
             if self._authorization is None:
                 raise SidecarUnavailable("no service account for certificate requests")
-            headers["Authorization"] = self._authorization
             headers[CERTIFICATE_HEADER] = base64.b64encode(client_certificate).decode("ascii")
         url = URL(str(self.base_url) + path, encoded=True)
         if query:
@@ -63,12 +69,22 @@ class HttpForwarder:
                                                     timeout=bounds, allow_redirects=False) as response:
                 content = await response.read()
                 return HttpAnswer(response.status, content, response.headers.get("Content-Type"))
-        except TimeoutError as e:
-            raise SidecarTimeout(f"the sidecar did not answer {method} {path} within {total:g} s") from e
+        except TimeoutError:  # these messages are logged: the path without its token
+            raise SidecarTimeout(f"the sidecar did not answer {method} {redact_token_path(path)} within {total:g} s") \
+                from None
         except (aiohttp.ClientError, OSError) as e:
-            raise SidecarUnavailable(f"the sidecar is unavailable: {e}") from e
+            raise SidecarUnavailable(f"the sidecar is unavailable: {_without_url(e)}") from None
 
     async def close(self) -> None:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+
+
+def _without_url(error: Exception) -> str:
+    """An aiohttp error's text without any request URL it carries (the path holds the token)."""
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return f"cannot connect to {error.host}:{error.port}: {error.os_error.strerror or error.os_error}"
+    if isinstance(error, aiohttp.ClientResponseError):
+        return f"{type(error).__name__} {error.status}"
+    return type(error).__name__ if "/api/v1/" in str(error) else str(error)

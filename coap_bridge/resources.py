@@ -17,10 +17,13 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from urllib.parse import quote
 
 from aiocoap import Code, Message, resource
 from aiocoap.numbers import ContentFormat
+
+from gatehouse import metrics as m
 
 from .interfaces import (
     Forwarder,
@@ -33,6 +36,7 @@ from .interfaces import (
 log = logging.getLogger(__name__)
 
 FEATURES = frozenset({"telemetry", "attributes", "rpc", "claim", "provision"})
+_request_seconds = m.Children(m.REQUEST_SECONDS, m.COAP)
 OBSERVABLE = frozenset({"attributes", "rpc"})
 CLIENT_RPC_TIMEOUT_MS = 10_000  # ThingsBoard's transport.coap.timeout for sync operations
 POLL_TIMEOUT_MS = 30_000  # each long poll an observation feed keeps open on the sidecar
@@ -136,6 +140,7 @@ class ApiV1(resource.ObservableResource, resource.PathCapable):
     # --- plain requests ---------------------------------------------------------------------
 
     async def render(self, request: Message) -> Message:
+        started = time.perf_counter()
         try:
             return await self._render(request)
         except SidecarUnavailable as e:
@@ -144,6 +149,8 @@ class ApiV1(resource.ObservableResource, resource.PathCapable):
         except SidecarTimeout as e:
             log.warning("%s", e)
             return Message(code=Code.INTERNAL_SERVER_ERROR)
+        finally:
+            _request_seconds(_endpoint(request)).observe(time.perf_counter() - started)
 
     async def _render(self, request: Message) -> Message:
         if request.code not in (Code.GET, Code.POST):
@@ -294,3 +301,8 @@ class ApiV1(resource.ObservableResource, resource.PathCapable):
 
     def feed_count(self) -> int:
         return len(self._feeds)
+
+
+def _endpoint(request: Message) -> str:
+    """The metrics label of a request: its feature (never the token), "other" if it names none."""
+    return next((part for part in tuple(request.opt.uri_path)[:2] if part in FEATURES), "other")

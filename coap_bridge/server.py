@@ -15,6 +15,8 @@ import aiocoap
 from aiocoap import resource
 
 from gatehouse.data_dir import DataDir
+from gatehouse.logs import configure_logging
+from gatehouse.metrics import serve_metrics
 from gatehouse.pki import DevelopmentPki
 from gatehouse.registry import Registry
 
@@ -35,6 +37,8 @@ class CoapSettings:
     sidecar_url: str = "http://127.0.0.1:8080"
     tls_cert: Path | None = None  # default: the development server certificate in the data dir
     tls_key: Path | None = None
+    metrics_port: int | None = 9884  # Prometheus /metrics; 0: any free port, None: not served
+    log_format: str = "text"
 
 
 class CoapStartError(Exception):
@@ -104,8 +108,15 @@ async def serve(settings: CoapSettings, announce=print) -> None:
         credentials = registry.service_credentials(SERVICE_ACCOUNT)
     forwarder = HttpForwarder(settings.sidecar_url, credentials)
     api = ApiV1(forwarder)
-    context = None
+    context = metrics = None
     try:
+        if settings.metrics_port is not None:
+            try:
+                metrics, port = serve_metrics(settings.host, settings.metrics_port)
+            except OSError as e:
+                raise CoapStartError(f"cannot listen on {settings.host}:{settings.metrics_port} for metrics: "
+                                     f"{e.strerror or e}") from None
+            announce(f"METRICS listening on {settings.host}:{port}")
         context, site, port = await start(settings, api)
         announce(f"COAP  listening on {settings.host}:{port}")
         await add_secure_listeners(context, settings, announce)
@@ -120,10 +131,13 @@ async def serve(settings: CoapSettings, announce=print) -> None:
         if context is not None:
             await context.shutdown()
         await forwarder.close()
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
 
 
 def run(settings: CoapSettings) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format)
     logging.getLogger("coap-server").setLevel(logging.WARNING)  # aiocoap logs every exchange's hiccups
     try:
         asyncio.run(serve(settings, announce=lambda line: print(line, flush=True)))

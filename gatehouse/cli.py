@@ -376,6 +376,15 @@ def admin_add(ctx, username, password) -> None:
     click.echo(f"Added administrator {username}")
 
 
+log_format_option = click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+                                 show_default=True, help="Logs on stderr: readable text, or one JSON object per line.")
+
+
+def _metrics_port_option(default: int, flag: str = "--metrics-port", what: str = "Prometheus /metrics"):
+    return click.option(flag, type=click.IntRange(0, 65535), default=default, show_default=True,
+                        help=f"{what} on --host (HTTP, unauthenticated); 0: any free port.")
+
+
 def _tls_pair(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
     # --tls-key is processed after --tls-cert; one without the other is a mistake.
     value = value.resolve() if value else None
@@ -405,9 +414,11 @@ def _tls_options(func):
               help="Provisioning connections are closed this long after the answer.")
 @click.option("--connect-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Connections that send no CONNECT within this time are closed.")
+@_metrics_port_option(9883)
+@log_format_option
 @click.pass_context
 def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_logins, block_seconds,
-           provision_close_seconds, connect_timeout) -> None:
+           provision_close_seconds, connect_timeout, metrics_port, log_format) -> None:
     """Run the MQTT broker (plain and TLS listeners) until Ctrl-C or SIGTERM."""
     Registry.open(ctx.obj).close()  # a clear error now rather than a broker that cannot log anyone in
     from broker_plugin.server import BrokerSettings, run  # components load lazily: the domain imports none
@@ -415,7 +426,8 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
     ctx.exit(run(BrokerSettings(
         data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port, tls_cert=tls_cert,
         tls_key=tls_key, max_failed_logins=max_failed_logins, block_seconds=block_seconds,
-        provision_close_seconds=provision_close_seconds, connect_timeout=connect_timeout)))
+        provision_close_seconds=provision_close_seconds, connect_timeout=connect_timeout, metrics_port=metrics_port,
+        log_format=log_format)))
 
 
 @main.command()
@@ -427,15 +439,17 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
               help="Server threads; every open long poll holds one.")
 @click.option("--rpc-expiry-seconds", type=click.FloatRange(0.1), default=60.0, show_default=True,
               help="How long a server-side RPC waits for an HTTP or CoAP device to poll for it.")
+@log_format_option
 @click.pass_context
-def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_seconds) -> None:
-    """Run the HTTP device API and the admin REST API until Ctrl-C or SIGTERM."""
+def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_seconds, log_format) -> None:
+    """Run the HTTP device API and the admin REST API (and Prometheus /metrics) until Ctrl-C or SIGTERM."""
     Registry.open(ctx.obj).close()
     from sidecar.context import SidecarSettings  # components load lazily: the domain imports none
     from sidecar.server import run
 
     ctx.exit(run(SidecarSettings(data_dir=ctx.obj.resolve(), host=host, http_port=http_port, broker_host=broker_host,
-                                 broker_port=broker_port, threads=threads, rpc_expiry_seconds=rpc_expiry_seconds)))
+                                 broker_port=broker_port, threads=threads, rpc_expiry_seconds=rpc_expiry_seconds,
+                                 log_format=log_format)))
 
 
 @main.command()
@@ -445,14 +459,17 @@ def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_
 @click.option("--sidecar-url", default="http://127.0.0.1:8080", show_default=True,
               help="The Gatehouse sidecar whose HTTP device API the bridge forwards to.")
 @_tls_options
+@_metrics_port_option(9884)
+@log_format_option
 @click.pass_context
-def coap(ctx, host, coap_port, coaps_port, sidecar_url, tls_cert, tls_key) -> None:
+def coap(ctx, host, coap_port, coaps_port, sidecar_url, tls_cert, tls_key, metrics_port, log_format) -> None:
     """Run the CoAP bridge (ThingsBoard's CoAP device API, plain and over DTLS) until Ctrl-C or SIGTERM."""
     Registry.open(ctx.obj).close()
     from coap_bridge.server import CoapSettings, run  # components load lazily: the domain imports none
 
     ctx.exit(run(CoapSettings(data_dir=ctx.obj.resolve(), host=host, coap_port=coap_port, coaps_port=coaps_port,
-                              sidecar_url=sidecar_url, tls_cert=tls_cert, tls_key=tls_key)))
+                              sidecar_url=sidecar_url, tls_cert=tls_cert, tls_key=tls_key, metrics_port=metrics_port,
+                              log_format=log_format)))
 
 
 @main.command()
@@ -463,13 +480,18 @@ def coap(ctx, host, coap_port, coaps_port, sidecar_url, tls_cert, tls_key) -> No
 @click.option("--coap-port", type=click.IntRange(0, 65535), default=5683, show_default=True)
 @click.option("--coaps-port", type=click.IntRange(0, 65535), default=5684, show_default=True)
 @_tls_options
+@_metrics_port_option(9883, "--broker-metrics-port", "The broker's Prometheus /metrics")
+@_metrics_port_option(9884, "--coap-metrics-port", "The CoAP bridge's Prometheus /metrics")
+@log_format_option
 @click.pass_context
-def up(ctx, host, mqtt_port, mqtts_port, http_port, coap_port, coaps_port, tls_cert, tls_key) -> None:
+def up(ctx, host, mqtt_port, mqtts_port, http_port, coap_port, coaps_port, tls_cert, tls_key, broker_metrics_port,
+       coap_metrics_port, log_format) -> None:
     """Initialise if needed, then run and supervise every component until Ctrl-C or SIGTERM."""
     _initialise(ctx.obj)
     settings = Settings(data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port,
                         http_port=http_port, coap_port=coap_port, coaps_port=coaps_port,
-                        tls_cert=tls_cert, tls_key=tls_key)
+                        tls_cert=tls_cert, tls_key=tls_key, broker_metrics_port=broker_metrics_port,
+                        coap_metrics_port=coap_metrics_port, log_format=log_format)
     parts = components(settings)
     if not parts:
         click.echo("No network components are installed in this build; nothing to run.")

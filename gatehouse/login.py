@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .models import Device
+from .models import CredentialsType, Device
 
 PROVISION_LOGIN = "provision"
 # Application accounts' MQTT user names; no device credential may start with it.
@@ -31,6 +31,7 @@ class LoginResult:
     application: str | None = None
     # Which credentials the device logged in with: a session must end when they change.
     credentials_version: tuple[str, int] | None = None
+    credentials_type: CredentialsType | None = None  # of an ACCEPTED device login
 
     @property
     def accepted(self) -> bool:

@@ -222,6 +222,7 @@ class ProvisionResult:
     device_id: str | None = None
     device_name: str | None = None
     reason: str | None = None  # for the audit trail and logs; never sent to the device
+    strategy: ProvisionType | None = None  # the matched profile's (metrics); None: no profile matched
 
     def to_json(self) -> dict:
         """SPEC §3.3 in ThingsBoard's key order, plus deviceId and deviceName on success."""

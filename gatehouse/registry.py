@@ -16,7 +16,7 @@ import re
 import secrets
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import certificates
@@ -687,7 +687,7 @@ class Registry:
 
     def _accepted(self, found: StoredCredentials) -> LoginResult:
         return LoginResult(LoginOutcome.ACCEPTED, self._device_by_id(found.device_id),
-                           credentials_version=found.version)
+                           credentials_version=found.version, credentials_type=found.credentials_type)
 
     # --- provisioning -----------------------------------------------------------------------
 
@@ -702,7 +702,7 @@ class Registry:
             profile = self._profile(profile_row) if profile_row else None
             existing = self._existing_device(request.device_name.strip())
             decision = decide_provision(request, profile, existing)
-            result = self._apply(decision, profile)
+            result = replace(self._apply(decision, profile), strategy=profile.provision_type if profile else None)
             self._record_event(result, profile, request.device_name.strip() or None, transport, remote_address)
         return result
 

@@ -29,6 +29,9 @@ class Settings:
     coaps_port: int = 5684
     tls_cert: Path | None = None  # None: the data dir's development certificate
     tls_key: Path | None = None
+    broker_metrics_port: int = 9883  # the sidecar serves its /metrics on http_port
+    coap_metrics_port: int = 9884
+    log_format: str = "text"
 
 
 @dataclass(frozen=True)
@@ -45,22 +48,28 @@ def gatehouse_command(settings: Settings, *args: str) -> list[str]:
 def components(settings: Settings) -> list[Component]:
     """The components `gatehouse up` runs."""
     tls = ["--tls-cert", str(settings.tls_cert), "--tls-key", str(settings.tls_key)] if settings.tls_cert else []
+    logs = ["--log-format", settings.log_format]
     return [
         Component("broker", gatehouse_command(settings, "broker", "--host", settings.host,
                                               "--mqtt-port", str(settings.mqtt_port),
-                                              "--mqtts-port", str(settings.mqtts_port), *tls),
-                  f"MQTT on {settings.host}:{settings.mqtt_port}, MQTT over TLS on {settings.host}:{settings.mqtts_port}"),
+                                              "--mqtts-port", str(settings.mqtts_port), *tls,
+                                              "--metrics-port", str(settings.broker_metrics_port), *logs),
+                  f"MQTT on {settings.host}:{settings.mqtt_port}, MQTT over TLS on {settings.host}:{settings.mqtts_port}, "
+                  f"metrics on http://{settings.host}:{settings.broker_metrics_port}/metrics"),
         Component("sidecar", gatehouse_command(settings, "sidecar", "--host", settings.host,
                                                "--http-port", str(settings.http_port),
                                                "--broker-host", _loopback_of(settings.host),
-                                               "--broker-port", str(settings.mqtt_port)),
-                  f"HTTP device API and admin REST API on http://{settings.host}:{settings.http_port}"),
+                                               "--broker-port", str(settings.mqtt_port), *logs),
+                  f"HTTP device API and admin REST API on http://{settings.host}:{settings.http_port}, "
+                  f"metrics on http://{settings.host}:{settings.http_port}/metrics"),
         Component("coap", gatehouse_command(settings, "coap", "--host", settings.host,
                                             "--coap-port", str(settings.coap_port),
                                             "--coaps-port", str(settings.coaps_port),
-                                            "--sidecar-url", _sidecar_url(settings), *tls),
+                                            "--sidecar-url", _sidecar_url(settings), *tls,
+                                            "--metrics-port", str(settings.coap_metrics_port), *logs),
                   f"CoAP device API on coap://{settings.host}:{settings.coap_port}, "
-                  f"CoAP over DTLS on coaps://{settings.host}:{settings.coaps_port}"),
+                  f"CoAP over DTLS on coaps://{settings.host}:{settings.coaps_port}, "
+                  f"metrics on http://{settings.host}:{settings.coap_metrics_port}/metrics"),
     ]
 
 

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from gatehouse import bulk_import
+from gatehouse import metrics as gm
 from gatehouse.certificates import CertificateError
 from gatehouse.credentials import AccessToken
 from gatehouse.errors import NotFoundError, ValidationError
@@ -22,7 +23,7 @@ from gatehouse.models import AttributeScope
 from gatehouse.payloads import PayloadError, parse_attributes
 from gatehouse.registry import DEFAULT_CN_REGEX
 
-from . import admin_auth, openapi
+from . import admin_auth, metrics, openapi
 from .admin_auth import public
 from .admin_payloads import (
     DEVICE_SORT,
@@ -104,7 +105,9 @@ def login() -> Response:
     if not isinstance(username, str) or not isinstance(password, str):
         return error_response(400, "username and password must be strings")
     if not _registry().verify_admin(username, password):
+        metrics.login("ADMIN", "BAD_USERNAME_OR_PASSWORD")
         return error_response(401, "Invalid username or password", admin_auth.AUTHENTICATION)
+    metrics.login("ADMIN", gm.ACCEPTED)
     return _token_pair(username)
 
 

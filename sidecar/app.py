@@ -13,9 +13,11 @@ from .context import EXTENSION, Sidecar, SidecarSettings
 from .device_api import device_api
 from .errors import error_response
 from .mailboxes import DeviceMailboxes
+from .metrics import instrument
 from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
+
 
 def create_app(settings: SidecarSettings, *, mailboxes: DeviceMailboxes | None = None,
                link: BrokerLink | None = None, writer: GroupCommitWriter | None = None) -> Flask:
@@ -24,6 +26,7 @@ def create_app(settings: SidecarSettings, *, mailboxes: DeviceMailboxes | None =
     app.extensions[EXTENSION] = Sidecar(settings, mailboxes or DeviceMailboxes(), link, writer)
     app.register_blueprint(device_api)
     app.register_blueprint(admin_api)
+    instrument(app)  # /metrics, and every request timed
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

@@ -39,6 +39,7 @@ class SidecarSettings:
     jwt_expiry_seconds: int = 9_000  # ThingsBoard's security.jwt.tokenExpirationTime
     jwt_refresh_expiry_seconds: int = 604_800  # ThingsBoard's security.jwt.refreshTokenExpTime
     rpc_expiry_seconds: float = 60.0
+    log_format: str = "text"
 
 
 class Sidecar:

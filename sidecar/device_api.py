@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import re
 from collections.abc import Callable
 
 from flask import Blueprint, Response, abort, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
+from gatehouse import metrics as gm
 from gatehouse.application_namespace import (
     attributes_message,
     device_topic,
@@ -51,6 +51,8 @@ from gatehouse.provisioning import (
 from gatehouse.registry import DeviceData, Registry
 from gatehouse.store import now_ms
 
+from . import metrics
+from .bridge_account import from_the_bridge
 from .context import sidecar
 from .errors import error_response
 
@@ -74,7 +76,6 @@ device_api.record_once(lambda state: state.app.url_map.converters.setdefault("no
 CLIENT_CERTIFICATE_HEADER = "X-Gatehouse-Client-Certificate"
 # The CoAP bridge's service account (Registry.service_credentials), the one caller of the
 # token-less routes.
-BRIDGE_SERVICE_ACCOUNT = "coap"
 _REQUEST_ID = re.compile(r"[0-9]{1,9}")  # what the application namespace's topics carry
 _TIMEOUT_MS = re.compile(r"[0-9]{1,18}")
 _READ_CHUNK = 1 << 20
@@ -123,14 +124,16 @@ def _refuse_a_declared_oversized_payload() -> Response | None:
 def _device_or_401(token: str) -> Device:
     device = sidecar().device_for_token(token)
     if device is None:
+        metrics.login(gm.UNKNOWN, "NOT_AUTHORIZED")
         abort(_empty(401))  # ThingsBoard's 401 has no body
+    metrics.login("ACCESS_TOKEN", gm.ACCEPTED)
     return device
 
 
 def _certificate_device_or_401() -> Device:
     """The device of the certificate the CoAP bridge vouches for; 401 unless the request comes
     with the bridge's service credentials and the certificate is an X.509 device's."""
-    if not _from_the_bridge():
+    if not from_the_bridge():
         abort(_empty(401))  # the certificate header is not even read
     try:
         der = base64.b64decode(request.headers.get(CLIENT_CERTIFICATE_HEADER, ""), validate=True)
@@ -138,19 +141,10 @@ def _certificate_device_or_401() -> Device:
         der = b""
     device = sidecar().device_for_certificate(der) if der else None
     if device is None:
+        metrics.login("X509_CERTIFICATE", "NOT_AUTHORIZED")
         abort(_empty(401))
+    metrics.login("X509_CERTIFICATE", gm.ACCEPTED)
     return device
-
-
-def _from_the_bridge() -> bool:
-    authorization = request.authorization
-    if authorization is None or authorization.type != "basic":
-        return False
-    # The service username holds a colon ("gatehouse-service:coap"), so Basic's user:password
-    # splits inside it; compare the whole user:password text instead of its two halves.
-    supplied = f"{authorization.username}:{authorization.password}"
-    username, password = sidecar().service_credentials(BRIDGE_SERVICE_ACCOUNT)
-    return hmac.compare_digest(supplied.encode(), f"{username}:{password}".encode())
 
 
 _RPC_ENDPOINTS: set[str] = set()
@@ -234,6 +228,7 @@ def post_telemetry(device: Device) -> Response:
     stamp = now_ms()  # one server time per request, for the stored and the published copy
     records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
     _store(DeviceData(device.id, telemetry=tuple(records)), "telemetry", telemetry_message(records))
+    metrics.message(gm.IN, "telemetry")
     return _empty(200)
 
 
@@ -241,19 +236,24 @@ def post_telemetry(device: Device) -> Response:
 def post_attributes(device: Device) -> Response:
     entries = _valid(parse_attributes(_body_within_limit(), max_bytes=_payload_limit()))
     _store(DeviceData(device.id, attributes=entries), "attributes", attributes_message(entries))
+    metrics.message(gm.IN, "attributes")
     return _empty(200)
 
 
 @_device_route("GET", "/attributes")
 def get_attributes(device: Device) -> Response:
     wanted = attribute_request_from_keys(_key_list_param("clientKeys"), _key_list_param("sharedKeys"))
+    metrics.message(gm.IN, "attribute_request")
     return jsonify(sidecar().registry.device_attributes(device.id, wanted.client_keys, wanted.shared_keys))
 
 
 @_device_route("GET", "/attributes/updates")
 def poll_attribute_updates(device: Device) -> Response:
     update = sidecar().mailboxes.wait_for_attribute_update(device.id, _timeout_seconds())
-    return _empty(408) if update is None else jsonify(update)
+    if update is None:
+        return _empty(408)
+    metrics.message(gm.OUT, "attributes_update")
+    return jsonify(update)
 
 
 # --- RPC ----------------------------------------------------------------------------------------
@@ -261,7 +261,10 @@ def poll_attribute_updates(device: Device) -> Response:
 @_device_route("GET", "/rpc")
 def poll_rpc_call(device: Device) -> Response:
     call = sidecar().mailboxes.take_rpc_call(device.id, _timeout_seconds())
-    return _empty(408) if call is None else jsonify(call)
+    if call is None:
+        return _empty(408)
+    metrics.message(gm.OUT, "rpc_call")
+    return jsonify(call)
 
 
 @_device_route("POST", "/rpc/<not_a_feature:request_id>")
@@ -275,6 +278,7 @@ def reply_to_rpc_call(device: Device, request_id: str) -> Response:
     link = sidecar().link
     if link is not None:
         link.publish(device_topic(device.id, "rpc", "response", int(request_id)), body)
+    metrics.message(gm.IN, "rpc_response")
     return _empty(200)
 
 
@@ -283,6 +287,7 @@ def call_server(device: Device) -> Response:
     """Client-side RPC: an application answers on .../rpc/reply/{id} while the request waits,
     up to `?timeout=` as for the long polls (ThingsBoard always waits its default)."""
     rpc = _valid(parse_rpc_request(_body_within_limit(), max_bytes=_payload_limit()))
+    metrics.message(gm.IN, "rpc_request")
     timeout = _timeout_seconds()
     mailboxes, link = sidecar().mailboxes, sidecar().link
     request_id = mailboxes.next_request_id()
@@ -291,7 +296,10 @@ def call_server(device: Device) -> Response:
                                                        rpc_request_message(rpc.method, rpc.params))
     # Unpublished, no application can answer: the request times out at once instead of holding a thread.
     reply = mailboxes.wait_for_rpc_reply(device.id, request_id, timeout if published else 0)
-    return _empty(408) if reply is None else _json_body(reply)
+    if reply is None:
+        return _empty(408)
+    metrics.message(gm.OUT, "rpc_reply")
+    return _json_body(reply)
 
 
 # --- claiming and provisioning ------------------------------------------------------------------
@@ -302,18 +310,24 @@ def claim_device(device: Device) -> Response:
     body = _body_within_limit()
     if body.strip() and not isinstance(_valid(parse_json(body, max_bytes=_payload_limit())), dict):
         abort(_error(400, "Claiming info must be a JSON object"))
+    metrics.message(gm.IN, "claim")
     return _empty(200)
 
 
 @device_api.post("/provision", **_NO_REDIRECTS)
 def provision_device() -> Response:
     """200 whatever the outcome: the status is in the body (SPEC §4.1)."""
-    parsed = _valid(parse_json(_body_within_limit(), max_bytes=_payload_limit()))
+    parsed = parse_json(_body_within_limit(), max_bytes=_payload_limit())
+    if isinstance(parsed, PayloadError):
+        metrics.provisioning(gm.NO_PROFILE, gm.PROVISION_INVALID)
+    parsed = _valid(parsed)
     try:
-        result = sidecar().write(Registry.provision, ProvisionRequest.from_json(parsed), transport="HTTP",
-                                              remote_address=request.remote_addr)
+        result = sidecar().write(Registry.provision, ProvisionRequest.from_json(parsed),
+                                 transport=metrics.transport(), remote_address=request.remote_addr)
     except ProvisionRequestError as e:
+        metrics.provisioning(gm.NO_PROFILE, gm.PROVISION_INVALID)
         abort(_error(400, str(e)))
+    metrics.provisioning(gm.provision_strategy(result), result.status.value)
     if result.status is ProvisionStatus.SUCCESS:
         sidecar().publish_event(result.device_id, "provisioned")
     return jsonify(result.to_json())

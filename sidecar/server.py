@@ -9,6 +9,7 @@ import threading
 
 import waitress
 
+from gatehouse.logs import configure_logging
 from gatehouse.registry import Registry
 
 from .app import create_app
@@ -74,6 +75,6 @@ def serve(settings: SidecarSettings, announce=print) -> int:
 
 
 def run(settings: SidecarSettings) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_format)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" under load
     return serve(settings, announce=lambda line: print(line, flush=True))

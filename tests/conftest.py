@@ -44,6 +44,7 @@ class RunningBroker:
     mqtt_port: int
     mqtts_port: int
     log_path: Path
+    metrics_port: int | None = None
 
     @property
     def ca_cert(self) -> Path:
@@ -64,23 +65,23 @@ def start_broker(data_dir: Path, log_path: Path, *extra: str, timeout: float = 2
     log_file = open(log_path, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "broker", "--host", "127.0.0.1",
-         "--mqtt-port", "0", "--mqtts-port", "0", *extra],
+         "--mqtt-port", "0", "--mqtts-port", "0", "--metrics-port", "0", *extra],
         stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     log_file.close()
     deadline = time.monotonic() + timeout
     ports = {}
-    while time.monotonic() < deadline and len(ports) < 2:
+    while time.monotonic() < deadline and len(ports) < 3:
         if process.poll() is not None:
             raise RuntimeError(f"broker exited with {process.returncode}:\n{log_path.read_text()}")
         for line in log_path.read_text().splitlines():
-            for name in ("MQTT ", "MQTTS"):
+            for name in ("MQTT ", "MQTTS", "METRICS"):
                 if line.startswith(f"{name} listening on "):
                     ports[name] = int(line.rsplit(":", 1)[1])
         time.sleep(0.05)
-    if len(ports) < 2:
+    if len(ports) < 3:
         process.kill()
         raise RuntimeError(f"broker did not start in {timeout} s:\n{log_path.read_text()}")
-    return RunningBroker(process, data_dir, "127.0.0.1", ports["MQTT "], ports["MQTTS"], log_path)
+    return RunningBroker(process, data_dir, "127.0.0.1", ports["MQTT "], ports["MQTTS"], log_path, ports["METRICS"])
 
 
 def free_port() -> int:
@@ -215,6 +216,7 @@ class RunningCoapBridge:
     coap_port: int
     coaps_port: int
     log_path: Path
+    metrics_port: int | None = None
 
     def url(self, *path: str) -> str:
         return f"coap://127.0.0.1:{self.coap_port}/" + "/".join(path)
@@ -237,7 +239,7 @@ def start_coap_bridge(data_dir: Path, sidecar_url: str, log_path: Path, *extra: 
     log_file = open(log_path, "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "coap", "--host", "127.0.0.1",
-         "--coap-port", "0", "--coaps-port", "0", "--sidecar-url", sidecar_url, *extra],
+         "--coap-port", "0", "--coaps-port", "0", "--sidecar-url", sidecar_url, "--metrics-port", "0", *extra],
         stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     log_file.close()
     deadline = time.monotonic() + timeout
@@ -245,9 +247,9 @@ def start_coap_bridge(data_dir: Path, sidecar_url: str, log_path: Path, *extra: 
         if process.poll() is not None:
             raise RuntimeError(f"CoAP bridge exited with {process.returncode}:\n{log_path.read_text()}")
         ports = {line[:5]: int(line.rsplit(":", 1)[1]) for line in log_path.read_text().splitlines()
-                 if line.startswith(("COAP  listening on ", "COAPS listening on "))}
-        if len(ports) == 2:
-            return RunningCoapBridge(process, data_dir, ports["COAP "], ports["COAPS"], log_path)
+                 if line.startswith(("COAP  listening on ", "COAPS listening on ", "METRICS listening on "))}
+        if len(ports) == 3:
+            return RunningCoapBridge(process, data_dir, ports["COAP "], ports["COAPS"], log_path, ports["METRI"])
         time.sleep(0.05)
     process.kill()
     raise RuntimeError(f"CoAP bridge did not start in {timeout} s:\n{log_path.read_text()}")

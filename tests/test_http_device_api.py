@@ -792,6 +792,19 @@ def test_provision_keeps_unusual_device_names_as_sent(gh, name):
         assert registry.get_device(response["deviceId"]).name == name
 
 
+def test_only_the_coap_bridge_can_say_a_request_came_over_coap(gh):
+    """The audit trail's transport: a client that claims CoAP without the bridge's service
+    credentials is recorded as HTTP."""
+    _profile_name, key, secret = profile(gh, ProvisionType.ALLOW_CREATE_NEW_DEVICES)
+    name = unique("claims-coap")
+    response = requests.post(gh.provision_url, json={"deviceName": name, "provisionDeviceKey": key,
+                                                     "provisionDeviceSecret": secret},
+                             headers={"X-Gatehouse-Transport": "COAP"}, timeout=WAIT)
+    assert response.json()["status"] == "SUCCESS"
+    with gh.registry() as registry:
+        assert [event["transport"] for event in registry.provisioning_events(name)] == ["HTTP"]
+
+
 def test_provision_request_naming_an_x509_chain_profile_is_400(gh):
     # ThingsBoard fails such a request inside its core ("Invalid provision strategy type!", a 500).
     ca_cert, _ = create_ca(unique("chain-ca"))

@@ -88,7 +88,8 @@ def test_up_runs_the_whole_system_and_stops_it_on_sigterm(tmp_path):
     # here; the others are port 0.
     proc = subprocess.Popen([sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "up", "--host", "127.0.0.1",
                              "--mqtt-port", str(free_port()), "--mqtts-port", "0", "--http-port", str(free_port()),
-                             "--coap-port", "0", "--coaps-port", "0"],
+                             "--coap-port", "0", "--coaps-port", "0", "--broker-metrics-port", "0",
+                             "--coap-metrics-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -144,3 +145,20 @@ def test_up_passes_the_operators_certificate_to_the_broker(tmp_path):
     assert argv[argv.index("--tls-cert") + 1] == str(tmp_path / "own.pem")
     assert argv[argv.index("--tls-key") + 1] == str(tmp_path / "own.key")
     assert "--tls-cert" not in components(Settings(data_dir=tmp_path))[0].argv
+
+
+def test_up_passes_metrics_ports_and_log_format_on_and_lists_the_metrics(tmp_path):
+    from gatehouse.supervisor import Settings, components
+
+    settings = Settings(data_dir=tmp_path, host="127.0.0.1", broker_metrics_port=19883, coap_metrics_port=19884,
+                        log_format="json")
+    parts = {part.name: part for part in components(settings)}
+    for name, port in (("broker", "19883"), ("coap", "19884")):
+        argv = list(parts[name].argv)
+        assert argv[argv.index("--metrics-port") + 1] == port
+        assert f"metrics on http://127.0.0.1:{port}/metrics" in parts[name].listens_on
+    assert "--metrics-port" not in parts["sidecar"].argv  # the sidecar serves /metrics on its HTTP port
+    assert "metrics on http://127.0.0.1:8080/metrics" in parts["sidecar"].listens_on
+    for part in parts.values():
+        argv = list(part.argv)
+        assert argv[argv.index("--log-format") + 1] == "json"

@@ -1,0 +1,58 @@
+"""Logging for the Gatehouse processes: readable text lines by default, or one JSON object per
+line (`--log-format json`) for log collectors. Both go to stderr; the listeners' "... listening
+on" lines stay plain lines on stdout.
+
+Nothing here filters secrets: no Gatehouse log call is given a token, a password, a provisioning
+secret or a JWT, and request paths (which hold HTTP and CoAP devices' tokens) are logged only
+through `redact_token_path`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from datetime import UTC, datetime
+
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# /api/v1/{token}/{feature}...: ThingsBoard's device API paths (HTTP, and CoAP through the bridge).
+_TOKEN_PATH = re.compile(r"^(/?api/v1/)(?!(?:telemetry|attributes|rpc|claim|provision)(?:/|$))[^/?]+")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ts (UTC, ISO 8601, ms), level, logger, message, and
+    `exception` (the traceback text) when there is one."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure_logging(fmt: str = "text", level: int = logging.INFO, stream=None) -> None:
+    """Replace the root logger's handlers with one in format `fmt` ("text" or "json")."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}: choose {' or '.join(FORMATS)}")
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def redact_token_path(path: str) -> str:
+    """A device API path fit for a log line: /api/v1/TOKEN/telemetry -> /api/v1/***/telemetry."""
+    return _TOKEN_PATH.sub(r"\1***", path, count=1)

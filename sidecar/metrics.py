@@ -1,0 +1,63 @@
+"""The sidecar's `/metrics` (Prometheus text format, unauthenticated as Prometheus expects) and
+its request instrumentation: one latency histogram per route, and the device API's logins and
+messages (gatehouse.metrics).
+
+Requests the CoAP bridge forwards say so in `X-Gatehouse-Transport: COAP` and are counted (and
+recorded in the provisioning audit trail) under the COAP transport, when they also carry the
+bridge's service credentials: anyone could send the header.
+"""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gatehouse import metrics as m
+
+from .bridge_account import from_the_bridge
+
+TRANSPORT_HEADER = "X-Gatehouse-Transport"
+metrics_api = Blueprint("metrics", __name__)
+
+_request_seconds = m.Children(m.REQUEST_SECONDS)
+_logins = m.Children(m.LOGINS)
+_messages = m.Children(m.MESSAGES)
+_provisioning = m.Children(m.PROVISIONING)
+
+
+@metrics_api.get("/metrics")
+def scrape() -> Response:
+    return Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+
+
+def transport() -> str:
+    """COAP for a request the bridge forwarded, else HTTP."""
+    return m.COAP if request.headers.get(TRANSPORT_HEADER) == m.COAP and from_the_bridge() else m.HTTP
+
+
+def login(credentials_type: str, outcome: str) -> None:
+    _logins(transport(), credentials_type, outcome).inc()
+
+
+def message(direction: str, kind: str) -> None:
+    _messages(transport(), direction, kind).inc()
+
+
+def provisioning(strategy: str, outcome: str) -> None:
+    _provisioning(transport(), strategy, outcome).inc()
+
+
+def instrument(app: Flask) -> None:
+    """Time every request, by route (the endpoint's name; "unmatched" for a 404)."""
+    @app.before_request
+    def _start() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.teardown_request
+    def _observe(_error) -> None:
+        started = g.get("metrics_started")
+        if started is not None:
+            _request_seconds(transport(), request.endpoint or "unmatched").observe(time.perf_counter() - started)
+
+    app.register_blueprint(metrics_api)

@@ -1,0 +1,192 @@
+"""Logs: `--log-format json` is one JSON object per line; and no process ever logs a secret (tokens,
+MQTT passwords, provisioning secrets, admin passwords and JWTs, service passwords), whatever
+traffic it serves, in either format."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import urllib.error
+import urllib.request
+
+import pytest
+from aiocoap import Code
+
+from gatehouse.credentials import AccessToken, MqttBasic
+from gatehouse.logs import configure_logging, redact_token_path
+from gatehouse.models import ProvisionType
+from gatehouse.registry import Registry
+
+from .conftest import broker_and_sidecar, start_coap_bridge
+from .devices import unique
+from .mqtt_client import connect, next_on
+from .test_coap_bridge import coap
+
+LISTENING = ("MQTT  listening on ", "MQTTS listening on ", "HTTP  listening on ", "COAP  listening on ",
+             "COAPS listening on ", "METRICS listening on ")
+
+
+@pytest.fixture
+def root_logger():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def test_json_format_is_one_object_per_line(root_logger):
+    out = io.StringIO()
+    configure_logging("json", stream=out)
+    log = logging.getLogger("gatehouse.test")
+    log.info("plain %s", "message")
+    log.warning("two\nlines and \"quotes\"")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("failed")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    entries = [json.loads(line) for line in lines]
+    assert [(e["level"], e["logger"], e["message"]) for e in entries] == [
+        ("INFO", "gatehouse.test", "plain message"), ("WARNING", "gatehouse.test", "two\nlines and \"quotes\""),
+        ("ERROR", "gatehouse.test", "failed")]
+    assert all(e["ts"].endswith("Z") for e in entries)
+    assert "ValueError: boom" in entries[2]["exception"] and "exception" not in entries[0]
+
+
+def test_text_format_is_readable(root_logger):
+    out = io.StringIO()
+    configure_logging("text", stream=out)
+    logging.getLogger("gatehouse.test").info("hello")
+    assert out.getvalue().rstrip().endswith("INFO gatehouse.test: hello")
+    with pytest.raises(ValueError):
+        configure_logging("xml")
+
+
+def test_token_paths_are_redacted():
+    assert redact_token_path("/api/v1/SECRET/telemetry") == "/api/v1/***/telemetry"
+    assert redact_token_path("/api/v1/SECRET/rpc/7") == "/api/v1/***/rpc/7"
+    assert redact_token_path("/api/v1/telemetry") == "/api/v1/telemetry"
+    assert redact_token_path("/api/v1/provision") == "/api/v1/provision"
+
+
+def _http(method: str, url: str, body=None, headers=None) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, method=method, data=data,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read()
+
+
+def _mqtt_provision(port: int, request: dict) -> dict:
+    client = connect(port, "provision", "provision")
+    client.subscribe("/provision/response")
+    assert client.publish("/provision/request", json.dumps(request))
+    answer = json.loads(next_on(client, "/provision/response").payload)
+    client.close()
+    return answer
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_no_secret_is_ever_logged(tmp_path, log_format):
+    secrets: list[str] = []
+
+    def secret(prefix: str) -> str:
+        value = unique(prefix)
+        secrets.append(value)
+        return value
+
+    token, wrong_token = secret("TOKEN"), secret("WRONGTOKEN")
+    client_id, username, password, wrong_password = secret("cid"), secret("user"), secret("pw"), secret("badpw")
+    key, provision_secret = secret("pkey"), secret("psecret")
+    admin, admin_password = unique("admin"), secret("adminpw")
+    options = ("--log-format", log_format)
+    with broker_and_sidecar(tmp_path, *options) as (broker, sidecar):
+        # broker_and_sidecar passes the options to the broker only: restart the sidecar in this format.
+        from .conftest import start_sidecar
+        sidecar.stop()
+        sidecar = start_sidecar(broker, tmp_path / "sidecar-2.log", *options)
+        bridge = start_coap_bridge(broker.data_dir, sidecar.url, tmp_path / "coap.log", *options)
+        try:
+            with Registry.open(broker.data_dir) as registry:
+                registry.create_device(unique("tok"), credentials=AccessToken(token))
+                registry.create_device(unique("basic"), credentials=MqttBasic(client_id, username, password))
+                registry.create_profile(unique("profile"), ProvisionType.ALLOW_CREATE_NEW_DEVICES, key=key,
+                                        secret=provision_secret)
+                registry.add_admin(admin, admin_password)
+                secrets += [registry.service_credentials("sidecar")[1], registry.service_credentials("coap")[1]]
+
+            # MQTT: token and basic logins, wrong ones, data, invalid payloads, provisioning.
+            device = connect(broker.mqtt_port, unique("c"), token)
+            assert device.return_code == 0
+            assert device.publish("v1/devices/me/telemetry", '{"t": 1}')
+            device.publish("v1/devices/me/attributes", "not json", qos=0)
+            basic = connect(broker.mqtt_port, client_id, username, password)
+            assert basic.return_code == 0
+            assert basic.publish("v1/devices/me/telemetry", '{"b": 1}')
+            assert connect(broker.mqtt_port, unique("c"), wrong_token).return_code != 0
+            assert connect(broker.mqtt_port, client_id, username, wrong_password).return_code != 0
+            answer = _mqtt_provision(broker.mqtt_port, {"deviceName": unique("m"), "provisionDeviceKey": key,
+                                                        "provisionDeviceSecret": provision_secret})
+            secrets.append(answer["credentialsValue"])
+            _mqtt_provision(broker.mqtt_port, {"deviceName": unique("m"), "provisionDeviceKey": key,
+                                               "provisionDeviceSecret": wrong_password})
+
+            # HTTP: device API with good and bad tokens, provisioning, the admin API.
+            api = f"{sidecar.url}/api/v1"
+            assert _http("POST", f"{api}/{token}/telemetry", {"h": 1})[0] == 200
+            assert _http("POST", f"{api}/{token}/telemetry", None)[0] == 400
+            assert _http("GET", f"{api}/{token}/attributes?clientKeys=a")[0] == 200
+            assert _http("POST", f"{api}/{wrong_token}/telemetry", {"h": 1})[0] == 401
+            assert _http("GET", f"{api}/{token}/nothing-here")[0] in (404, 405)
+            status, body = _http("POST", f"{api}/provision", {"deviceName": unique("h"), "provisionDeviceKey": key,
+                                                              "provisionDeviceSecret": provision_secret})
+            secrets.append(json.loads(body)["credentialsValue"])
+            status, body = _http("POST", f"{sidecar.url}/api/auth/login", {"username": admin, "password": admin_password})
+            assert status == 200
+            tokens = json.loads(body)
+            secrets += [tokens["token"], tokens["refreshToken"]]
+            bearer = {"X-Authorization": f"Bearer {tokens['token']}"}
+            assert _http("GET", f"{sidecar.url}/api/auth/user", headers=bearer)[0] == 200
+            assert _http("POST", f"{sidecar.url}/api/auth/token", {"refreshToken": tokens["refreshToken"]})[0] == 200
+            assert _http("POST", f"{sidecar.url}/api/auth/login",
+                         {"username": admin, "password": wrong_password})[0] == 401
+            assert _http("GET", f"{sidecar.url}/api/auth/user",
+                         headers={"X-Authorization": f"Bearer {tokens['token']}x"})[0] == 401
+
+            # CoAP: data, a wrong token, provisioning; then with the sidecar down (errors logged).
+            assert coap(bridge.url("api", "v1", token, "telemetry"), Code.POST, '{"c": 1}').code == Code.CREATED
+            assert coap(bridge.url("api", "v1", wrong_token, "telemetry"), Code.POST, '{"c": 1}').code.is_successful() \
+                is False
+            answer = coap(bridge.url("api", "v1", "provision"), Code.POST,
+                          json.dumps({"deviceName": unique("c"), "provisionDeviceKey": key,
+                                      "provisionDeviceSecret": provision_secret}))
+            secrets.append(json.loads(answer.payload)["credentialsValue"])
+            sidecar.stop()
+            assert coap(bridge.url("api", "v1", token, "telemetry"), Code.POST, '{"c": 2}').code \
+                == Code.SERVICE_UNAVAILABLE
+            device.close()
+            basic.close()
+        finally:
+            if bridge.process.poll() is None:
+                assert bridge.stop() == 0
+    logs = {"broker": broker.log(), "sidecar (first)": (tmp_path / "sidecar.log").read_text(),
+            "sidecar": sidecar.log(), "coap": bridge.log()}
+    assert "the sidecar is unavailable" in logs["coap"]  # the errors that name a path were logged
+    secrets = [s for s in secrets if isinstance(s, str) and s]
+    for name, text in logs.items():
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, f"{name} logged {leaked}:\n{text}"
+        if log_format == "json" and name != "sidecar (first)":
+            for line in text.splitlines():
+                if not line.startswith(LISTENING):
+                    entry = json.loads(line)  # every log line is one JSON object
+                    assert {"ts", "level", "logger", "message"} <= entry.keys(), line

@@ -1,0 +1,187 @@
+"""Prometheus metrics: after a scripted run against real processes (broker, sidecar, CoAP
+bridge), every counter each process exports equals what the script did."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+from aiocoap import Code
+from prometheus_client.parser import text_string_to_metric_families
+
+from gatehouse.credentials import AccessToken
+from gatehouse.models import ProvisionType
+from gatehouse.registry import Registry
+
+from .conftest import broker_and_sidecar, start_coap_bridge
+from .devices import unique
+from .mqtt_client import connack, connect, next_on, raw_login, wait_until
+from .test_coap_bridge import coap
+
+MAX_FAILED_LOGINS = 3
+
+
+def scrape(port: int) -> dict[str, dict[tuple, float]]:
+    """Every sample of /metrics on `port`: {sample name: {label values sorted by label name: value}}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    found: dict[str, dict[tuple, float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = tuple(value for _, value in sorted(sample.labels.items()))
+            found.setdefault(sample.name, {})[key] = sample.value
+    return found
+
+
+def counts(port: int, name: str) -> dict[tuple, float]:
+    """A counter's (or a histogram's _count) samples that are not zero."""
+    return {labels: value for labels, value in scrape(port).get(name, {}).items() if value}
+
+
+def http(method: str, url: str, body: dict | None = None) -> int:
+    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+            return response.status
+    except urllib.error.HTTPError as e:
+        e.close()
+        return e.code
+
+
+def mqtt_provision(port: int, request: dict) -> dict:
+    client = connect(port, "provision", "provision")
+    assert client.return_code == 0
+    client.subscribe("/provision/response")
+    assert client.publish("/provision/request", json.dumps(request))
+    answer = json.loads(next_on(client, "/provision/response").payload)
+    client.close()
+    return answer
+
+
+@pytest.fixture
+def gh(tmp_path):
+    with broker_and_sidecar(tmp_path, "--max-failed-logins", str(MAX_FAILED_LOGINS),
+                            "--block-seconds", "600") as (broker, sidecar):
+        bridge = start_coap_bridge(broker.data_dir, sidecar.url, tmp_path / "coap.log")
+        try:
+            yield broker, sidecar, bridge
+        finally:
+            bridge.stop()
+
+
+def test_counters_match_a_scripted_run(gh):
+    broker, sidecar, bridge = gh
+    tokens = [unique("TOKEN") for _ in range(3)]
+    key, secret = unique("key"), unique("secret")
+    with Registry.open(broker.data_dir) as registry:
+        for token in tokens:
+            registry.create_device(unique("dev"), credentials=AccessToken(token))
+        registry.create_profile(unique("profile"), ProvisionType.ALLOW_CREATE_NEW_DEVICES, key=key, secret=secret)
+
+    # MQTT: 2 refused logins, 3 accepted, 4 telemetry messages.
+    for i in range(2):
+        assert connect(broker.mqtt_port, unique("c"), f"wrong-{i}").return_code == 5
+    clients = [connect(broker.mqtt_port, unique("c"), token) for token in tokens]
+    assert [c.return_code for c in clients] == [0, 0, 0]
+    for i in range(4):
+        assert clients[0].publish("v1/devices/me/telemetry", json.dumps({"n": i}))
+    assert scrape(broker.metrics_port)["gatehouse_connected_devices"] == {("MQTT",): 3}
+
+    # HTTP: 2 telemetry posts, 1 with an unknown token; CoAP: 1 telemetry post.
+    for i in range(2):
+        assert http("POST", f"{sidecar.url}/api/v1/{tokens[1]}/telemetry", {"h": i}) == 200
+    assert http("POST", f"{sidecar.url}/api/v1/no-such-token/telemetry", {"h": 9}) == 401
+    assert coap(bridge.url("api", "v1", tokens[2], "telemetry"), Code.POST, '{"c": 1}').code == Code.CREATED
+
+    # Provisioning over MQTT and HTTP: one success each, one unknown key each.
+    good = {"deviceName": unique("new"), "provisionDeviceKey": key, "provisionDeviceSecret": secret}
+    assert mqtt_provision(broker.mqtt_port, good)["status"] == "SUCCESS"
+    bad = {"deviceName": unique("new"), "provisionDeviceKey": "no-such-key", "provisionDeviceSecret": secret}
+    assert mqtt_provision(broker.mqtt_port, bad)["status"] == "NOT_FOUND"
+    assert http("POST", f"{sidecar.url}/api/v1/provision", {**good, "deviceName": unique("new")}) == 200
+    assert http("POST", f"{sidecar.url}/api/v1/provision", bad) == 200
+
+    # The broker (label order: credentials_type, outcome, transport; and so on, by label name).
+    assert counts(broker.metrics_port, "gatehouse_logins_total") == {
+        ("UNKNOWN", "BAD_USERNAME_OR_PASSWORD", "MQTT"): 2,
+        ("ACCESS_TOKEN", "ACCEPTED", "MQTT"): 3,
+        ("SERVICE", "ACCEPTED", "MQTT"): 1,  # the sidecar's service account
+        ("PROVISION", "ACCEPTED", "MQTT"): 2,
+    }
+    assert counts(broker.metrics_port, "gatehouse_messages_total") == {
+        ("in", "telemetry", "MQTT"): 4,
+        ("out", "provision_response", "MQTT"): 2,
+    }
+    assert counts(broker.metrics_port, "gatehouse_provisioning_requests_total") == {
+        ("SUCCESS", "ALLOW_CREATE_NEW_DEVICES", "MQTT"): 1,
+        ("NOT_FOUND", "NONE", "MQTT"): 1,
+    }
+    broker_timed = counts(broker.metrics_port, "gatehouse_request_seconds_count")
+    assert broker_timed[("telemetry", "MQTT")] == 4
+    assert broker_timed[("provision", "MQTT")] == 2
+
+    # The sidecar: HTTP, and what the bridge forwarded (transport COAP).
+    assert counts(sidecar.http_port, "gatehouse_logins_total") == {
+        ("ACCESS_TOKEN", "ACCEPTED", "HTTP"): 2,
+        ("UNKNOWN", "NOT_AUTHORIZED", "HTTP"): 1,
+        ("ACCESS_TOKEN", "ACCEPTED", "COAP"): 1,
+    }
+    assert counts(sidecar.http_port, "gatehouse_messages_total") == {
+        ("in", "telemetry", "HTTP"): 2,
+        ("in", "telemetry", "COAP"): 1,
+    }
+    assert counts(sidecar.http_port, "gatehouse_provisioning_requests_total") == {
+        ("SUCCESS", "ALLOW_CREATE_NEW_DEVICES", "HTTP"): 1,
+        ("NOT_FOUND", "NONE", "HTTP"): 1,
+    }
+    sidecar_timed = counts(sidecar.http_port, "gatehouse_request_seconds_count")
+    assert sidecar_timed[("device_api.post_telemetry", "HTTP")] == 3
+    assert sidecar_timed[("device_api.post_telemetry", "COAP")] == 1
+    assert sidecar_timed[("device_api.provision_device", "HTTP")] == 2
+
+    # The bridge: its CoAP requests, by feature.
+    assert counts(bridge.metrics_port, "gatehouse_request_seconds_count") == {("telemetry", "COAP"): 1}
+
+    for client in clients:
+        client.close()
+    assert wait_until(lambda: scrape(broker.metrics_port)["gatehouse_connected_devices"] == {("MQTT",): 0})
+
+
+def test_blocked_addresses_after_a_brute_force_from_another_address(gh):
+    broker, _sidecar, _bridge = gh
+    assert scrape(broker.metrics_port)["gatehouse_blocked_addresses"] == {(): 0}
+    for i in range(MAX_FAILED_LOGINS):
+        code, connection = raw_login(broker.mqtt_port, unique("c"), f"guess-{i}", bind_address="127.0.0.2")
+        connection.close()
+        assert code == connack(5)
+    code, connection = raw_login(broker.mqtt_port, unique("c"), "guess-again", bind_address="127.0.0.2")
+    connection.close()
+    assert code == connack(3)  # blocked
+    assert scrape(broker.metrics_port)["gatehouse_blocked_addresses"] == {(): 1}
+    logins = counts(broker.metrics_port, "gatehouse_logins_total")
+    assert logins[("UNKNOWN", "BAD_USERNAME_OR_PASSWORD", "MQTT")] == MAX_FAILED_LOGINS
+    assert logins[("UNKNOWN", "BLOCKED", "MQTT")] == 1
+
+
+def test_a_busy_metrics_port_is_one_clear_line(gh):
+    broker, _sidecar, _bridge = gh
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for command in (["broker", "--mqtt-port", "0", "--mqtts-port", "0"],
+                        ["coap", "--coap-port", "0", "--coaps-port", "0"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "gatehouse", "--data-dir", str(broker.data_dir), command[0], "--host", "127.0.0.1",
+                 *command[1:], "--metrics-port", str(port)], capture_output=True, text=True, timeout=30, check=False)
+            assert result.returncode == 1, result
+            lines = (result.stdout + result.stderr).strip().splitlines()
+            assert len(lines) == 1, lines
+            assert f"127.0.0.1:{port} for metrics" in lines[0] and "in use" in lines[0].lower(), lines[0]
