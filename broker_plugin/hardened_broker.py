@@ -26,15 +26,14 @@ import time
 
 import mqtt5
 from amqtt.broker import Broker
-from amqtt.errors import AMQTTError, MQTTError, NoDataError
+from amqtt.errors import MQTTError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import ConnackPacket
 from amqtt.mqtt.constants import QOS_1
 from amqtt.utils import gen_client_id
 
-from .connect_gate import has_empty_client_id, protocol_level, read_connect
+from .connect_gate import protocol_level, read_connect
 from .interfaces import (
-    CLIENT_ID_GENERATED,
     LOGIN_REFUSAL,
     MQTT_5,
     DisconnectReason,
@@ -50,7 +49,12 @@ from .mqtt5_handler import (
     connect_session,
     decode,
 )
-from .protocol_handler import GatehouseProtocolHandler, MalformedPacket
+from .protocol_handler import (
+    ConnectRefused,
+    GatehouseProtocolHandler,
+    MalformedPacket,
+    mqtt311_connect_session,
+)
 
 _PREAUTHENTICATED = "gatehouse.preauthenticated"
 KEEPALIVE_FACTOR = 1.5
@@ -77,12 +81,12 @@ class HardenedBroker(Broker):
         return self._servers[listener_name].instance.sockets[0].getsockname()[1]
 
     async def _initialize_client_session(self, reader, writer, remote_address, remote_port):
-        reader, connect_packet = await read_connect(reader, writer, self.connect_timeout)
+        connect_packet = await read_connect(reader, writer, self.connect_timeout)
         level = protocol_level(connect_packet)
         if level == MQTT_5:
             handler, incoming = await self._open_mqtt5(connect_packet, writer)
         else:
-            handler, incoming = await self._open_mqtt311(connect_packet, reader, writer)
+            handler, incoming = await self._open_mqtt311(connect_packet, writer)
 
         try:
             accepted = await super()._authenticate(incoming, None)
@@ -132,18 +136,16 @@ class HardenedBroker(Broker):
             handler.publish_sink = functools.partial(self._accept_publish, session, handler)
         return handler, session
 
-    async def _open_mqtt311(self, connect_packet: bytes, reader, writer):
+    async def _open_mqtt311(self, connect_packet: bytes, writer):
         try:
-            handler, incoming = await GatehouseProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
-        except MQTTError:
+            incoming = mqtt311_connect_session(connect_packet, writer)
+        except ConnectRefused as refused:
             with contextlib.suppress(Exception):
+                if refused.connack is not None:
+                    await ConnackPacket.build(0, refused.connack).to_stream(writer)
                 await writer.close()
-            raise
-        except NoDataError as exc:
-            raise AMQTTError(exc) from exc
-        if has_empty_client_id(connect_packet):
-            incoming.attributes[CLIENT_ID_GENERATED] = True
-        return handler, incoming
+            raise MQTTError(str(refused)) from None
+        return GatehouseProtocolHandler(self.plugins_manager), incoming
 
     async def _open_mqtt5(self, connect_packet: bytes, writer):
         try:

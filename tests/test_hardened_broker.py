@@ -254,6 +254,49 @@ def test_connection_without_a_complete_connect_is_closed_after_connect_timeout(g
     assert CONNECT_TIMEOUT - 0.3 <= elapsed <= CONNECT_TIMEOUT + 1.5, elapsed
 
 
+# --- CONNECT read as bytes (protocol_handler.mqtt311_connect_session) ----------------------------
+
+def _connect_with_flags(flags: int, payload: bytes, *, name: bytes = b"MQTT", level: int = 4) -> bytes:
+    body = len(name).to_bytes(2, "big") + name + bytes((level, flags)) + (60).to_bytes(2, "big") + payload
+    return bytes((0x10, len(body))) + body
+
+
+def _field(text: bytes) -> bytes:
+    return len(text).to_bytes(2, "big") + text
+
+
+@pytest.mark.parametrize("packet, expected", [
+    (_connect_with_flags(0x02, _field(b"c1"), level=6), connack(0x01)),  # not 3.1.1 nor 5
+    (_connect_with_flags(0x42, _field(b"c1") + _field(b"pw")), connack(0x04)),  # password without user name
+    (_connect_with_flags(0x00, _field(b"")), connack(IDENTIFIER_REJECTED)),  # no client id, clean session 0
+    (_connect_with_flags(0x03, _field(b"c1")), b""),  # reserved flag: closed without CONNACK
+    (_connect_with_flags(0x02, _field(b"c1"), name=b"MQIsdp", level=3), b""),  # MQTT 3.1: not served
+    (_connect_with_flags(0x06, _field(b"c1") + _field(b"will/topic")), b""),  # will flag, no will message
+], ids=["level-6", "password-without-username", "no-client-id-persistent", "reserved-flag", "mqtt-3.1",
+        "will-without-message"])
+def test_a_connect_breaking_the_protocol_is_refused_as_amqtt_would_and_the_broker_keeps_serving(gh, packet,
+                                                                                               expected):
+    client = raw(gh.mqtt_port)
+    client.send(packet)
+    assert client.read(4, timeout=5) == expected
+    assert client.closed_by_server(5)
+    code, _ = login(gh.mqtt_port, unique("after"), unique("no-such-token"))
+    assert code == connack(NOT_AUTHORIZED)
+
+
+def test_connect_fields_reach_the_login_as_sent(gh):
+    """Client id, user name (the token) and keep-alive from a CONNECT read as bytes: a token
+    login with a will (ignored) and a UTF-8 client id works."""
+    device, token = token_device(gh, "bytes")
+    will = _field(b"v1/devices/me/telemetry") + _field(b'{"will": 1}')
+    packet = _connect_with_flags(0x02 | 0x04 | 0x80, _field("capteur-é".encode()) + will + _field(token.encode()))
+    client = raw(gh.mqtt_port)
+    client.send(packet)
+    assert client.read(4) == connack(ACCEPTED)
+    assert publish_qos1(client, {"via": 1}) == PUBACK_1
+    assert telemetry(gh, device.id) == {"via": 1}
+
+
 # --- PUBLISH and PUBACK read and written as bytes (protocol_handler) ---------------------------
 
 @pytest.mark.parametrize("frame", [
