@@ -27,7 +27,6 @@ from amqtt.session import (
     OutgoingApplicationMessage,
     Session,
 )
-from amqtt.utils import gen_client_id
 
 from .interfaces import (
     CLIENT_ID_GENERATED,
@@ -36,7 +35,12 @@ from .interfaces import (
     DisconnectReason,
     MessageProperties,
 )
-from .protocol_handler import MAX_PACKET_SIZE, GatehouseProtocolHandler, MalformedPacket
+from .protocol_handler import (
+    MAX_PACKET_SIZE,
+    GatehouseProtocolHandler,
+    MalformedPacket,
+    new_session,
+)
 
 TOPIC_ALIAS_MAXIMUM = 16
 SESSION_EXPIRY = "gatehouse.session_expiry"  # seconds a v5 session outlives its connection
@@ -57,25 +61,15 @@ def decode(frame: bytes):
 
 
 def connect_session(connect: mqtt5.ConnectPacket, writer: WriterAdapter) -> Session:
-    """An amqtt Session for a v5 CONNECT, as amqtt builds one for 3.1.1."""
-    session = Session()
-    session.client_id = connect.client_id or gen_client_id()
-    if not connect.client_id:
-        session.attributes[CLIENT_ID_GENERATED] = True
+    """An amqtt Session for a v5 CONNECT, as for 3.1.1."""
     # amqtt drops a clean session when its connection ends; a v5 session does so when its expiry
     # interval is 0. Clean Start (whether an existing session is resumed) is read separately.
-    session.clean_session = connect.session_expiry_interval == 0
+    # ThingsBoard reads the password as UTF-8 text; bytes that are not would match no credential.
+    session = new_session(writer, connect.client_id, clean_session=connect.session_expiry_interval == 0,
+                          keep_alive=connect.keep_alive, username=connect.username,
+                          password=None if connect.password is None else connect.password.decode("utf-8", "replace"))
     session.attributes[CLEAN_START] = connect.clean_start
     session.attributes[SESSION_EXPIRY] = connect.session_expiry_interval
-    session.keep_alive = connect.keep_alive
-    session.username = connect.username
-    # ThingsBoard reads the password as UTF-8 text; bytes that are not would match no credential.
-    session.password = connect.password.decode("utf-8", "replace") if connect.password is not None else None
-    session.will_flag = False  # ignored, as ThingsBoard does (see GatehousePlugin.authenticate)
-    peer = writer.get_peer_info()
-    if peer is not None:
-        session.remote_address, session.remote_port = peer
-    session.ssl_object = writer.get_ssl_info()
     return session
 
 

@@ -187,6 +187,15 @@ def mqtt311_connect_session(frame: bytes, writer) -> Session:
         raise ConnectRefused("bad user name or password fields", connack=0x04)  # [MQTT-3.1.2-22]
     if not client_id and not clean_session:
         raise ConnectRefused("[MQTT-3.1.3-8] no client id with clean session 0", connack=0x02)
+    return new_session(writer, client_id, clean_session=clean_session, keep_alive=keep_alive, username=username,
+                       password=password)
+
+
+def new_session(writer, client_id: str | None, *, clean_session: bool, keep_alive: int, username: str | None,
+                password: str | None) -> Session:
+    """An amqtt Session for a CONNECT of either protocol version, as amqtt builds one: a client
+    id generated where none was sent (and marked so), the will ignored, as ThingsBoard ignores
+    it (see GatehousePlugin.authenticate)."""
     session = Session()
     session.client_id = client_id or gen_client_id()
     if not client_id:
@@ -194,7 +203,7 @@ def mqtt311_connect_session(frame: bytes, writer) -> Session:
     session.clean_session = clean_session
     session.keep_alive = keep_alive
     session.username, session.password = username, password
-    session.will_flag = False  # ignored, as ThingsBoard does (see GatehousePlugin.authenticate)
+    session.will_flag = False
     peer = writer.get_peer_info()
     if peer is not None:
         session.remote_address, session.remote_port = peer
