@@ -156,6 +156,13 @@ def broker_and_sidecar(root: Path, *broker_options: str) -> Iterator[tuple[Runni
                 process.stop()
 
 
+def _kill_all(started: list) -> None:
+    for running in started:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+
+
 @pytest.fixture
 def sidecar_factory(tmp_path):
     """Start sidecars for given brokers; all are stopped after the test."""
@@ -167,10 +174,7 @@ def sidecar_factory(tmp_path):
         return running
 
     yield start
-    for running in started:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
+    _kill_all(started)
 
 
 @pytest.fixture
@@ -184,10 +188,17 @@ def broker_factory(tmp_path):
         return running
 
     yield start
-    for running in started:
-        if running.process.poll() is None:
-            running.process.kill()
-            running.process.wait()
+    _kill_all(started)
+
+
+@pytest.fixture
+def clients():
+    """MQTT clients a test opened (it appends them); all are closed afterwards."""
+    opened = []
+    yield opened
+    for client in opened:
+        with contextlib.suppress(OSError, RuntimeError):
+            client.close()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ makers use from a shell) and by aiocoap's client (where a test needs the CoAP co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
@@ -68,14 +67,6 @@ def gh(tmp_path_factory):
         if bridge.process.poll() is None:
             bridge.stop()
 
-
-@pytest.fixture
-def clients():
-    opened = []
-    yield opened
-    for client in opened:
-        with contextlib.suppress(OSError, RuntimeError):
-            client.close()
 
 
 # --- clients --------------------------------------------------------------------------------

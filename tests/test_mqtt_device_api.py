@@ -7,7 +7,6 @@ account, so the tests do not depend on each other even though they share the bro
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import queue
 import socket
@@ -43,15 +42,6 @@ def broker(tmp_path_factory):
     if running.process.poll() is None:
         running.stop()
 
-
-@pytest.fixture
-def clients():
-    """Clients opened by a test; all are closed afterwards."""
-    opened: list[MqttClient] = []
-    yield opened
-    for client in opened:
-        with contextlib.suppress(OSError, RuntimeError):
-            client.close()
 
 
 def device_client(broker, clients, prefix: str = "dev", *, device_and_token=None):

@@ -4,7 +4,6 @@ not connected over MQTT. Real paho clients against a real `gatehouse broker` pro
 service logs in exactly as the sidecar does, with the password derived from the server key."""
 from __future__ import annotations
 
-import contextlib
 import json
 
 import pytest
@@ -27,14 +26,6 @@ def broker(tmp_path_factory):
     if running.process.poll() is None:
         running.stop()
 
-
-@pytest.fixture
-def clients():
-    opened = []
-    yield opened
-    for client in opened:
-        with contextlib.suppress(OSError, RuntimeError):
-            client.close()
 
 
 def service_client(broker, clients, account: str = "sidecar", password: str | None = None):
