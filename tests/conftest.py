@@ -16,6 +16,10 @@ from gatehouse.registry import Registry
 
 from . import mqtt_client
 
+# Unbuffered, so a test reads lines as they are printed; a fault handler, so a crash leaves a
+# traceback in the log instead of only a closed socket.
+CHILD_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+
 
 @pytest.fixture(autouse=True)
 def _close_mqtt_clients():
@@ -66,7 +70,7 @@ def start_broker(data_dir: Path, log_path: Path, *extra: str, timeout: float = 2
     process = subprocess.Popen(
         [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "broker", "--host", "127.0.0.1",
          "--mqtt-port", "0", "--mqtts-port", "0", "--metrics-port", "0", *extra],
-        stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=log_file, stderr=subprocess.STDOUT, env=CHILD_ENV)
     log_file.close()
     deadline = time.monotonic() + timeout
     ports = {}
@@ -123,7 +127,7 @@ def start_sidecar(broker: RunningBroker, log_path: Path, *extra: str, timeout: f
     process = subprocess.Popen(
         [sys.executable, "-m", "gatehouse", "--data-dir", str(broker.data_dir), "sidecar", "--host", "127.0.0.1",
          "--http-port", "0", "--broker-host", "127.0.0.1", "--broker-port", str(broker.mqtt_port), *extra],
-        stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=log_file, stderr=subprocess.STDOUT, env=CHILD_ENV)
     log_file.close()
     deadline = time.monotonic() + timeout
     port = None
@@ -251,7 +255,7 @@ def start_coap_bridge(data_dir: Path, sidecar_url: str, log_path: Path, *extra: 
     process = subprocess.Popen(
         [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "coap", "--host", "127.0.0.1",
          "--coap-port", "0", "--coaps-port", "0", "--sidecar-url", sidecar_url, "--metrics-port", "0", *extra],
-        stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=log_file, stderr=subprocess.STDOUT, env=CHILD_ENV)
     log_file.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

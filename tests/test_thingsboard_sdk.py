@@ -65,18 +65,22 @@ def provisioning_broker(broker):
     return broker
 
 
-def run_sdk(sdk_python: Path, script: str, *args: object) -> SdkRun:
-    """Run tests/sdk_scripts/SCRIPT under the SDK's Python; dicts and lists go as JSON."""
+def run_sdk(sdk_python: Path, script: str, *args: object, server=None) -> SdkRun:
+    """Run tests/sdk_scripts/SCRIPT under the SDK's Python; dicts and lists go as JSON. If it
+    fails, the message has the log of `server` (the process the script talked to)."""
     argv = [a if isinstance(a, str) else json.dumps(a) for a in args]
     done = subprocess.run([str(sdk_python), str(SCRIPTS / script), *argv], capture_output=True, text=True, check=False,
                           timeout=SDK_TIMEOUT, cwd=REPO_ROOT)
-    assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    if done.returncode != 0:
+        server_log = "" if server is None else (
+            f"\n--- {server.log_path.name} (exit code {server.process.poll()}):\n{server.log_path.read_text()}")
+        pytest.fail(f"{script} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}{server_log}")
     return SdkRun(json.loads(done.stdout), done.stderr)
 
 
 def sdk_provision(sdk_python: Path, broker, **kwargs) -> SdkRun:
     request = {"provision_device_key": KEY, "provision_device_secret": SECRET, **kwargs}
-    return run_sdk(sdk_python, "provision.py", broker.host, str(broker.mqtt_port), request)
+    return run_sdk(sdk_python, "provision.py", broker.host, str(broker.mqtt_port), request, server=broker)
 
 
 def assert_logs_in_and_sends(broker, client_id: str, username: str | None, password: str | None = None) -> None:
@@ -399,7 +403,7 @@ def test_sdk_over_tls_with_an_x509_device_certificate(broker, sdk_session, tmp_p
 
 def sdk_http_device(sdk_python: Path, sidecar, **plan) -> SdkRun:
     return run_sdk(sdk_python, "http_device.py", {"url": sidecar.url, "provision_device_key": KEY,
-                                                  "provision_device_secret": SECRET, **plan})
+                                                  "provision_device_secret": SECRET, **plan}, server=sidecar)
 
 
 def test_sdk_http_device_provisions_connects_sends_telemetry_and_requests_attributes(
@@ -459,7 +463,7 @@ def test_sdk_rest_client_manages_profiles_devices_and_credentials(sdk_python, br
             "key": "sdkRestKey", "secret": "sdk-rest-Secret", "device": "sdk-rest-device", "client_id": "sdk-rest-cid",
             "user_name": "sdk-rest-user", "mqtt_password": "sdk-rest-pass",
             "bulk_csv": "name,type,token\nsdk-bulk-1,sdk-bulk-type,SDK_BULK_TOKEN_1\n"}
-    said = run_sdk(sdk_python, "rest_client.py", sidecar.url, plan).result
+    said = run_sdk(sdk_python, "rest_client.py", sidecar.url, plan, server=sidecar).result
 
     assert said["refreshed"] is True and said["token_exp"] > 0
     profile = said["profile"]
@@ -498,7 +502,7 @@ def test_sdk_rest_client_manages_profiles_devices_and_credentials(sdk_python, br
         assert registry.token_login("SDK_BULK_TOKEN_1").profile_name == "sdk-bulk-type"
     provisioned = run_sdk(sdk_python, "provision.py", broker.host, str(broker.mqtt_port), {
         "provision_device_key": "sdkRestKey", "provision_device_secret": "sdk-rest-Secret",
-        "device_name": "sdk-rest-provisioned"}).result
+        "device_name": "sdk-rest-provisioned"}, server=broker).result
     assert provisioned["status"] == "SUCCESS"
     device_after, _, _ = stored(broker, "sdk-rest-provisioned")
     assert device_after.profile_name == "sdk-rest-profile"
