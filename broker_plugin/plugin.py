@@ -36,6 +36,7 @@ from gatehouse.application_namespace import (
     rpc_request_message,
     telemetry_message,
 )
+from gatehouse.device_activity import ActivityTracker
 from gatehouse.login import PROVISION_LOGIN, LoginOutcome
 from gatehouse.models import AttributeScope, CredentialsType, Device
 from gatehouse.payloads import (
@@ -120,6 +121,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         block_seconds: float = DEFAULT_BLOCK_SECONDS
         provision_close_seconds: float = 60.0
         change_poll_seconds: float = 1.0
+        activity_report_seconds: float = 1.0
+        inactivity_check_seconds: float = 10.0
         max_payload_size: int = 65536
 
     def __init__(self, context):
@@ -127,6 +130,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         self.worker = RegistryWorker(self.config.data_dir)
         self.limiter = LoginLimiter(self.config.max_failed_logins, self.config.block_seconds)
         self.connected_devices: dict[str, Session] = {}
+        self.activity = ActivityTracker()
         # Service sessions (the sidecar) get what applications send to devices not connected here.
         self.connected_services: dict[str, Session] = {}
         self.ready = False
@@ -154,12 +158,14 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
     async def on_broker_post_start(self) -> None:
         await self._refresh_trust_store()
         self._spawn(self._watch_for_changes())
+        self._spawn(self._report_activity())
 
     async def close(self) -> None:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.ready:
+            await self.worker.call(Registry.record_activity, self.activity.take_changes(now_ms()))
             await self.worker.close()
             self.ready = False
 
@@ -227,6 +233,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return
         previous = self.connected_devices.get(device.id)
         self.connected_devices[device.id] = client_session
+        self.activity.connected(device.id, now_ms())
         if previous is not None and previous is not client_session:
             log.info("device %s connected again; closing its older session", device.name)
             await self._disconnect(previous, DisconnectReason.SESSION_TAKEN_OVER)
@@ -241,6 +248,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         device: Device | None = client_session.attributes.get(DEVICE)
         if device is not None and self.connected_devices.get(device.id) is client_session:
             del self.connected_devices[device.id]
+            self.activity.disconnected(device.id, now_ms())
             await self._publish_event(device.id, "disconnected")
 
     # --- the ACL ------------------------------------------------------------------------------
@@ -311,6 +319,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         if role == ROLE_DEVICE:
             publish = classify_device_publish(topic)
             _messages_in[publish.action].inc()
+            self.activity.active(session.attributes[DEVICE].id, now_ms())
             try:
                 if len(payload) > self.config.max_payload_size:
                     return PublishVerdict.PACKET_TOO_LARGE
@@ -569,6 +578,20 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             self._version = version
             await self._logout_changed_devices()
             await self._refresh_trust_store()
+
+    async def _report_activity(self) -> None:
+        """Store the devices' activity (gatehouse.device_activity) about once a second, and
+        now and then mark inactive the devices nobody reported for a while."""
+        next_check = 0.0
+        while True:
+            await asyncio.sleep(self.config.activity_report_seconds)
+            now = now_ms()
+            changes = self.activity.take_changes(now)
+            if changes:
+                await self.worker.call(Registry.record_activity, changes)
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + self.config.inactivity_check_seconds
+                await self.worker.call(Registry.expire_activity, now, connected=list(self.connected_devices))
 
     async def _logout_changed_devices(self) -> None:
         """Credentials changed or device deleted (by the CLI, the sidecar, ...): ThingsBoard

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import certificates
+from . import certificates, device_activity
 from .credentials import (
     AccessToken,
     MqttBasic,
@@ -41,9 +41,16 @@ from .login import (
     is_provision_login,
     refusal_for_unknown_credentials,
 )
-from .models import AttributeScope, CredentialsType, Device, DeviceCredentials, DeviceProfile, ProvisionType
-from .pki import ensure_development_pki
+from .models import (
+    AttributeScope,
+    CredentialsType,
+    Device,
+    DeviceCredentials,
+    DeviceProfile,
+    ProvisionType,
+)
 from .payloads import KvEntry, TelemetryRecord, ValueKind, entry_to_json_value
+from .pki import ensure_development_pki
 from .provisioning import (
     PROVISION_STATE_KEY,
     PROVISIONED,
@@ -843,6 +850,28 @@ class Registry:
             self.store.delete_attributes(deleted)
         except IntegrityError:  # the only constraint these rows can break: their device
             raise NotFoundError("Device not found (deleted meanwhile?)") from None
+
+    def record_activity(self, changes: dict[str, Iterable[KvEntry]]) -> None:
+        """Store what an ActivityTracker took (server attributes by device id); a device deleted
+        meanwhile is skipped."""
+        items = [DeviceData(device_id, attributes=tuple(entries), scope=AttributeScope.SERVER)
+                 for device_id, entries in changes.items()]
+        try:
+            if items:
+                self.save_device_data(items)
+        except NotFoundError:  # a batch of one raises what a larger batch reports
+            pass
+
+    def expire_activity(self, now: int, *, timeout_ms: int = device_activity.INACTIVITY_TIMEOUT_MS,
+                        connected: Iterable[str] = ()) -> list[str]:
+        """Mark inactive the devices nobody reported for `timeout_ms`, except those `connected`
+        (live MQTT sessions, quiet but there); returns their ids."""
+        keep = set(connected)
+        stale = [device_id for device_id in self.store.stale_active_devices(now - timeout_ms) if device_id not in keep]
+        if stale:
+            self.record_activity({device_id: (KvEntry(device_activity.ACTIVE, ValueKind.BOOLEAN, False),)
+                                  for device_id in stale})
+        return stale
 
     def get_attributes(self, device_id: str, scope: AttributeScope, keys: Iterable[str] | None = None) -> dict:
         return {row["key"]: _json_value(row) for row in self.store.attributes(device_id, AttributeScope(scope).value, keys)}

@@ -302,6 +302,16 @@ class Store:
         return self._all(f"SELECT key, kind, value, last_update_ts FROM attribute WHERE device_id = ? "
                          f"AND scope = ? AND key IN ({marks}) ORDER BY key", [device_id, scope, *keys])
 
+    def stale_active_devices(self, cutoff_ms: int) -> list[str]:
+        """Devices whose server attribute `active` is true and `lastActivityTime` is before
+        `cutoff_ms` (gatehouse.device_activity)."""
+        return [row[0] for row in self.conn.execute(
+            "SELECT active.device_id FROM attribute AS active JOIN attribute AS activity "
+            "ON activity.device_id = active.device_id AND activity.scope = 'SERVER_SCOPE' "
+            "AND activity.key = 'lastActivityTime' "
+            "WHERE active.scope = 'SERVER_SCOPE' AND active.key = 'active' AND active.kind = 'BOOLEAN' AND active.value = 1 "
+            "AND activity.value < ?", (cutoff_ms,))]
+
     def delete_attributes(self, rows: Iterable[tuple[str, str, str]]) -> None:
         """Rows of (device_id, scope, key)."""
         self.conn.executemany("DELETE FROM attribute WHERE device_id = ? AND scope = ? AND key = ?", rows)

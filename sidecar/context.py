@@ -10,6 +10,7 @@ from typing import TypeVar
 from flask import current_app
 
 from gatehouse.application_namespace import attributes_message
+from gatehouse.device_activity import ActivityTracker
 from gatehouse.models import AttributeScope, Device
 from gatehouse.payloads import KvEntry
 from gatehouse.registry import DeviceData, Registry
@@ -50,6 +51,7 @@ class Sidecar:
         self.link = link  # None: no broker (data is stored, nothing is published)
         self.writer = writer
         self.token_logins = TokenLogins()
+        self.activity = ActivityTracker()  # stored by the server's housekeeping thread
         self._local = threading.local()
         self._opened: list[Registry] = []
         self._lock = threading.Lock()

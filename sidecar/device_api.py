@@ -127,6 +127,7 @@ def _device_or_401(token: str) -> Device:
         metrics.login(gm.UNKNOWN, "NOT_AUTHORIZED")
         abort(_empty(401))  # ThingsBoard's 401 has no body
     metrics.login("ACCESS_TOKEN", gm.ACCEPTED)
+    sidecar().activity.active(device.id, now_ms())
     return device
 
 
@@ -144,6 +145,7 @@ def _certificate_device_or_401() -> Device:
         metrics.login("X509_CERTIFICATE", "NOT_AUTHORIZED")
         abort(_empty(401))
     metrics.login("X509_CERTIFICATE", gm.ACCEPTED)
+    sidecar().activity.active(device.id, now_ms())
     return device
 
 

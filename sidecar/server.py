@@ -11,6 +11,7 @@ import waitress
 
 from gatehouse.logs import configure_logging
 from gatehouse.registry import Registry
+from gatehouse.store import now_ms
 
 from .app import create_app
 from .broker_link import SERVICE_ACCOUNT, BrokerLink
@@ -19,7 +20,7 @@ from .mailboxes import DeviceMailboxes
 from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
-MAILBOX_EXPIRY_CHECK_SECONDS = 1.0
+HOUSEKEEPING_SECONDS = 1.0
 BODY_MARGIN = 1 << 20
 
 
@@ -47,11 +48,22 @@ def serve(settings: SidecarSettings, announce=print) -> int:
     link.start()
     stopping = threading.Event()
 
-    def expire() -> None:
-        while not stopping.wait(MAILBOX_EXPIRY_CHECK_SECONDS):
-            mailboxes.expire()
+    context = app.extensions[EXTENSION]
 
-    threading.Thread(target=expire, name="mailbox-expiry", daemon=True).start()
+    def store_activity() -> None:
+        try:
+            changes = context.activity.take_changes(now_ms())
+            if changes:
+                writer.call(Registry.record_activity, changes)
+        except Exception:  # the database busy for long, say: what was taken is lost, not the thread
+            log.exception("storing device activity failed")
+
+    def housekeeping() -> None:
+        while not stopping.wait(HOUSEKEEPING_SECONDS):
+            mailboxes.expire()
+            store_activity()
+
+    threading.Thread(target=housekeeping, name="sidecar-housekeeping", daemon=True).start()
 
     def stop(signum, frame) -> None:
         log.info("stopping the sidecar")
@@ -69,8 +81,9 @@ def serve(settings: SidecarSettings, announce=print) -> int:
     finally:
         stopping.set()
         link.stop()
+        store_activity()
         writer.stop()
-        app.extensions[EXTENSION].close()
+        context.close()
     return 0
 
 

@@ -1,0 +1,147 @@
+"""Device activity (gatehouse.device_activity): the server attributes `active`, `lastConnectTime`,
+`lastDisconnectTime` and `lastActivityTime` that ThingsBoard keeps per device, from what the
+tracker saw, stored by the broker (MQTT sessions) and by the sidecar (HTTP and CoAP requests)."""
+from __future__ import annotations
+
+import requests
+
+from gatehouse.device_activity import (
+    ACTIVE,
+    LAST_ACTIVITY_TIME,
+    LAST_CONNECT_TIME,
+    LAST_DISCONNECT_TIME,
+    ActivityTracker,
+)
+from gatehouse.models import AttributeScope
+from gatehouse.payloads import KvEntry, ValueKind
+from gatehouse.registry import Registry
+
+from .conftest import broker_and_sidecar
+from .devices import token_device
+from .mqtt_client import connect, wait_until
+
+PERIOD = 10_000
+
+
+def values(changes: dict, device_id: str) -> dict:
+    return {entry.key: entry.value for entry in changes[device_id]}
+
+
+def server_attributes(data_dir, device_id: str) -> dict:
+    with Registry.open(data_dir) as registry:
+        return registry.get_attributes(device_id, AttributeScope.SERVER)
+
+
+# --- the tracker ------------------------------------------------------------------------------
+
+
+def test_tracker_reports_connect_and_disconnect_with_their_times():
+    tracker = ActivityTracker(PERIOD)
+    tracker.connected("d1", 1_000)
+    assert values(tracker.take_changes(1_000), "d1") == {ACTIVE: True, LAST_CONNECT_TIME: 1_000,
+                                                         LAST_ACTIVITY_TIME: 1_000}
+    tracker.disconnected("d1", 5_000)
+    assert values(tracker.take_changes(5_000), "d1") == {ACTIVE: False, LAST_DISCONNECT_TIME: 5_000,
+                                                         LAST_ACTIVITY_TIME: 5_000}
+    assert tracker.take_changes(6_000) == {}
+
+
+def test_tracker_reports_activity_once_per_reporting_period():
+    tracker = ActivityTracker(PERIOD)
+    tracker.active("d1", 1_000)
+    tracker.active("d1", 2_000)
+    assert values(tracker.take_changes(2_000), "d1") == {ACTIVE: True, LAST_ACTIVITY_TIME: 1_000}
+    tracker.active("d1", 1_000 + PERIOD - 1)
+    assert tracker.take_changes(1_000 + PERIOD - 1) == {}
+    tracker.active("d1", 1_000 + PERIOD)
+    assert values(tracker.take_changes(1_000 + PERIOD), "d1") == {ACTIVE: True, LAST_ACTIVITY_TIME: 1_000 + PERIOD}
+
+
+def test_tracker_keeps_the_latest_of_what_happened_between_takes():
+    tracker = ActivityTracker(PERIOD)
+    tracker.connected("d1", 1_000)
+    tracker.disconnected("d1", 2_000)
+    assert values(tracker.take_changes(2_000), "d1") == {
+        ACTIVE: False, LAST_CONNECT_TIME: 1_000, LAST_DISCONNECT_TIME: 2_000, LAST_ACTIVITY_TIME: 2_000}
+
+
+def test_tracker_forgets_quiet_devices_and_reports_their_next_activity():
+    tracker = ActivityTracker(PERIOD)
+    for n in range(1_000):
+        tracker.active(f"d{n}", 1_000)
+    tracker.take_changes(1_000)
+    tracker.take_changes(1_000 + PERIOD)
+    assert tracker._reported == {}  # bounded by the devices active within the last period
+    tracker.active("d1", 1_000 + PERIOD)
+    assert values(tracker.take_changes(1_000 + PERIOD), "d1")[LAST_ACTIVITY_TIME] == 1_000 + PERIOD
+
+
+# --- storing it ---------------------------------------------------------------------------------
+
+
+def test_recorded_activity_is_server_attributes_and_a_deleted_device_is_skipped(registry):
+    kept = registry.create_device("kept")
+    gone = registry.create_device("gone")
+    tracker = ActivityTracker(PERIOD)
+    tracker.connected(kept.id, 1_000)
+    tracker.connected(gone.id, 1_000)
+    registry.delete_device(gone.id, by_id=True)
+    registry.record_activity(tracker.take_changes(1_000))
+    assert registry.get_attributes(kept.id, AttributeScope.SERVER) == {
+        ACTIVE: True, LAST_ACTIVITY_TIME: 1_000, LAST_CONNECT_TIME: 1_000}
+    tracker.active(gone.id, 20_000)
+    registry.record_activity(tracker.take_changes(20_000))  # a batch of one deleted device
+
+
+def test_devices_nobody_reported_for_the_timeout_become_inactive_unless_connected(registry):
+    quiet, recent, connected = (registry.create_device(name) for name in ("quiet", "recent", "connected"))
+    tracker = ActivityTracker(PERIOD)
+    tracker.active(quiet.id, 1_000)
+    tracker.active(connected.id, 1_000)
+    tracker.active(recent.id, 500_000)
+    registry.record_activity(tracker.take_changes(500_000))
+
+    expired = registry.expire_activity(601_001, timeout_ms=600_000, connected=[connected.id])
+
+    assert expired == [quiet.id]
+    assert registry.get_attributes(quiet.id, AttributeScope.SERVER) == {ACTIVE: False, LAST_ACTIVITY_TIME: 1_000}
+    assert registry.get_attributes(recent.id, AttributeScope.SERVER)[ACTIVE] is True
+    assert registry.get_attributes(connected.id, AttributeScope.SERVER)[ACTIVE] is True
+    assert registry.expire_activity(601_001, timeout_ms=600_000) == [connected.id]
+
+
+def test_expiry_ignores_an_active_attribute_that_is_not_a_true_boolean(registry):
+    device = registry.create_device("odd")
+    registry.save_attributes(device.id, AttributeScope.SERVER, [
+        KvEntry(ACTIVE, ValueKind.LONG, 1), KvEntry(LAST_ACTIVITY_TIME, ValueKind.LONG, 0)])
+    assert registry.expire_activity(10**12) == []
+
+
+# --- the processes ------------------------------------------------------------------------------
+
+
+def test_mqtt_session_makes_its_device_active_and_leaving_inactive(tmp_path):
+    with broker_and_sidecar(tmp_path) as (broker, _sidecar):
+        device, token = token_device(broker)
+        client = connect(broker.mqtt_port, "activity-client", token)
+        assert client.connack == 0
+        assert wait_until(lambda: server_attributes(broker.data_dir, device.id).get(ACTIVE) is True)
+        connected = server_attributes(broker.data_dir, device.id)
+        assert connected[LAST_CONNECT_TIME] == connected[LAST_ACTIVITY_TIME] > 0
+
+        client.close()
+        assert wait_until(lambda: server_attributes(broker.data_dir, device.id).get(ACTIVE) is False)
+        left = server_attributes(broker.data_dir, device.id)
+        assert left[LAST_DISCONNECT_TIME] >= left[LAST_CONNECT_TIME] == connected[LAST_CONNECT_TIME]
+
+
+def test_http_request_makes_its_device_active_and_a_refused_one_does_not(tmp_path):
+    with broker_and_sidecar(tmp_path) as (broker, sidecar):
+        device, token = token_device(broker)
+        stranger, _ = token_device(broker)
+        assert requests.post(f"{sidecar.url}/api/v1/WRONG-{token}/telemetry", json={"t": 1}, timeout=10).status_code == 401
+        assert requests.post(f"{sidecar.url}/api/v1/{token}/telemetry", json={"t": 1}, timeout=10).status_code == 200
+        assert wait_until(lambda: server_attributes(broker.data_dir, device.id).get(ACTIVE) is True)
+        assert server_attributes(broker.data_dir, device.id)[LAST_ACTIVITY_TIME] > 0
+        assert server_attributes(broker.data_dir, stranger.id) == {}
+
