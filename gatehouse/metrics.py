@@ -40,7 +40,8 @@ PROVISIONING = Counter(
     "profile has the key) and outcome (SUCCESS, NOT_FOUND, FAILURE, or INVALID for a request not processed).",
     ["transport", "strategy", "outcome"])
 CONNECTED_DEVICES = Gauge(
-    "gatehouse_connected_devices", "Devices connected now (MQTT: live device sessions).", ["transport"])
+    "gatehouse_connected_devices", "Devices connected now (MQTT: live device sessions; HTTP and CoAP: devices "
+    "with a long poll or an observation open).", ["transport"])
 MESSAGES = Counter(
     "gatehouse_messages", "Device messages: in, from devices, by kind (telemetry, attributes, rpc_request, ...); "
     "out, to devices (attributes_update, rpc_call, ...) and to applications (application).",

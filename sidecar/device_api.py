@@ -251,7 +251,8 @@ def get_attributes(device: Device) -> Response:
 
 @_device_route("GET", "/attributes/updates")
 def poll_attribute_updates(device: Device) -> Response:
-    update = sidecar().mailboxes.wait_for_attribute_update(device.id, _timeout_seconds())
+    with metrics.open_polls.polling(device.id):
+        update = sidecar().mailboxes.wait_for_attribute_update(device.id, _timeout_seconds())
     if update is None:
         return _empty(408)
     metrics.message(gm.OUT, "attributes_update")
@@ -262,7 +263,8 @@ def poll_attribute_updates(device: Device) -> Response:
 
 @_device_route("GET", "/rpc")
 def poll_rpc_call(device: Device) -> Response:
-    call = sidecar().mailboxes.take_rpc_call(device.id, _timeout_seconds())
+    with metrics.open_polls.polling(device.id):
+        call = sidecar().mailboxes.take_rpc_call(device.id, _timeout_seconds())
     if call is None:
         return _empty(408)
     metrics.message(gm.OUT, "rpc_call")

@@ -8,7 +8,11 @@ bridge's service credentials: anyone could send the header.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -46,6 +50,37 @@ def message(direction: str, kind: str) -> None:
 
 def provisioning(strategy: str, outcome: str) -> None:
     _provisioning(transport(), strategy, outcome).inc()
+
+
+class OpenPolls:
+    """Devices with a long poll open now (an HTTP device waiting for updates or RPC, a CoAP
+    observation the bridge feeds with one), by transport: the sidecar's connected devices."""
+
+    def __init__(self):
+        self._open: Counter[tuple[str, str]] = Counter()  # (transport, device id) -> open polls
+        self._lock = threading.Lock()
+        for name in (m.HTTP, m.COAP):
+            m.gauge_function(m.CONNECTED_DEVICES, lambda name=name: self.devices(name), name)
+
+    @contextlib.contextmanager
+    def polling(self, device_id: str) -> Iterator[None]:
+        key = (transport(), device_id)
+        with self._lock:
+            self._open[key] += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._open[key] -= 1
+                if not self._open[key]:
+                    del self._open[key]
+
+    def devices(self, transport_name: str) -> int:
+        with self._lock:
+            return sum(1 for name, _device_id in self._open if name == transport_name)
+
+
+open_polls = OpenPolls()
 
 
 def instrument(app: Flask) -> None:

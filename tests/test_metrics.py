@@ -2,15 +2,18 @@
 bridge), every counter each process exports equals what the script did."""
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 
+import aiocoap
 import pytest
-from aiocoap import Code
+from aiocoap import Code, Message
 from prometheus_client.parser import text_string_to_metric_families
 
 from gatehouse.credentials import AccessToken
@@ -152,6 +155,43 @@ def test_counters_match_a_scripted_run(gh):
     for client in clients:
         client.close()
     assert wait_until(lambda: scrape(broker.metrics_port)["gatehouse_connected_devices"] == {("MQTT",): 0})
+
+
+def sidecar_connected(sidecar) -> dict[tuple, float]:
+    return scrape(sidecar.http_port)["gatehouse_connected_devices"]
+
+
+def test_sidecar_counts_devices_with_a_long_poll_or_an_observation_open_as_connected(gh):
+    broker, sidecar, bridge = gh
+    http_token, coap_token = unique("TOKEN"), unique("TOKEN")
+    with Registry.open(broker.data_dir) as registry:
+        for token in (http_token, coap_token):
+            registry.create_device(unique("dev"), credentials=AccessToken(token))
+    assert sidecar_connected(sidecar) == {("HTTP",): 0, ("COAP",): 0}
+
+    # Two polls of one device are one connected device.
+    polls = [threading.Thread(target=http, args=("GET", f"{sidecar.url}/api/v1/{http_token}/{feature}?timeout=3000"))
+             for feature in ("attributes/updates", "rpc")]
+    for poll in polls:
+        poll.start()
+    assert wait_until(lambda: sidecar_connected(sidecar) == {("HTTP",): 1, ("COAP",): 0})
+    for poll in polls:
+        poll.join()
+    assert sidecar_connected(sidecar) == {("HTTP",): 0, ("COAP",): 0}
+
+    async def observe_while_counted() -> dict:
+        context = await aiocoap.Context.create_client_context(transports=["udp6"])
+        try:
+            request = context.request(Message(code=Code.GET, observe=0,
+                                              uri=bridge.url("api", "v1", coap_token, "attributes")))
+            await asyncio.wait_for(request.response, 10)
+            counted = await asyncio.to_thread(wait_until, lambda: sidecar_connected(sidecar)[("COAP",)] == 1)
+            request.observation.cancel()
+            return counted
+        finally:
+            await context.shutdown()
+
+    assert asyncio.run(observe_while_counted())
 
 
 def test_blocked_addresses_after_a_brute_force_from_another_address(gh):
