@@ -46,11 +46,9 @@ debian-test-packages:
 test: $(VENV)/.installed-test $(SDK_VENV)/.installed debian-test-packages
 	$(BIN)/pytest
 
+# Every benchmark, full size, one after another; writes bench/RESULTS.md.
 bench: $(VENV)/.installed-test
-	$(BIN)/python bench/registry.py
-	$(BIN)/python bench/mqtt.py
-	$(BIN)/python bench/http.py
-	$(BIN)/python bench/coap.py
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) $(SDK_VENV) build *.egg-info

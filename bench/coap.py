@@ -82,6 +82,7 @@ from types import SimpleNamespace
 from aiocoap import ACK, CON, EMPTY, POST, RST, Message
 from aiocoap.numbers import ContentFormat
 from aiocoap.numbers.codes import Code
+import results  # bench/results.py, beside this file
 from machine import cpu_model, usable_cores  # bench/machine.py, beside this file
 from mqtt import (  # bench/mqtt.py, beside this file: also puts the project root on sys.path
     OP_TIMEOUT,
@@ -580,6 +581,20 @@ def print_table(rows: list[Row]) -> None:
           f"requests/s, for information. The bridge's CPU per handshake includes the forwarded POST.")
 
 
+def summary_figures(rows: list[Row]) -> list[results.Figure]:
+    coap_row, http_row, dtls_row = rows
+    coap, http, dtls = coap_row.sample, http_row.sample, dtls_row.sample
+    return [
+        results.Figure("bridge CPU per CoAP telemetry request", 1000 * per_request(coap.bridge_cpu(), coap), "ms",
+                       "sidecar CPU per direct HTTP request", 1000 * per_request(http.sidecar(), http), coap_row.ratio,
+                       f"<= {TARGET_RATIO:.2f}", coap_row.ratio <= TARGET_RATIO),
+        results.Figure("CoAP telemetry through bridge and sidecar", coap.rate, "requests/s",
+                       "same requests over HTTP to the sidecar", http.rate, coap.rate / http.rate if http.rate else None),
+        results.Figure("DTLS 1.2 handshakes (each with 1 POST and close_notify)", dtls.rate, "handshakes/s",
+                       "plain CoAP requests/s", coap.rate, dtls_row.ratio),
+    ]
+
+
 def describe_machine(settings: Settings) -> None:
     packages = ", ".join(f"{name} {metadata.version(name)}" for name in ("aiocoap", "pyOpenSSL", "aiohttp",
                                                                          "waitress"))
@@ -634,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help=f"alternating rounds per measurement, best kept (default "
                                                    f"{DEFAULT['rounds']}, quick {QUICK['rounds']})")
     parser.add_argument("--tmpdir", type=Path, default=None, help="where the temporary directory goes")
+    results.add_json_option(parser)
     args = parser.parse_args(argv)
     preset = QUICK if args.quick else DEFAULT
     settings = Settings(seconds=args.seconds or preset["seconds"], concurrency=args.concurrency,
@@ -649,9 +665,10 @@ def main(argv: list[str] | None = None) -> int:
     processes = Processes()
     with tempfile.TemporaryDirectory(prefix="gatehouse-coap-bench-", dir=args.tmpdir) as temp:
         try:
-            run(settings, Path(temp), processes)
+            rows = run(settings, Path(temp), processes)
         finally:
             processes.stop_all()
+    results.write(args.json, "CoAP bridge (bench/coap.py)", summary_figures(rows))
     print(f"\nwall time: {perf_counter() - started:.1f} s")
     return 0
 

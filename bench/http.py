@@ -78,6 +78,7 @@ from importlib import metadata
 from types import SimpleNamespace
 
 import aiohttp
+import results  # bench/results.py, beside this file
 from machine import cpu_model, usable_cores  # bench/machine.py, beside this file
 from mqtt import (  # bench/mqtt.py, beside this file: also puts the project root on sys.path
     APP_FILTER,
@@ -505,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    f"{DEFAULT['rounds']}, quick {QUICK['rounds']})")
     parser.add_argument("--threads", type=int, help="waitress threads of both servers (default: the sidecar's)")
     parser.add_argument("--tmpdir", type=Path, default=None, help="where the temporary directory goes")
+    results.add_json_option(parser)
     parser.add_argument("--serve-bare", type=int, metavar="THREADS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_bare:
@@ -564,6 +566,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             servers.stop_all()
     print_table(rows)
+    results.write(args.json, "HTTP sidecar (bench/http.py)", [
+        results.Figure(f"{row.measurement} (p50 {row.sample.percentile_ms(50):.1f} ms, p99 "
+                       f"{row.sample.percentile_ms(99):.1f} ms)", row.sample.rate, "requests/s",
+                       "bare Flask endpoint, same waitress", row.baseline.rate, row.ratio, f">= {TARGET_RATIO:.2f}",
+                       row.ratio >= TARGET_RATIO)
+        for row in rows if row.baseline is not None])
     for name, lines in warnings.items():
         print_warnings(name, lines)
     print(f"\nwall time: {perf_counter() - started:.1f} s")

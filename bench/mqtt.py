@@ -87,6 +87,7 @@ sys.path.sort(key=lambda entry: entry == str(Path(__file__).resolve().parent))
 import mqtt5
 from amqtt.codecs_amqtt import encode_data_with_length  # noqa: E402
 from amqtt.mqtt.packet import MQTTFixedHeader  # noqa: E402
+import results  # noqa: E402  (bench/results.py, beside this file)
 from machine import cpu_model, usable_cores  # noqa: E402  (bench/machine.py, beside this file)
 
 perf_counter = time.perf_counter
@@ -860,6 +861,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="alternating rounds per measurement, best kept (default 3, quick 1)")
     parser.add_argument("--idle-clients", type=int, help="idle clients for the memory figure (1000)")
     parser.add_argument("--tmpdir", type=Path, default=None, help="where the temporary directory goes")
+    results.add_json_option(parser)
     parser.add_argument("--serve-stock-amqtt", metavar="CONFIG_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_stock_amqtt:
@@ -909,6 +911,11 @@ def main(argv: list[str] | None = None) -> int:
             processes.stop_all()
     print_table(rows)
     print_protocol_table(v5_rows)
+    results.write(args.json, "MQTT broker (bench/mqtt.py)", [
+        results.Figure(row.measurement, row.gatehouse, row.unit, "stock amqtt 0.12.1", row.baseline, row.ratio,
+                       row.target if row.has_target else "", row.met if row.has_target else None) for row in rows] + [
+        results.Figure(f"{row.measurement}, MQTT 5", row.gatehouse, row.unit, "Gatehouse, MQTT 3.1.1", row.baseline,
+                       row.ratio) for row in v5_rows])
     print(f"\nwall time: {perf_counter() - started:.1f} s")
     return 0
 

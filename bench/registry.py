@@ -49,6 +49,7 @@ from gatehouse import certificates, pki  # noqa: E402
 from gatehouse.bulk_import import BulkImportMapping, import_devices, read_header  # noqa: E402
 from gatehouse.credentials import certificate_thumbprint, sha3_hash  # noqa: E402
 from gatehouse.registry import Registry  # noqa: E402
+import results  # noqa: E402  (bench/results.py, beside this file)
 from machine import cpu_model, usable_cores  # noqa: E402  (bench/machine.py, beside this file)
 
 perf_counter = time.perf_counter
@@ -238,6 +239,10 @@ class Line:
         return [self.measurement, figure, self.unit, f"{fmt(self.baseline)} {self.baseline_unit}", ratio_text]
 
 
+BASELINE_NAMES = {"rows/s": "plain SQLite executemany of (name, token), one transaction",
+                  "lookups/s": "plain SQLite indexed SELECT by token"}
+
+
 def ratio_text_of(ratio: float) -> str:
     """3 significant digits, plus "1/x" when the figure is below its baseline."""
     return f"{ratio:.3g}" + (f" (1/{1 / ratio:,.0f})" if 0 < ratio < 1 else "")
@@ -410,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="afterwards, profile a second import (cProfile) into a fresh registry")
     parser.add_argument("--profile-rows", type=int, default=None, help="rows of the profiled import (default: all)")
     parser.add_argument("--profile-top", type=int, default=25, help="functions listed per profile ordering")
+    results.add_json_option(parser)
     args = parser.parse_args(argv)
     if args.devices < 1:
         parser.error("--devices must be at least 1")
@@ -425,6 +431,10 @@ def main(argv: list[str] | None = None) -> int:
         lines = run(args, temp_root)
     print(f"\n## Summary ({args.devices:,} devices; ratio = figure / baseline)\n")
     print(markdown_table(lines))
+    results.write(args.json, f"registry (bench/registry.py, {args.devices:,} devices)", [
+        results.Figure(line.measurement, line.figure, line.unit, BASELINE_NAMES.get(line.baseline_unit, ""),
+                       line.baseline, line.figure / line.baseline if line.baseline else None)
+        for line in lines if line.figure is not None])
     print(f"\nbench wall time: {perf_counter() - wall:.1f} s")
     return 0
 
