@@ -70,8 +70,8 @@ def number(value: float | None) -> str:
 
 def markdown(runs: list[Run], report_command: list[str], started: datetime.datetime) -> str:
     out = ["# Gatehouse benchmark results", "",
-           f"Written by `{shlex.join(['python', *report_command])}` on {started:%Y-%m-%d %H:%M} UTC; "
-           "every figure is compared with a baseline measured in the same run on the same machine.", "",
+           (f"Written by `{shlex.join(['python', *report_command])}` on {started:%Y-%m-%d %H:%M} UTC; "
+            "every figure is compared with a baseline measured in the same run on the same machine."), "",
            f"- CPU: {cpu_model()} ({usable_cores()} cores)",
            f"- Python: {platform.python_implementation()} {platform.python_version()}",
            f"- Platform: {platform.platform()}", "",
@@ -87,8 +87,8 @@ def markdown(runs: list[Run], report_command: list[str], started: datetime.datet
                        f"{number(f.baseline_value)} | {number(f.ratio)} | {f.target} | {met} |")
     for run in runs:
         out += ["", f"## {run.benchmark or run.script}", "",
-                f"`{shlex.join(['python', str(Path(run.command[1]).relative_to(REPO_ROOT)), *run.command[2:-2]])}` "
-                f"— exit code {run.returncode}, {run.seconds:.0f} s", "",
+                (f"`{shlex.join(['python', str(Path(run.command[1]).relative_to(REPO_ROOT)), *run.command[2:-2]])}` "
+                 f"— exit code {run.returncode}, {run.seconds:.0f} s"), "",
                 "<details><summary>full output</summary>", "", "```", run.output.rstrip(), "```", "", "</details>"]
     return "\n".join(out) + "\n"
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=[script for script, _ in BENCHMARKS],
                         help="run only this benchmark (repeatable)")
     args = parser.parse_args(argv)
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     runs = []
     with tempfile.TemporaryDirectory(prefix="gatehouse-report-") as temp:
         for script, quick_args in BENCHMARKS:
