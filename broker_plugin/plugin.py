@@ -202,6 +202,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         if cert_der is not None and result.outcome is LoginOutcome.NOT_AUTHORIZED:
             result = await self.worker.call(Registry.login, client_id, session.username, session.password, cert_der)
         _logins(m.login_credentials_type(result, session.username, cert_der is not None), m.login_outcome(result)).inc()
+        if result.provisioning is not None:
+            _provisioning(m.provision_strategy(result.provisioning), result.provisioning.status.value).inc()
         if result.outcome is LoginOutcome.PROVISION_SESSION:
             session.attributes[ROLE] = ROLE_PROVISION
             if session.client_id == PROVISION_LOGIN:

@@ -5,6 +5,7 @@ import enum
 from dataclasses import dataclass
 
 from .models import CredentialsType, Device
+from .provisioning import ProvisionResult
 
 PROVISION_LOGIN = "provision"
 # Application accounts' MQTT user names; no device credential may start with it.
@@ -32,6 +33,9 @@ class LoginResult:
     # Which credentials the device logged in with: a session must end when they change.
     credentials_version: tuple[str, int] | None = None
     credentials_type: CredentialsType | None = None  # of an ACCEPTED device login
+    # The X.509 certificate-chain provisioning this login ran: an unknown certificate whose
+    # issuer a chain profile trusts.
+    provisioning: ProvisionResult | None = None
 
     @property
     def accepted(self) -> bool:

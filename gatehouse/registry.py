@@ -684,13 +684,17 @@ class Registry:
         if not certificates.is_within_validity(cert):
             return LoginResult(LoginOutcome.NOT_AUTHORIZED)
         found = self._find_certificate(cert_der)
-        if found is None and provision and self.provision_by_certificate(cert_der).status is ProvisionStatus.SUCCESS:
-            # Provisioning may answer SUCCESS for a device that keeps non-X.509 credentials;
-            # only a device now holding this very certificate may log in with it (SPEC §1.4.2).
-            found = self._find_certificate(cert_der)
+        provisioning = None
+        if found is None and provision:
+            attempt = self.provision_by_certificate(cert_der)
+            provisioning = attempt if attempt.strategy is not None else None  # else no chain profile: no attempt
+            if attempt.status is ProvisionStatus.SUCCESS:
+                # Provisioning may answer SUCCESS for a device that keeps non-X.509 credentials;
+                # only a device now holding this very certificate may log in with it (SPEC §1.4.2).
+                found = self._find_certificate(cert_der)
         if found is None:
-            return LoginResult(LoginOutcome.NOT_AUTHORIZED)
-        return self._accepted(found)
+            return LoginResult(LoginOutcome.NOT_AUTHORIZED, provisioning=provisioning)
+        return replace(self._accepted(found), provisioning=provisioning)
 
     def _accepted(self, found: StoredCredentials) -> LoginResult:
         return LoginResult(LoginOutcome.ACCEPTED, self._device_by_id(found.device_id),
@@ -727,7 +731,7 @@ class Registry:
                 return ProvisionResult(ProvisionStatus.NOT_FOUND, reason="no chain profile trusts the issuer")
             decision = decide_x509_chain(profile, certificates.common_name(leaf),
                                          X509Certificate(certificates.base64_body(leaf)), self._existing_device)
-            result = self._apply(decision, profile)
+            result = replace(self._apply(decision, profile), strategy=profile.provision_type)
             self._record_event(result, profile, certificates.common_name(leaf), transport, remote_address)
         return result
 

@@ -42,6 +42,7 @@ from .mqtt_client import (
     publish_packet,
     wait_until,
 )
+from .test_metrics import counts
 
 TELEMETRY = "v1/devices/me/telemetry"
 PROVISION_REQUEST, PROVISION_RESPONSE = "/provision/request", "/provision/response"
@@ -404,6 +405,12 @@ def test_x509_chain_profile_created_before_start_provisions_the_device_at_login(
     assert tls_code(broker, other_cert, other_key) == 5
     with registry(broker) as r:
         assert r.get_credentials("sensor-11").credentials_type is CredentialsType.ACCESS_TOKEN
+        events = r.provisioning_events()
+
+    # Each provisioning at login is counted as one, as its entry in the audit trail.
+    assert [event["outcome"] for event in events] == ["SUCCESS", "FAILURE", "SUCCESS", "SUCCESS", "FAILURE"]
+    assert counts(broker.metrics_port, "gatehouse_provisioning_requests_total") == {
+        ("SUCCESS", "X509_CERTIFICATE_CHAIN", "MQTT"): 3, ("FAILURE", "X509_CERTIFICATE_CHAIN", "MQTT"): 2}
 
 
 def test_x509_chain_profile_created_while_running_provisions_after_the_trust_refresh(gh, tmp_path):
