@@ -5,6 +5,7 @@ line on stderr and a non-zero exit, with nothing changed.
 """
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from . import certificates, pki
 from .bulk_import import BulkImportMapping, import_rows, parse_rows, read_header
 from .credentials import AccessToken, MqttBasic, NewCredentials, X509Certificate
 from .data_dir import DEFAULT_DATA_DIR, DataDir
+from .device_activity import ACTIVE, LAST_ACTIVITY_TIME
 from .errors import GatehouseError, ValidationError
 from .models import Device, DeviceCredentials, DeviceProfile, ProvisionType
 from .registry import Registry
@@ -186,6 +188,16 @@ def _device_text(d: Device, c: DeviceCredentials | None = None) -> str:
     return "\n".join(lines)
 
 
+def _activity_text(activity: dict) -> str:
+    """`active: yes, last activity 2026-11-29 19:40:01 UTC` (never: the device was not seen yet)."""
+    if ACTIVE not in activity:
+        return "  active:      never seen"
+    last = activity.get(LAST_ACTIVITY_TIME)
+    when = "" if last is None else datetime.datetime.fromtimestamp(last / 1000, datetime.UTC).strftime(
+        ", last activity %Y-%m-%d %H:%M:%S UTC")
+    return f"  active:      {'yes' if activity[ACTIVE] else 'no'}{when}"
+
+
 def _credentials_text(c: DeviceCredentials) -> str:
     lines = [f"  credentials: {c.credentials_type.value}"]
     if c.credentials_type.value == "ACCESS_TOKEN":
@@ -247,7 +259,9 @@ def device_show(ctx, name, as_json) -> None:
     registry = _registry(ctx)
     found = registry.get_device(name)
     credentials = registry.get_credentials(found.id)
-    _emit(as_json, _device_json(found, credentials), _device_text(found, credentials))
+    activity = registry.device_activity(found.id)
+    _emit(as_json, {**_device_json(found, credentials), "activity": activity},
+          "\n".join([_device_text(found, credentials), _activity_text(activity)]))
 
 
 @device.command("delete")
@@ -421,7 +435,10 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
            provision_close_seconds, connect_timeout, metrics_port, log_format) -> None:
     """Run the MQTT broker (plain and TLS listeners) until Ctrl-C or SIGTERM."""
     Registry.open(ctx.obj).close()  # a clear error now rather than a broker that cannot log anyone in
-    from broker_plugin.server import BrokerSettings, run  # components load lazily: the domain imports none
+    from broker_plugin.server import (  # components load lazily: the domain imports none
+        BrokerSettings,
+        run,
+    )
 
     ctx.exit(run(BrokerSettings(
         data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port, tls_cert=tls_cert,
@@ -444,7 +461,9 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
 def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_seconds, log_format) -> None:
     """Run the HTTP device API and the admin REST API (and Prometheus /metrics) until Ctrl-C or SIGTERM."""
     Registry.open(ctx.obj).close()
-    from sidecar.context import SidecarSettings  # components load lazily: the domain imports none
+    from sidecar.context import (
+        SidecarSettings,  # components load lazily: the domain imports none
+    )
     from sidecar.server import run
 
     ctx.exit(run(SidecarSettings(data_dir=ctx.obj.resolve(), host=host, http_port=http_port, broker_host=broker_host,
@@ -465,7 +484,10 @@ def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_
 def coap(ctx, host, coap_port, coaps_port, sidecar_url, tls_cert, tls_key, metrics_port, log_format) -> None:
     """Run the CoAP bridge (ThingsBoard's CoAP device API, plain and over DTLS) until Ctrl-C or SIGTERM."""
     Registry.open(ctx.obj).close()
-    from coap_bridge.server import CoapSettings, run  # components load lazily: the domain imports none
+    from coap_bridge.server import (  # components load lazily: the domain imports none
+        CoapSettings,
+        run,
+    )
 
     ctx.exit(run(CoapSettings(data_dir=ctx.obj.resolve(), host=host, coap_port=coap_port, coaps_port=coaps_port,
                               sidecar_url=sidecar_url, tls_cert=tls_cert, tls_key=tls_key, metrics_port=metrics_port,

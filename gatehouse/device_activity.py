@@ -19,6 +19,7 @@ ACTIVE = "active"
 LAST_CONNECT_TIME = "lastConnectTime"
 LAST_DISCONNECT_TIME = "lastDisconnectTime"
 LAST_ACTIVITY_TIME = "lastActivityTime"
+ACTIVITY_ATTRIBUTES = (ACTIVE, LAST_CONNECT_TIME, LAST_DISCONNECT_TIME, LAST_ACTIVITY_TIME)
 REPORTING_PERIOD_MS = 10_000  # ThingsBoard's transport.activity.reporting_period default
 INACTIVITY_TIMEOUT_MS = 600_000  # ThingsBoard's default inactivityTimeout (10 minutes)
 

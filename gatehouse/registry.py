@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import certificates, device_activity
+from . import certificates
 from .credentials import (
     AccessToken,
     MqttBasic,
@@ -32,6 +32,7 @@ from .credentials import (
     sha3_hash,
 )
 from .data_dir import DataDir
+from .device_activity import ACTIVE, ACTIVITY_ATTRIBUTES, INACTIVITY_TIMEOUT_MS
 from .errors import NotFoundError, ValidationError
 from .login import (
     APPLICATION_USERNAME_PREFIX,
@@ -866,14 +867,18 @@ class Registry:
         except NotFoundError:  # a batch of one raises what a larger batch reports
             pass
 
-    def expire_activity(self, now: int, *, timeout_ms: int = device_activity.INACTIVITY_TIMEOUT_MS,
+    def device_activity(self, device_id: str) -> dict:
+        """The device's activity attributes that are set (`active`, `lastConnectTime`, ...)."""
+        return self.get_attributes(device_id, AttributeScope.SERVER, ACTIVITY_ATTRIBUTES)
+
+    def expire_activity(self, now: int, *, timeout_ms: int = INACTIVITY_TIMEOUT_MS,
                         connected: Iterable[str] = ()) -> list[str]:
         """Mark inactive the devices nobody reported for `timeout_ms`, except those `connected`
         (live MQTT sessions, quiet but there); returns their ids."""
         keep = set(connected)
         stale = [device_id for device_id in self.store.stale_active_devices(now - timeout_ms) if device_id not in keep]
         if stale:
-            self.record_activity({device_id: (KvEntry(device_activity.ACTIVE, ValueKind.BOOLEAN, False),)
+            self.record_activity({device_id: (KvEntry(ACTIVE, ValueKind.BOOLEAN, False),)
                                   for device_id in stale})
         return stale
 

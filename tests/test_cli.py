@@ -21,8 +21,14 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from gatehouse.certificates import common_name, der_bytes, is_issued_by, parse_certificate
+from gatehouse.certificates import (
+    common_name,
+    der_bytes,
+    is_issued_by,
+    parse_certificate,
+)
 from gatehouse.cli import main
+from gatehouse.device_activity import ActivityTracker
 from gatehouse.pki import certificate_pem, create_ca
 from gatehouse.registry import Registry
 
@@ -316,10 +322,23 @@ def test_device_list_show_and_delete(cli):
     assert set(listed) >= {"id", "createdTime", "name", "type", "label", "deviceProfileId", "additionalInfo"}
     assert set(shown["credentials"]) >= {"credentialsType", "credentialsId", "credentialsValue"}
     assert "alpha-token" in cli.run("device", "show", "alpha").stdout
+    assert shown["activity"] == {} and "active:      never seen" in cli.run("device", "show", "alpha").stdout
 
     assert cli.run("device", "delete", "alpha").stdout.strip() == "Deleted device alpha"
     assert [d["name"] for d in cli.json("device", "list", "--json")] == ["alphabet", "beta"]
     assert not login(cli.data_dir, "c", "alpha-token").accepted
+
+
+def test_device_show_tells_whether_the_device_is_active_and_when_it_was_last_heard_from(cli):
+    cli.run("device", "create", "seen", "--token", "seen-token")
+    with Registry.open(cli.data_dir) as registry:
+        device = registry.get_device("seen")
+        tracker = ActivityTracker()
+        tracker.connected(device.id, 1_795_000_000_000)
+        registry.record_activity(tracker.take_changes(1_795_000_000_000))
+    assert cli.json("device", "show", "seen", "--json")["activity"] == {
+        "active": True, "lastActivityTime": 1_795_000_000_000, "lastConnectTime": 1_795_000_000_000}
+    assert "active:      yes, last activity 2026-11-18 11:06:40 UTC" in cli.run("device", "show", "seen").stdout
 
 
 def test_credentials_rotate_replaces_the_token(cli):
