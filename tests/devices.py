@@ -2,9 +2,12 @@
 and token devices in a running broker's registry."""
 from __future__ import annotations
 
+import sqlite3
 import uuid
+from collections.abc import Iterable
 
 from gatehouse.credentials import AccessToken
+from gatehouse.device_activity import ACTIVITY_ATTRIBUTES
 from gatehouse.models import Device
 from gatehouse.registry import Registry
 
@@ -25,3 +28,15 @@ def latest_telemetry(broker, device_id: str) -> dict:
     """The device's latest telemetry, {key: {"ts", "value"}}, from `broker`'s registry."""
     with Registry.open(broker.data_dir) as registry:
         return registry.latest_telemetry(device_id)
+
+
+# Device activity (gatehouse.device_activity) is stored a second after any accepted request,
+# so a count taken to show that a refused request stored nothing leaves it out.
+_NOT_ACTIVITY = "NOT (scope = 'SERVER_SCOPE' AND key IN ({}))".format(", ".join(f"'{k}'" for k in ACTIVITY_ATTRIBUTES))
+
+
+def stored_row_counts(database: sqlite3.Connection, tables: Iterable[str]) -> dict[str, int]:
+    """Rows per table, device activity left out: unchanged means nothing was stored."""
+    return {table: database.execute(f"SELECT count(*) FROM {table}"
+                                    + (f" WHERE {_NOT_ACTIVITY}" if table == "attribute" else "")).fetchone()[0]
+            for table in tables}

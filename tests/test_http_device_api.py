@@ -39,7 +39,7 @@ from .conftest import (
     RunningSidecar,
     broker_and_sidecar,
 )
-from .devices import token_device, unique
+from .devices import stored_row_counts, token_device, unique
 from .mqtt_client import TestClient as MqttClient
 from .mqtt_client import connect, next_on, wait_until
 from .test_mqtt_device_api import app_client, body
@@ -144,7 +144,7 @@ def row_counts(gh: Gatehouse) -> dict[str, int]:
     """Rows per table: unchanged means nothing was stored."""
     database = sqlite3.connect(gh.broker.data_dir / "gatehouse.db")
     try:
-        return {table: database.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in TABLES}
+        return stored_row_counts(database, TABLES)
     finally:
         database.close()
 
