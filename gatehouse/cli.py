@@ -171,7 +171,7 @@ def _chosen_credentials(token, client_id, username, password, cert) -> NewCreden
     if client_id or username or password:
         return MqttBasic(client_id, username, password)
     if cert:
-        return X509Certificate(certificates.base64_body(certificates.parse_certificate(cert.read())))
+        return X509Certificate.parse(cert.read())
     return None
 
 

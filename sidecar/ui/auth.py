@@ -1,0 +1,89 @@
+"""Logging in and out of the web UI, and the guard in front of every page: a logged-in
+administrator (the admin REST API's users, Registry.verify_admin) and, for every POST, a valid
+CSRF token. Errors inside the UI are HTML pages, not the APIs' JSON."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Response, g, redirect, render_template, request, session, url_for
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+
+from gatehouse import metrics as gm
+from gatehouse.errors import NotFoundError
+
+from .. import metrics
+from ..context import sidecar
+from .blueprint import csrf, ui
+from .forms import LoginForm
+
+SESSION_USER = "admin"
+PUBLIC_ENDPOINTS = {"ui.login", "ui.static"}
+
+
+@ui.before_request
+def guard() -> Response | None:
+    if request.endpoint in PUBLIC_ENDPOINTS:
+        return None
+    username = session.get(SESSION_USER)
+    # An administrator removed meanwhile is logged out with the next request.
+    if not isinstance(username, str) or not sidecar().registry.admin_exists(username):
+        session.clear()
+        return redirect(url_for("ui.login", next=request.full_path.rstrip("?") if request.method == "GET" else None))
+    g.admin = username
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        csrf.protect()
+    return None
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path inside the UI: never an open redirect to another site."""
+    parts = urlsplit(target or "")
+    if target and not parts.scheme and not parts.netloc and parts.path.startswith("/ui/"):
+        return target
+    return url_for("ui.devices")
+
+
+@ui.route("/login", methods=["GET", "POST"])
+def login():
+    form = LoginForm()
+    if form.validate_on_submit():
+        if sidecar().registry.verify_admin(form.username.data, form.password.data):
+            metrics.login("ADMIN", gm.ACCEPTED)
+            session.clear()  # a fresh session (and CSRF token) for the new login
+            session.permanent = True
+            session[SESSION_USER] = form.username.data
+            return redirect(_safe_next(request.args.get("next")))
+        metrics.login("ADMIN", "BAD_USERNAME_OR_PASSWORD")
+        form.password.errors.append("Invalid username or password")
+    return render_template("ui/login.html", form=form)
+
+
+@ui.route("/logout", methods=["POST"])
+def logout():
+    session.clear()
+    return redirect(url_for("ui.login"))
+
+
+@ui.route("/")
+def home():
+    return redirect(url_for("ui.devices"))
+
+
+def error_page(status: int, message: str) -> tuple[str, int]:
+    return render_template("ui/error.html", status=status, message=message), status
+
+
+@ui.errorhandler(CSRFError)
+def csrf_refused(error: CSRFError):
+    return error_page(400, f"The form could not be accepted ({error.description}). Reload the page and try again.")
+
+
+@ui.errorhandler(NotFoundError)
+def not_found(error: NotFoundError):
+    return error_page(404, str(error))
+
+
+@ui.errorhandler(HTTPException)
+def http_error(error: HTTPException):
+    return error_page(error.code or 500, error.description or error.name)

@@ -1,0 +1,8 @@
+"""The web UI's blueprint and CSRF protection, shared by its view modules."""
+from __future__ import annotations
+
+from flask import Blueprint
+from flask_wtf.csrf import CSRFProtect
+
+ui = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
+csrf = CSRFProtect()
