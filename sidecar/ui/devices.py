@@ -8,6 +8,7 @@ import json
 from datetime import datetime, timezone
 
 from flask import abort, flash, redirect, render_template, request, url_for
+from wtforms.fields.choices import SelectChoice
 
 from gatehouse.credentials import AccessToken, generate_secret
 from gatehouse.errors import ValidationError
@@ -72,9 +73,9 @@ def devices():
                            pages=max(1, -(-total // PAGE_SIZE)), labels=CREDENTIALS_LABELS)
 
 
-def _profile_choices() -> list[tuple[str, str]]:
-    profiles = _registry().list_profiles()
-    return [(p.id, p.name + (" (default)" if p.is_default else "")) for p in sorted(profiles, key=lambda p: not p.is_default)]
+def _profile_choices() -> list[SelectChoice]:
+    profiles = sorted(_registry().list_profiles(), key=lambda p: not p.is_default)  # the default first
+    return [SelectChoice(p.id, p.name + (" (default)" if p.is_default else "")) for p in profiles]
 
 
 @ui.route("/devices/new", methods=["GET", "POST"])

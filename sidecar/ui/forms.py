@@ -9,6 +9,7 @@ import re
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
 from wtforms import BooleanField, PasswordField, RadioField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice
 
 from gatehouse.credentials import AccessToken, CredentialsError, MqttBasic, NewCredentials, X509Certificate
 from gatehouse.models import CredentialsType, ProvisionType
@@ -81,6 +82,10 @@ def uploaded_text(form: FlaskForm, field: str, limit: int = MAX_UPLOAD_BYTES) ->
         raise FieldError(field, "The file is not UTF-8 text") from None
 
 
+def _choices(labels: dict) -> list[SelectChoice]:
+    return [SelectChoice(kind.value, label) for kind, label in labels.items()]
+
+
 class LoginForm(FlaskForm):
     username = StringField("Username")
     password = PasswordField("Password")
@@ -89,7 +94,7 @@ class LoginForm(FlaskForm):
 class ProfileForm(FlaskForm):
     name = StringField("Name")
     description = TextAreaField("Description")
-    strategy = SelectField("Provisioning strategy", choices=[(t.value, label) for t, label in STRATEGY_LABELS.items()],
+    strategy = SelectField("Provisioning strategy", choices=_choices(STRATEGY_LABELS),
                            default=ProvisionType.DISABLED.value)
     key = StringField("Provision device key", description="Left empty: generated (or, when editing, kept).")
     secret = StringField("Provision device secret", description="Left empty: generated (or, when editing, kept).")
@@ -100,7 +105,7 @@ class ProfileForm(FlaskForm):
 
 
 class CredentialsForm(FlaskForm):
-    credentials_type = RadioField("Credentials", choices=[(t.value, label) for t, label in CREDENTIALS_LABELS.items()],
+    credentials_type = RadioField("Credentials", choices=_choices(CREDENTIALS_LABELS),
                                   default=CredentialsType.ACCESS_TOKEN.value)
     token = StringField("Access token", description="Left empty: a generated one.")
     client_id = StringField("Client id")
@@ -140,5 +145,6 @@ class SharedAttributeForm(FlaskForm):
 
 class ImportForm(FlaskForm):
     file = FileField("CSV file")
-    delimiter = SelectField("Delimiter", choices=[(",", "comma ,"), (";", "semicolon ;"), ("\t", "tab"), ("|", "bar |")])
+    delimiter = SelectField("Delimiter", choices=[SelectChoice(",", "comma ,"), SelectChoice(";", "semicolon ;"),
+                                                       SelectChoice("\t", "tab"), SelectChoice("|", "bar |")])
     update = BooleanField("Update existing devices' attributes and telemetry", default=True)
