@@ -386,3 +386,11 @@ def test_an_import_is_seen_by_its_administrator_only(ui, app, registry):
     other = Ui(app)
     other.login("second@gatehouse.test", "second-Password-1")
     assert other.get(location + "/status").status_code == 404
+
+
+def test_the_login_form_needs_its_csrf_token_and_survives_missing_fields(app):
+    client = Ui(app)
+    client.get("/ui/login")
+    assert client.post("/ui/login", {"username": ADMIN, "password": PASSWORD}, csrf=False).status_code == 400
+    response = client.post("/ui/login", {})
+    assert response.status_code == 200 and _field_errors(response.get_data(as_text=True), "password")

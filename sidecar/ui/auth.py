@@ -3,6 +3,7 @@ administrator (the admin REST API's users, Registry.verify_admin) and, for every
 CSRF token. Errors inside the UI are HTML pages, not the APIs' JSON."""
 from __future__ import annotations
 
+import logging
 from urllib.parse import urlsplit
 
 from flask import Response, g, redirect, render_template, request, session, url_for
@@ -17,22 +18,22 @@ from ..context import sidecar
 from .blueprint import csrf, ui
 from .forms import LoginForm
 
+log = logging.getLogger(__name__)
 SESSION_USER = "admin"
 PUBLIC_ENDPOINTS = {"ui.login", "ui.static"}
 
 
 @ui.before_request
 def guard() -> Response | None:
-    if request.endpoint in PUBLIC_ENDPOINTS:
-        return None
-    username = session.get(SESSION_USER)
-    # An administrator removed meanwhile is logged out with the next request.
-    if not isinstance(username, str) or not sidecar().registry.admin_exists(username):
-        session.clear()
-        return redirect(url_for("ui.login", next=request.full_path.rstrip("?") if request.method == "GET" else None))
-    g.admin = username
+    if request.endpoint not in PUBLIC_ENDPOINTS:
+        username = session.get(SESSION_USER)
+        # An administrator removed meanwhile is logged out with the next request.
+        if not isinstance(username, str) or not sidecar().registry.admin_exists(username):
+            session.clear()
+            return redirect(url_for("ui.login", next=request.full_path.rstrip("?") if request.method == "GET" else None))
+        g.admin = username
     if request.method not in ("GET", "HEAD", "OPTIONS"):
-        csrf.protect()
+        csrf.protect()  # the login form too: no logging a victim's browser into an attacker's account
     return None
 
 
@@ -48,11 +49,12 @@ def _safe_next(target: str | None) -> str:
 def login():
     form = LoginForm()
     if form.validate_on_submit():
-        if sidecar().registry.verify_admin(form.username.data, form.password.data):
+        username, password = form.username.data or "", form.password.data or ""
+        if sidecar().registry.verify_admin(username, password):
             metrics.login("ADMIN", gm.ACCEPTED)
             session.clear()  # a fresh session (and CSRF token) for the new login
             session.permanent = True
-            session[SESSION_USER] = form.username.data
+            session[SESSION_USER] = username
             return redirect(_safe_next(request.args.get("next")))
         metrics.login("ADMIN", "BAD_USERNAME_OR_PASSWORD")
         form.password.errors.append("Invalid username or password")
@@ -87,3 +89,9 @@ def not_found(error: NotFoundError):
 @ui.errorhandler(HTTPException)
 def http_error(error: HTTPException):
     return error_page(error.code or 500, error.description or error.name)
+
+
+@ui.errorhandler(Exception)
+def internal_error(error: Exception):
+    log.exception("web UI request failed")
+    return error_page(500, "Internal server error")
