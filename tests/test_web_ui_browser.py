@@ -15,6 +15,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from gatehouse.credentials import AccessToken
 from gatehouse.models import AttributeScope, CredentialsType
+from gatehouse.pki import DevelopmentPki, issue_device_certificate
 from gatehouse.registry import Registry
 
 from .conftest import broker_and_sidecar
@@ -164,7 +165,6 @@ def test_devices_are_created_with_each_credentials_type_and_log_in(page: Page, g
     create(f"{prefix}-basic", "MQTT_BASIC", lambda: (page.fill("#client_id", f"{prefix}-cid"),
                                                      page.fill("#user_name", f"{prefix}-user"),
                                                      page.fill("#password", "basic-pw")))
-    from gatehouse.pki import DevelopmentPki, issue_device_certificate
     cert, key = issue_device_certificate(DevelopmentPki.in_directory(broker.data_dir / "pki"), f"{prefix}-cam",
                                          tmp_path)
     create(f"{prefix}-cert", "X509_CERTIFICATE", lambda: page.set_input_files("#certificate", str(cert)))

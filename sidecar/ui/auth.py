@@ -14,8 +14,7 @@ from gatehouse import metrics as gm
 from gatehouse.errors import NotFoundError
 
 from .. import metrics
-from ..context import sidecar
-from .blueprint import csrf, ui
+from .blueprint import csrf, registry, ui
 from .forms import LoginForm
 
 log = logging.getLogger(__name__)
@@ -28,9 +27,10 @@ def guard() -> Response | None:
     if request.endpoint not in PUBLIC_ENDPOINTS:
         username = session.get(SESSION_USER)
         # An administrator removed meanwhile is logged out with the next request.
-        if not isinstance(username, str) or not sidecar().registry.admin_exists(username):
+        if not isinstance(username, str) or not registry().admin_exists(username):
             session.clear()
-            return redirect(url_for("ui.login", next=request.full_path.rstrip("?") if request.method == "GET" else None))
+            back = request.full_path.rstrip("?") if request.method == "GET" else None
+            return redirect(url_for("ui.login", next=back))
         g.admin = username
     if request.method not in ("GET", "HEAD", "OPTIONS"):
         csrf.protect()  # the login form too: no logging a victim's browser into an attacker's account
@@ -50,7 +50,7 @@ def login():
     form = LoginForm()
     if form.validate_on_submit():
         username, password = form.username.data or "", form.password.data or ""
-        if sidecar().registry.verify_admin(username, password):
+        if registry().verify_admin(username, password):
             metrics.login("ADMIN", gm.ACCEPTED)
             session.clear()  # a fresh session (and CSRF token) for the new login
             session.permanent = True

@@ -18,7 +18,7 @@ from gatehouse.provisioning import PROVISION_STATE_KEY, PROVISIONED
 
 from ..admin_payloads import MAX_ATTRIBUTES_BYTES
 from ..context import sidecar
-from .blueprint import ui
+from .blueprint import registry, ui
 from .forms import CREDENTIALS_LABELS, CredentialsForm, DeviceForm, FieldError, SharedAttributeForm, show_error
 
 PAGE_SIZE = 20
@@ -28,12 +28,8 @@ ACTIVE, LAST_ACTIVITY_TIME = "active", "lastActivityTime"
 SCOPES = (("Client", AttributeScope.CLIENT), ("Shared", AttributeScope.SHARED), ("Server", AttributeScope.SERVER))
 
 
-def _registry():
-    return sidecar().registry
-
-
 def _device(device_id: str) -> Device:
-    return _registry().get_device(device_id, by_id=True)
+    return registry().get_device(device_id, by_id=True)
 
 
 def format_ms(ms) -> str:
@@ -50,8 +46,8 @@ ui.add_app_template_filter(format_ms, "ui_time")
 
 
 def _state(device: Device) -> dict:
-    registry = _registry()
-    server = registry.get_attributes(device.id, AttributeScope.SERVER, [ACTIVE, LAST_ACTIVITY_TIME, PROVISION_STATE_KEY])
+    server = registry().get_attributes(device.id, AttributeScope.SERVER,
+                                       [ACTIVE, LAST_ACTIVITY_TIME, PROVISION_STATE_KEY])
     active = server.get(ACTIVE)
     return {"provisioned": server.get(PROVISION_STATE_KEY) == PROVISIONED,
             "connected": "—" if not isinstance(active, bool) else ("yes" if active else "no"),
@@ -65,16 +61,15 @@ def devices():
         page = max(0, int(request.args.get("page", "0")))
     except ValueError:
         page = 0
-    registry = _registry()
-    total = registry.count_devices(name_contains=search)
-    listed = registry.list_devices(offset=page * PAGE_SIZE, limit=PAGE_SIZE, name_contains=search)
+    total = registry().count_devices(name_contains=search)
+    listed = registry().list_devices(offset=page * PAGE_SIZE, limit=PAGE_SIZE, name_contains=search)
     rows = [(device, _state(device)) for device in listed]
     return render_template("ui/devices.html", rows=rows, search=search or "", page=page, total=total,
                            pages=max(1, -(-total // PAGE_SIZE)), labels=CREDENTIALS_LABELS)
 
 
 def _profile_choices() -> list[SelectChoice]:
-    profiles = sorted(_registry().list_profiles(), key=lambda p: not p.is_default)  # the default first
+    profiles = sorted(registry().list_profiles(), key=lambda p: not p.is_default)  # the default first
     return [SelectChoice(p.id, p.name + (" (default)" if p.is_default else "")) for p in profiles]
 
 
@@ -84,7 +79,7 @@ def new_device():
     form.profile.choices = _profile_choices()
     if form.validate_on_submit():
         try:
-            device = _registry().save_device(form.name.data, profile_id=form.profile.data, label=form.label.data or None,
+            device = registry().save_device(form.name.data, profile_id=form.profile.data, label=form.label.data or None,
                                              credentials=form.credentials())
         except (FieldError, ValidationError) as e:
             show_error(form, e)
@@ -96,15 +91,16 @@ def new_device():
 
 def _device_page(device: Device, *, revealed: bool = False, credentials_form: CredentialsForm | None = None,
                  attribute_form: SharedAttributeForm | None = None, status: int = 200):
-    registry = _registry()
-    credentials = registry.get_credentials(device.id, by_id=True)
-    mqtt = json.loads(credentials.credentials_value) if credentials.credentials_type is CredentialsType.MQTT_BASIC else None
-    attributes = [(label, registry.attribute_data(device.id, scope)) for label, scope in SCOPES]
+    credentials = registry().get_credentials(device.id, by_id=True)
+    mqtt = None
+    if credentials.credentials_type is CredentialsType.MQTT_BASIC:
+        mqtt = json.loads(credentials.credentials_value)  # shown only when revealed
+    attributes = [(label, registry().attribute_data(device.id, scope)) for label, scope in SCOPES]
     return render_template(
         "ui/device.html", device=device, state=_state(device), credentials=credentials, mqtt=mqtt, revealed=revealed,
         labels=CREDENTIALS_LABELS, credentials_form=credentials_form or CredentialsForm(formdata=None),
         attribute_form=attribute_form or SharedAttributeForm(formdata=None), attributes=attributes,
-        telemetry=registry.latest_telemetry(device.id), events=registry.provisioning_events(device.id)), status
+        telemetry=registry().latest_telemetry(device.id), events=registry().provisioning_events(device.id)), status
 
 
 @ui.route("/devices/<device_id>")
@@ -125,8 +121,8 @@ def rotate_credentials(device_id: str):
     form = CredentialsForm()
     if form.validate_on_submit():
         try:
-            record = _registry().get_credentials(current.id, by_id=True)
-            _registry().update_credentials(current.id, record.id, form.credentials() or AccessToken(generate_secret()))
+            record = registry().get_credentials(current.id, by_id=True)
+            registry().update_credentials(current.id, record.id, form.credentials() or AccessToken(generate_secret()))
         except (FieldError, ValidationError) as e:
             show_error(form, e)
         else:
@@ -138,7 +134,7 @@ def rotate_credentials(device_id: str):
 @ui.route("/devices/<device_id>/delete", methods=["POST"])
 def delete_device(device_id: str):
     current = _device(device_id)
-    _registry().delete_device(current.id, by_id=True)
+    registry().delete_device(current.id, by_id=True)
     flash(f"Device {current.name} deleted.")
     return redirect(url_for("ui.devices"))
 

@@ -3,6 +3,8 @@ copy and regenerate; an X.509 chain profile's CA upload and CN regex, with a pre
 device name a sample CN yields (the provisioning code's own rule)."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from flask import flash, jsonify, redirect, render_template, request, url_for
 
 from gatehouse.credentials import generate_secret
@@ -11,18 +13,13 @@ from gatehouse.models import DeviceProfile, ProvisionType
 from gatehouse.provisioning import device_name_from_common_name
 from gatehouse.registry import DEFAULT_CN_REGEX, KEY_SECRET_STRATEGIES
 
-from ..context import sidecar
-from .blueprint import ui
+from .blueprint import registry, ui
 from .forms import STRATEGY_LABELS, FieldError, ProfileForm, show_error, uploaded_text
-
-
-def _registry():
-    return sidecar().registry
 
 
 @ui.route("/profiles")
 def profiles():
-    return render_template("ui/profiles.html", profiles=_registry().list_profiles(), labels=STRATEGY_LABELS)
+    return render_template("ui/profiles.html", profiles=registry().list_profiles(), labels=STRATEGY_LABELS)
 
 
 def _settings(form: ProfileForm, current: DeviceProfile | None) -> dict:
@@ -53,8 +50,8 @@ def _save(form: ProfileForm, current: DeviceProfile | None) -> DeviceProfile | N
         settings = _settings(form, current)
         strategy = ProvisionType(form.strategy.data)
         if current is None:
-            return _registry().create_profile(form.name.data, strategy, **settings)
-        return _registry().update_profile(current.id, form.name.data, strategy, **settings)
+            return registry().create_profile(form.name.data, strategy, **settings)
+        return registry().update_profile(current.id, form.name.data, strategy, **settings)
     except (FieldError, ValidationError) as e:
         show_error(form, e)
         return None
@@ -72,7 +69,7 @@ def new_profile():
 
 @ui.route("/profiles/<profile_id>", methods=["GET", "POST"])
 def profile(profile_id: str):
-    current = _registry().get_profile(profile_id, by_id=True)
+    current = registry().get_profile(profile_id, by_id=True)
     form = ProfileForm(obj=None if request.method == "POST" else _form_values(current))
     saved = _save(form, current)
     if saved is not None:
@@ -81,14 +78,13 @@ def profile(profile_id: str):
     return _profile_page(current, form, revealed=False, status=200 if request.method == "GET" else 400)
 
 
-def _form_values(profile: DeviceProfile):
-    class Values:
-        name = profile.name
-        description = profile.description
-        strategy = profile.provision_type.value
-        cn_regex = profile.certificate_regex or DEFAULT_CN_REGEX
-        allow_create = True if profile.allow_create_by_x509 is None else profile.allow_create_by_x509
-    return Values
+def _form_values(profile: DeviceProfile) -> SimpleNamespace:
+    """A profile's settings as the form's fields name them (key, secret and CA are not prefilled:
+    left empty, an edit keeps them)."""
+    return SimpleNamespace(
+        name=profile.name, description=profile.description, strategy=profile.provision_type.value,
+        cn_regex=profile.certificate_regex or DEFAULT_CN_REGEX,
+        allow_create=True if profile.allow_create_by_x509 is None else profile.allow_create_by_x509)
 
 
 def _profile_page(profile: DeviceProfile, form: ProfileForm, *, revealed: bool, status: int = 200):
@@ -98,18 +94,18 @@ def _profile_page(profile: DeviceProfile, form: ProfileForm, *, revealed: bool, 
 
 @ui.route("/profiles/<profile_id>/reveal", methods=["POST"])
 def reveal_profile_secret(profile_id: str):
-    current = _registry().get_profile(profile_id, by_id=True)
+    current = registry().get_profile(profile_id, by_id=True)
     return _profile_page(current, ProfileForm(formdata=None, obj=_form_values(current)), revealed=True)
 
 
 @ui.route("/profiles/<profile_id>/regenerate", methods=["POST"])
 def regenerate_profile_secrets(profile_id: str):
     """A new key and secret: devices provisioned already keep working, new ones need the new pair."""
-    current = _registry().get_profile(profile_id, by_id=True)
+    current = registry().get_profile(profile_id, by_id=True)
     if current.provision_type not in KEY_SECRET_STRATEGIES:
         flash("Only key and secret strategies have a key and a secret.", "error")
     else:
-        _registry().update_profile(current.id, current.name, current.provision_type, key=generate_secret(),
+        registry().update_profile(current.id, current.name, current.provision_type, key=generate_secret(),
                                    secret=generate_secret(), description=current.description)
         flash("New provision key and secret generated.")
     return redirect(url_for("ui.profile", profile_id=current.id))
@@ -117,16 +113,16 @@ def regenerate_profile_secrets(profile_id: str):
 
 @ui.route("/profiles/<profile_id>/default", methods=["POST"])
 def make_default_profile(profile_id: str):
-    profile = _registry().set_default_profile(profile_id, by_id=True)
+    profile = registry().set_default_profile(profile_id, by_id=True)
     flash(f"{profile.name} is now the default profile.")
     return redirect(url_for("ui.profiles"))
 
 
 @ui.route("/profiles/<profile_id>/delete", methods=["POST"])
 def delete_profile(profile_id: str):
-    current = _registry().get_profile(profile_id, by_id=True)
+    current = registry().get_profile(profile_id, by_id=True)
     try:
-        _registry().delete_profile(current.id, by_id=True)
+        registry().delete_profile(current.id, by_id=True)
     except ValidationError as e:
         flash(str(e), "error")
         return redirect(url_for("ui.profile", profile_id=current.id))
