@@ -401,3 +401,14 @@ def test_the_login_form_needs_its_csrf_token_and_survives_missing_fields(app):
     assert client.post("/ui/login", {"username": ADMIN, "password": PASSWORD}, csrf=False).status_code == 400
     response = client.post("/ui/login", {})
     assert response.status_code == 200 and _field_errors(response.get_data(as_text=True), "password")
+
+
+def test_pages_refuse_framing_and_caching_and_run_only_the_uis_own_scripts(ui, registry):
+    device = registry.create_device("headers", credentials=AccessToken("HEADER_TOKEN"))
+    ui.get(f"/ui/devices/{device.id}")
+    response = ui.post(f"/ui/devices/{device.id}/credentials/reveal")
+    assert "HEADER_TOKEN" in response.get_data(as_text=True)
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert "<script>" not in response.get_data(as_text=True)  # no inline script: the policy would block it

@@ -37,6 +37,20 @@ def guard() -> Response | None:
     return None
 
 
+@ui.after_request
+def protective_headers(response: Response) -> Response:
+    """No framing (clickjacking), scripts and styles from the UI's own files only, and no page
+    kept in caches: a revealed secret must not outlive its page."""
+    response.headers.setdefault("Content-Security-Policy",
+                                "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    if request.endpoint != "ui.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 def _safe_next(target: str | None) -> str:
     """Only a path inside the UI: never an open redirect to another site."""
     parts = urlsplit(target or "")
