@@ -15,8 +15,9 @@ import pytest
 from gatehouse.credentials import AccessToken, MqttBasic
 from gatehouse.data_dir import DataDir
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
-from gatehouse.payloads import KvEntry, ValueKind
+from gatehouse.payloads import KvEntry, TelemetryRecord, ValueKind
 from gatehouse.pki import DevelopmentPki, issue_device_certificate
+from gatehouse.provisioning import ProvisionRequest
 from sidecar.app import create_app
 from sidecar.context import SidecarSettings
 
@@ -412,3 +413,19 @@ def test_pages_refuse_framing_and_caching_and_run_only_the_uis_own_scripts(ui, r
     assert response.headers["X-Frame-Options"] == "DENY"
     assert "default-src 'self'" in response.headers["Content-Security-Policy"]
     assert "<script>" not in response.get_data(as_text=True)  # no inline script: the policy would block it
+
+
+def test_a_device_page_shows_its_telemetry_attributes_and_provisioning_events(ui, registry):
+    registry.create_profile("auto", ProvisionType.ALLOW_CREATE_NEW_DEVICES, key="AUTO_KEY", secret="AUTO_SECRET")
+    result = registry.provision(ProvisionRequest("AUTO_KEY", "AUTO_SECRET", "self-made"), transport="HTTP")
+    registry.save_telemetry(result.device_id, [TelemetryRecord(1_700_000_000_000,
+                                                               (KvEntry("temperature", ValueKind.DOUBLE, 21.5),))])
+    registry.save_attributes(result.device_id, AttributeScope.CLIENT, [KvEntry("fw", ValueKind.STRING, "1.2.3")])
+    page = ui.get(f"/ui/devices/{result.device_id}").get_data(as_text=True)
+    telemetry = re.search(r'id="telemetry"(.*?)</section>', page, re.S).group(1)
+    assert "temperature" in telemetry and "21.5" in telemetry and "2023-11-14 22:13:20 UTC" in telemetry
+    assert "fw" in re.search(r'id="client-attributes"(.*?)</table>', page, re.S).group(1)
+    events = re.search(r'id="provisioning-events"(.*?)</section>', page, re.S).group(1)
+    assert "SUCCESS" in events and "ALLOW_CREATE_NEW_DEVICES" in events and "HTTP" in events
+    assert re.search(r"<dt>Provisioned</dt><dd>yes</dd>", page)
+    assert "AUTO_SECRET" not in page
