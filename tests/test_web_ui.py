@@ -299,8 +299,7 @@ def test_rotating_credentials_replaces_them_and_a_refusal_keeps_the_old_ones(ui,
     ui.get(f"/ui/devices/{device.id}")
     response = ui.post(f"/ui/devices/{device.id}/credentials", {"credentials_type": "ACCESS_TOKEN",
                                                                  "token": "OTHER_TOKEN"})
-    assert response.status_code == 400 and "OTHER_TOKEN" not in response.get_data(as_text=True).replace(
-        'value="OTHER_TOKEN"', "")
+    assert response.status_code == 400 and "OTHER_TOKEN" not in response.get_data(as_text=True)
     assert _field_errors(response.get_data(as_text=True), "credentials_type")
     assert registry.get_credentials(device.id, by_id=True).credentials_id == "OLD_TOKEN_1"
     assert ui.post(f"/ui/devices/{device.id}/credentials", {"credentials_type": "ACCESS_TOKEN"}).status_code == 302
@@ -429,3 +428,14 @@ def test_a_device_page_shows_its_telemetry_attributes_and_provisioning_events(ui
     assert "SUCCESS" in events and "ALLOW_CREATE_NEW_DEVICES" in events and "HTTP" in events
     assert re.search(r"<dt>Provisioned</dt><dd>yes</dd>", page)
     assert "AUTO_SECRET" not in page
+
+
+def test_a_refused_form_does_not_send_typed_secrets_back(ui, registry):
+    registry.create_device("taken-name")
+    response = _new_device(ui, name="taken-name", profile=registry.default_profile().id,
+                           credentials_type="MQTT_BASIC", client_id="cid", user_name="user", password="TYPED_PASSWORD")
+    assert response.status_code == 400 and "TYPED_PASSWORD" not in response.get_data(as_text=True)
+    ui.get("/ui/profiles/new")
+    response = ui.post("/ui/profiles/new", {"name": "", "strategy": "ALLOW_CREATE_NEW_DEVICES",
+                                            "secret": "TYPED_SECRET"})
+    assert response.status_code == 400 and "TYPED_SECRET" not in response.get_data(as_text=True)

@@ -10,6 +10,7 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
 from wtforms import BooleanField, PasswordField, RadioField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
+from wtforms.widgets import TextInput
 
 from gatehouse.credentials import AccessToken, CredentialsError, MqttBasic, NewCredentials, X509Certificate
 from gatehouse.models import CredentialsType, ProvisionType
@@ -82,6 +83,16 @@ def uploaded_text(form: FlaskForm, field: str, limit: int = MAX_UPLOAD_BYTES) ->
         raise FieldError(field, "The file is not UTF-8 text") from None
 
 
+class SecretInput(TextInput):
+    """A text input that never sends a typed secret back: a refused form comes back with it empty
+    (secrets appear in pages only when an operator reveals them)."""
+
+    def __call__(self, field, **kwargs):
+        kwargs["value"] = ""
+        kwargs.setdefault("autocomplete", "off")
+        return super().__call__(field, **kwargs)
+
+
 def _choices(labels: dict) -> list[SelectChoice]:
     return [SelectChoice(kind.value, label) for kind, label in labels.items()]
 
@@ -97,7 +108,8 @@ class ProfileForm(FlaskForm):
     strategy = SelectField("Provisioning strategy", choices=_choices(STRATEGY_LABELS),
                            default=ProvisionType.DISABLED.value)
     key = StringField("Provision device key", description="Left empty: generated (or, when editing, kept).")
-    secret = StringField("Provision device secret", description="Left empty: generated (or, when editing, kept).")
+    secret = StringField("Provision device secret", widget=SecretInput(),
+                         description="Left empty: generated (or, when editing, kept).")
     ca_certificate = FileField("CA certificate (PEM)", description="When editing, left empty: kept.")
     cn_regex = StringField("CN regex", default=DEFAULT_CN_REGEX,
                            description="Group 1 of the first match in the certificate's CN is the device name.")
@@ -107,10 +119,10 @@ class ProfileForm(FlaskForm):
 class CredentialsForm(FlaskForm):
     credentials_type = RadioField("Credentials", choices=_choices(CREDENTIALS_LABELS),
                                   default=CredentialsType.ACCESS_TOKEN.value)
-    token = StringField("Access token", description="Left empty: a generated one.")
+    token = StringField("Access token", widget=SecretInput(), description="Left empty: a generated one.")
     client_id = StringField("Client id")
     user_name = StringField("User name")
-    password = StringField("Password")
+    password = StringField("Password", widget=SecretInput())
     certificate = FileField("Device certificate (PEM)")
 
     def credentials(self) -> NewCredentials | None:
