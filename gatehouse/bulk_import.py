@@ -13,7 +13,6 @@ import io
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from . import certificates
 from .credentials import AccessToken, MqttBasic, NewCredentials, X509Certificate
 from .errors import GatehouseError, ValidationError
 from .models import AttributeScope
@@ -207,7 +206,7 @@ def _row_credentials(fields: dict[ColumnType, str]) -> NewCredentials | None:
     """ThingsBoard's precedence: X509, then any MQTT column, then ACCESS_TOKEN; None lets a new
     device get a generated token and an existing one keep its credentials."""
     if fields.get(ColumnType.X509):
-        return X509Certificate.from_text(_parsed_certificate(fields[ColumnType.X509]))
+        return X509Certificate.parse(fields[ColumnType.X509])
     client_id, user_name, password = (fields.get(t) or None for t in (
         ColumnType.MQTT_CLIENT_ID, ColumnType.MQTT_USER_NAME, ColumnType.MQTT_PASSWORD))
     if client_id or user_name or password:
@@ -215,13 +214,6 @@ def _row_credentials(fields: dict[ColumnType, str]) -> NewCredentials | None:
     if fields.get(ColumnType.ACCESS_TOKEN):
         return AccessToken(fields[ColumnType.ACCESS_TOKEN])
     return None
-
-
-def _parsed_certificate(text: str) -> str:
-    try:
-        return certificates.base64_body(certificates.parse_certificate(text))
-    except certificates.CertificateError as e:
-        raise ValidationError(str(e)) from None
 
 
 def _typed(values: dict[str, str]):

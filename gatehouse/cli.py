@@ -173,7 +173,7 @@ def _chosen_credentials(token, client_id, username, password, cert) -> NewCreden
     if client_id or username or password:
         return MqttBasic(client_id, username, password)
     if cert:
-        return X509Certificate(certificates.base64_body(certificates.parse_certificate(cert.read())))
+        return X509Certificate.parse(cert.read())
     return None
 
 
@@ -456,10 +456,14 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
               help="Server threads; every open long poll holds one.")
 @click.option("--rpc-expiry-seconds", type=click.FloatRange(0.1), default=60.0, show_default=True,
               help="How long a server-side RPC waits for an HTTP or CoAP device to poll for it.")
+@click.option("--ui-idle-minutes", type=click.IntRange(1), default=30, show_default=True,
+              help="The web UI logs an administrator out after this long without a request.")
 @log_format_option
 @click.pass_context
-def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_seconds, log_format) -> None:
-    """Run the HTTP device API and the admin REST API (and Prometheus /metrics) until Ctrl-C or SIGTERM."""
+def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_seconds, ui_idle_minutes,
+            log_format) -> None:
+    """Run the HTTP device API, the admin REST API and the web UI (and Prometheus /metrics) until Ctrl-C or
+    SIGTERM."""
     Registry.open(ctx.obj).close()
     from sidecar.context import (
         SidecarSettings,  # components load lazily: the domain imports none
@@ -468,7 +472,7 @@ def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_
 
     ctx.exit(run(SidecarSettings(data_dir=ctx.obj.resolve(), host=host, http_port=http_port, broker_host=broker_host,
                                  broker_port=broker_port, threads=threads, rpc_expiry_seconds=rpc_expiry_seconds,
-                                 log_format=log_format)))
+                                 ui_session_idle_seconds=ui_idle_minutes * 60, log_format=log_format)))
 
 
 @main.command()

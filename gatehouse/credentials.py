@@ -15,6 +15,7 @@ import string
 from dataclasses import dataclass
 from typing import Callable
 
+from . import certificates
 from .errors import ValidationError
 from .models import CredentialsType
 
@@ -131,6 +132,15 @@ class X509Certificate:
     @classmethod
     def from_text(cls, text: str) -> X509Certificate:
         return cls(certificate_body(text).strip())
+
+    @classmethod
+    def parse(cls, text: str | bytes) -> X509Certificate:
+        """A certificate a person supplies (CLI, admin API, CSV, web UI): PEM or Base64 DER,
+        parsed and stored as its DER's Base64; CredentialsError if it is not a certificate."""
+        try:
+            return cls(certificates.base64_body(certificates.parse_certificate(text)))
+        except certificates.CertificateError as e:
+            raise CredentialsError(str(e)) from None
 
     @property
     def credentials_id(self) -> str:

@@ -74,6 +74,7 @@ class Device:
     profile_name: str
     label: str | None = None
     additional_info: dict = field(default_factory=dict)
+    credentials_type: CredentialsType | None = None  # for lists; not part of ThingsBoard's Device JSON
 
     @property
     def is_gateway(self) -> bool:

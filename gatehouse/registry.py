@@ -496,7 +496,8 @@ class Registry:
     def _device(self, row: dict) -> Device:
         return Device(id=row["id"], created_time=row["created_time"], name=row["name"],
                       profile_id=row["profile_id"], profile_name=row["profile_name"], label=row["label"],
-                      additional_info=json.loads(row["additional_info"]))
+                      additional_info=json.loads(row["additional_info"]),
+                      credentials_type=CredentialsType(row["credentials_type"]) if row["credentials_type"] else None)
 
     def _device_row(self, name_or_id: str, by_id: bool = False) -> dict:
         if by_id:

@@ -39,6 +39,7 @@ class ServerKey:
         self._aead = AESGCM(_derive(master, b"gatehouse credential seal v1"))
         self._service_key = _derive(master, b"gatehouse service account v1")
         self._jwt_key = _derive(master, b"gatehouse admin jwt v1")
+        self._web_session_key = _derive(master, b"gatehouse web ui session v1")
 
     @classmethod
     def generate(cls) -> ServerKey:
@@ -75,6 +76,11 @@ class ServerKey:
         """The HMAC key of the admin API's JWTs: derived, so rotating the server key logs every
         administrator out and a stolen database signs nothing."""
         return self._jwt_key
+
+    def web_session_key(self) -> bytes:
+        """The web UI's Flask secret key (signs its session cookies and CSRF tokens): derived like
+        the JWT key, so rotating the server key logs every operator out."""
+        return self._web_session_key
 
     def seal(self, plaintext: str, context: str) -> bytes:
         """Encrypt; `context` (e.g. the owning row's id) is authenticated, so a sealed value

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from flask import request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
-from gatehouse import certificates
 from gatehouse.credentials import NewCredentials, X509Certificate, credentials_from_json
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
 
@@ -256,10 +255,7 @@ def new_credentials(body: dict) -> NewCredentials:
     if kind is None:
         raise BadRequest("credentials.credentialsType must be specified")
     if kind == CredentialsType.X509_CERTIFICATE.value and value:
-        try:
-            return X509Certificate(certificates.base64_body(certificates.parse_certificate(value)))
-        except certificates.CertificateError as e:
-            raise BadRequest(str(e)) from None
+        return X509Certificate.parse(value)  # a CredentialsError is a 400 (admin_api)
     return credentials_from_json(kind, credentials_id, value)
 
 

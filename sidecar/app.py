@@ -1,5 +1,6 @@
-"""The sidecar's Flask app factory: the HTTP device API (`/api/v1`) and the admin REST API
-(`/api`), with errors as JSON in ThingsBoard's shape and never a traceback in a response."""
+"""The sidecar's Flask app factory: the HTTP device API (`/api/v1`), the admin REST API (`/api`)
+and the operator web UI (`/ui`), with the APIs' errors as JSON in ThingsBoard's shape (the UI's
+as pages) and never a traceback in a response."""
 from __future__ import annotations
 
 import logging
@@ -14,6 +15,7 @@ from .device_api import device_api
 from .errors import error_response
 from .mailboxes import DeviceMailboxes
 from .metrics import instrument
+from .ui import init_ui
 from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ def create_app(settings: SidecarSettings, *, mailboxes: DeviceMailboxes | None =
     app.extensions[EXTENSION] = Sidecar(settings, mailboxes or DeviceMailboxes(), link, writer)
     app.register_blueprint(device_api)
     app.register_blueprint(admin_api)
+    init_ui(app, settings.data_dir, settings.ui_session_idle_seconds)
     instrument(app)  # /metrics, and every request timed
 
     @app.errorhandler(HTTPException)

@@ -40,6 +40,7 @@ class SidecarSettings:
     jwt_expiry_seconds: int = 9_000  # ThingsBoard's security.jwt.tokenExpirationTime
     jwt_refresh_expiry_seconds: int = 604_800  # ThingsBoard's security.jwt.refreshTokenExpTime
     rpc_expiry_seconds: float = 60.0
+    ui_session_idle_seconds: int = 1_800  # the web UI logs an operator out after this long without a request
     log_format: str = "text"
 
 

@@ -452,6 +452,10 @@ def test_a_non_editable_install_ships_schema_sql_and_a_working_command(tmp_path)
     schema = site / "gatehouse" / "schema.sql"
     assert schema.is_file() and not schema.is_symlink()
     assert "CREATE TABLE" in schema.read_text()
+    # The web UI's templates and static files are package data too.
+    ui = site / "sidecar" / "ui"
+    assert {"base.html", "device.html", "import_job.html"} <= {p.name for p in (ui / "templates" / "ui").iterdir()}
+    assert {p.name for p in (ui / "static").iterdir()} == {"ui.css", "ui.js"}
 
     env = {**os.environ, "PYTHONPATH": str(site)}
     env.pop("GATEHOUSE_DATA_DIR", None)

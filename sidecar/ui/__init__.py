@@ -1,0 +1,40 @@
+"""The operator web UI, `/ui`: device profiles, devices and their credentials, attributes and
+bulk import, for the administrators of the admin REST API. Server-rendered pages (Jinja), a
+little progressive JavaScript, Flask-WTF forms with CSRF tokens, and Flask's signed session
+cookie keyed by a key derived from the server key.
+
+Only this blueprint checks CSRF tokens: the device API and the admin REST API are called by
+devices and scripts, which carry no cookies.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from flask import Flask
+
+from gatehouse.data_dir import DataDir
+from gatehouse.server_key import ServerKey
+
+from . import auth, bulk_import, devices, profiles  # noqa: F401  (they add their routes to the blueprint)
+from .blueprint import csrf, ui
+from .import_jobs import ImportJobs
+
+
+def init_ui(app: Flask, data_dir, idle_seconds: int) -> None:
+    app.secret_key = ServerKey(DataDir(Path(data_dir)).server_key.read_bytes()).web_session_key()
+    app.config.update(
+        SESSION_COOKIE_NAME="gatehouse_ui",
+        SESSION_COOKIE_PATH="/ui",  # not sent with device or admin API calls
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        # Flask re-signs a permanent session on every request and refuses a cookie signed longer
+        # ago than this: an idle lifetime, enforced by the server whatever the browser keeps.
+        PERMANENT_SESSION_LIFETIME=timedelta(seconds=idle_seconds),
+        SESSION_REFRESH_EACH_REQUEST=True,
+        WTF_CSRF_CHECK_DEFAULT=False,  # the UI blueprint checks (auth.guard); the APIs take no cookies
+        WTF_CSRF_TIME_LIMIT=None,  # a token lives as long as its session
+    )
+    csrf.init_app(app)
+    app.extensions[ImportJobs.EXTENSION] = ImportJobs(data_dir)
+    app.register_blueprint(ui)

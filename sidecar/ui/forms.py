@@ -1,0 +1,162 @@
+"""The web UI's forms (Flask-WTF: each carries a CSRF token) and the step from a submitted form to
+the domain's arguments. Forms check shape only (a choice among the offered ones, an upload's
+encoding); every rule about the data is the registry's, and its refusals are shown next to the
+field they concern."""
+from __future__ import annotations
+
+import re
+
+from flask_wtf import FlaskForm
+from flask_wtf.file import FileField
+from wtforms import BooleanField, PasswordField, RadioField, SelectField, StringField, TextAreaField
+from wtforms.fields.choices import SelectChoice
+from wtforms.widgets import TextInput
+
+from gatehouse.credentials import AccessToken, CredentialsError, MqttBasic, NewCredentials, X509Certificate
+from gatehouse.models import CredentialsType, ProvisionType
+from gatehouse.registry import DEFAULT_CN_REGEX
+
+STRATEGY_LABELS = {
+    ProvisionType.DISABLED: "Disabled",
+    ProvisionType.ALLOW_CREATE_NEW_DEVICES: "Allow creating new devices",
+    ProvisionType.CHECK_PRE_PROVISIONED_DEVICES: "Check pre-provisioned devices",
+    ProvisionType.X509_CERTIFICATE_CHAIN: "X.509 certificate chain",
+}
+CREDENTIALS_LABELS = {
+    CredentialsType.ACCESS_TOKEN: "Access token",
+    CredentialsType.MQTT_BASIC: "MQTT basic",
+    CredentialsType.X509_CERTIFICATE: "X.509 certificate",
+}
+MAX_UPLOAD_BYTES = 1 << 20  # a certificate or a CA chain; CSV files have their own limit
+
+
+class FieldError(Exception):
+    """Input refused, with the form field it concerns (None: the form as a whole)."""
+
+    def __init__(self, field: str | None, message: str):
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+# Which field a registry refusal concerns, by its message (the registry's messages are
+# ThingsBoard's and name no field). Unmatched refusals are shown above the form.
+_FIELD_OF_MESSAGE = (
+    (re.compile(r"certificate already exists|CA certificate", re.I), "ca_certificate"),
+    (re.compile(r"provision device key", re.I), "key"),
+    (re.compile(r"provision device secret|DISABLED profile", re.I), "secret"),
+    (re.compile(r"CN regex", re.I), "cn_regex"),
+    (re.compile(r"credentials", re.I), "credentials_type"),
+    (re.compile(r"non existing device profile", re.I), "profile"),
+    (re.compile(r"\bname\b", re.I), "name"),
+)
+
+
+def refusal_field(message: str, form: FlaskForm) -> str | None:
+    for pattern, field in _FIELD_OF_MESSAGE:
+        if pattern.search(message) and field in form:
+            return field
+    return None
+
+
+def show_error(form: FlaskForm, error: Exception) -> None:
+    """Put a refusal next to its field, or in the form's own errors."""
+    field = error.field if isinstance(error, FieldError) else refusal_field(str(error), form)
+    message = error.message if isinstance(error, FieldError) else str(error)
+    if field is not None and field in form:
+        form[field].errors = [*form[field].errors, message]
+    else:
+        form.form_errors.append(message)
+
+
+def uploaded_text(form: FlaskForm, field: str, limit: int = MAX_UPLOAD_BYTES) -> str | None:
+    """An uploaded file's text (UTF-8); None if no file was chosen."""
+    storage = form[field].data
+    if storage is None or not getattr(storage, "filename", ""):
+        return None
+    data = storage.stream.read(limit + 1)
+    if len(data) > limit:
+        raise FieldError(field, f"The file is larger than {limit // 1024} KiB")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise FieldError(field, "The file is not UTF-8 text") from None
+
+
+class SecretInput(TextInput):
+    """A text input that never sends a typed secret back: a refused form comes back with it empty
+    (secrets appear in pages only when an operator reveals them)."""
+
+    def __call__(self, field, **kwargs):
+        kwargs["value"] = ""
+        kwargs.setdefault("autocomplete", "off")
+        return super().__call__(field, **kwargs)
+
+
+def _choices(labels: dict) -> list[SelectChoice]:
+    return [SelectChoice(kind.value, label) for kind, label in labels.items()]
+
+
+class LoginForm(FlaskForm):
+    username = StringField("Username")
+    password = PasswordField("Password")
+
+
+class ProfileForm(FlaskForm):
+    name = StringField("Name")
+    description = TextAreaField("Description")
+    strategy = SelectField("Provisioning strategy", choices=_choices(STRATEGY_LABELS),
+                           default=ProvisionType.DISABLED.value)
+    key = StringField("Provision device key", description="Left empty: generated (or, when editing, kept).")
+    secret = StringField("Provision device secret", widget=SecretInput(),
+                         description="Left empty: generated (or, when editing, kept).")
+    ca_certificate = FileField("CA certificate (PEM)", description="When editing, left empty: kept.")
+    cn_regex = StringField("CN regex", default=DEFAULT_CN_REGEX,
+                           description="Group 1 of the first match in the certificate's CN is the device name.")
+    allow_create = BooleanField("Create devices for new certificates", default=True)
+
+
+class CredentialsForm(FlaskForm):
+    credentials_type = RadioField("Credentials", choices=_choices(CREDENTIALS_LABELS),
+                                  default=CredentialsType.ACCESS_TOKEN.value)
+    token = StringField("Access token", widget=SecretInput(), description="Left empty: a generated one.")
+    client_id = StringField("Client id")
+    user_name = StringField("User name")
+    password = StringField("Password", widget=SecretInput())
+    certificate = FileField("Device certificate (PEM)")
+
+    def credentials(self) -> NewCredentials | None:
+        """The credentials asked for; None for a generated access token."""
+        kind = CredentialsType(self.credentials_type.data)
+        try:
+            if kind is CredentialsType.ACCESS_TOKEN:
+                return AccessToken(self.token.data) if self.token.data else None
+            if kind is CredentialsType.MQTT_BASIC:
+                return MqttBasic(self.client_id.data or None, self.user_name.data or None, self.password.data or None)
+        except CredentialsError as e:
+            raise FieldError("token" if kind is CredentialsType.ACCESS_TOKEN else "client_id", str(e)) from None
+        text = uploaded_text(self, "certificate")
+        if text is None:
+            raise FieldError("certificate", "Choose the device's certificate file")
+        try:
+            return X509Certificate.parse(text)
+        except CredentialsError as e:
+            raise FieldError("certificate", str(e)) from None
+
+
+class DeviceForm(CredentialsForm):
+    name = StringField("Name")
+    label = StringField("Label")
+    profile = SelectField("Device profile")
+
+
+class SharedAttributeForm(FlaskForm):
+    key = StringField("Key")
+    value = StringField("Value", description="JSON (42, true, {\"a\": 1}, \"text\") or plain text.")
+
+
+class ImportForm(FlaskForm):
+    file = FileField("CSV file")
+    delimiter = SelectField("Delimiter", choices=[SelectChoice(",", "comma ,"), SelectChoice(";", "semicolon ;"),
+                                                       SelectChoice("\t", "tab"), SelectChoice("|", "bar |")])
+    update = BooleanField("Update existing devices' attributes and telemetry", default=True)
