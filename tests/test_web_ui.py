@@ -316,13 +316,13 @@ def test_the_device_list_searches_pages_and_shows_connection_state_when_known(ui
     assert "valve-1" not in page
     page = ui.get("/ui/devices", query_string={"q": "pump", "page": 1}).get_data(as_text=True)
     assert "pump-20" in page and "pump-24" in page and "pump-00" not in page
-    row = re.search(r"valve-1</a></td>(.*?)</tr>", ui.get("/ui/devices?q=valve").get_data(as_text=True), re.S).group(1)
+    row = re.search(r"valve-1</a></td>(.*?)</tr>", ui.get("/ui/devices?q=valve").get_data(as_text=True), re.DOTALL).group(1)
     assert re.findall(r'data-label="(?:Connected now|Last activity)">([^<]*)<', row) == ["—", "—"]
     # What the transports will write, in ThingsBoard's names, is shown once it is there.
     valve = registry.find_device_by_name("valve-1")
     registry.save_attributes(valve.id, AttributeScope.SERVER, [KvEntry("active", ValueKind.BOOLEAN, True),
                                                                KvEntry("lastActivityTime", ValueKind.LONG, 0)])
-    row = re.search(r"valve-1</a></td>(.*?)</tr>", ui.get("/ui/devices?q=valve").get_data(as_text=True), re.S).group(1)
+    row = re.search(r"valve-1</a></td>(.*?)</tr>", ui.get("/ui/devices?q=valve").get_data(as_text=True), re.DOTALL).group(1)
     assert re.findall(r'data-label="(?:Connected now|Last activity)">([^<]*)<', row) == \
         ["yes", "1970-01-01 00:00:00 UTC"]
 
@@ -421,10 +421,10 @@ def test_a_device_page_shows_its_telemetry_attributes_and_provisioning_events(ui
                                                                (KvEntry("temperature", ValueKind.DOUBLE, 21.5),))])
     registry.save_attributes(result.device_id, AttributeScope.CLIENT, [KvEntry("fw", ValueKind.STRING, "1.2.3")])
     page = ui.get(f"/ui/devices/{result.device_id}").get_data(as_text=True)
-    telemetry = re.search(r'id="telemetry"(.*?)</section>', page, re.S).group(1)
+    telemetry = re.search(r'id="telemetry"(.*?)</section>', page, re.DOTALL).group(1)
     assert "temperature" in telemetry and "21.5" in telemetry and "2023-11-14 22:13:20 UTC" in telemetry
-    assert "fw" in re.search(r'id="client-attributes"(.*?)</table>', page, re.S).group(1)
-    events = re.search(r'id="provisioning-events"(.*?)</section>', page, re.S).group(1)
+    assert "fw" in re.search(r'id="client-attributes"(.*?)</table>', page, re.DOTALL).group(1)
+    events = re.search(r'id="provisioning-events"(.*?)</section>', page, re.DOTALL).group(1)
     assert "SUCCESS" in events and "ALLOW_CREATE_NEW_DEVICES" in events and "HTTP" in events
     assert re.search(r"<dt>Provisioned</dt><dd>yes</dd>", page)
     assert "AUTO_SECRET" not in page

@@ -5,12 +5,16 @@ provisioning events."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from wtforms.fields.choices import SelectChoice
 
 from gatehouse.credentials import AccessToken, generate_secret
+from gatehouse.device_activity import (  # shown as "—" until stored
+    ACTIVE,
+    LAST_ACTIVITY_TIME,
+)
 from gatehouse.errors import ValidationError
 from gatehouse.models import AttributeScope, CredentialsType, Device
 from gatehouse.payloads import PayloadError, parse_attributes
@@ -19,12 +23,16 @@ from gatehouse.provisioning import PROVISION_STATE_KEY, PROVISIONED
 from ..admin_payloads import MAX_ATTRIBUTES_BYTES
 from ..context import sidecar
 from .blueprint import registry, ui
-from .forms import CREDENTIALS_LABELS, CredentialsForm, DeviceForm, FieldError, SharedAttributeForm, show_error
+from .forms import (
+    CREDENTIALS_LABELS,
+    CredentialsForm,
+    DeviceForm,
+    FieldError,
+    SharedAttributeForm,
+    show_error,
+)
 
 PAGE_SIZE = 20
-# ThingsBoard's names for a device's connection state, server-scope attributes written by the
-# transports; shown as "—" until they exist.
-ACTIVE, LAST_ACTIVITY_TIME = "active", "lastActivityTime"
 SCOPES = (("Client", AttributeScope.CLIENT), ("Shared", AttributeScope.SHARED), ("Server", AttributeScope.SERVER))
 
 
@@ -37,7 +45,7 @@ def format_ms(ms) -> str:
     if isinstance(ms, bool) or not isinstance(ms, (int, float)):
         return "—"
     try:
-        return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (OverflowError, OSError, ValueError):
         return "—"
 

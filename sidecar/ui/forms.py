@@ -8,11 +8,24 @@ import re
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
-from wtforms import BooleanField, PasswordField, RadioField, SelectField, StringField, TextAreaField
+from wtforms import (
+    BooleanField,
+    PasswordField,
+    RadioField,
+    SelectField,
+    StringField,
+    TextAreaField,
+)
 from wtforms.fields.choices import SelectChoice
 from wtforms.widgets import TextInput
 
-from gatehouse.credentials import AccessToken, CredentialsError, MqttBasic, NewCredentials, X509Certificate
+from gatehouse.credentials import (
+    AccessToken,
+    CredentialsError,
+    MqttBasic,
+    NewCredentials,
+    X509Certificate,
+)
 from gatehouse.models import CredentialsType, ProvisionType
 from gatehouse.registry import DEFAULT_CN_REGEX
 
@@ -42,13 +55,13 @@ class FieldError(Exception):
 # Which field a registry refusal concerns, by its message (the registry's messages are
 # ThingsBoard's and name no field). Unmatched refusals are shown above the form.
 _FIELD_OF_MESSAGE = (
-    (re.compile(r"certificate already exists|CA certificate", re.I), "ca_certificate"),
-    (re.compile(r"provision device key", re.I), "key"),
-    (re.compile(r"provision device secret|DISABLED profile", re.I), "secret"),
-    (re.compile(r"CN regex", re.I), "cn_regex"),
-    (re.compile(r"credentials", re.I), "credentials_type"),
-    (re.compile(r"non existing device profile", re.I), "profile"),
-    (re.compile(r"\bname\b", re.I), "name"),
+    (re.compile(r"certificate already exists|CA certificate", re.IGNORECASE), "ca_certificate"),
+    (re.compile(r"provision device key", re.IGNORECASE), "key"),
+    (re.compile(r"provision device secret|DISABLED profile", re.IGNORECASE), "secret"),
+    (re.compile(r"CN regex", re.IGNORECASE), "cn_regex"),
+    (re.compile(r"credentials", re.IGNORECASE), "credentials_type"),
+    (re.compile(r"non existing device profile", re.IGNORECASE), "profile"),
+    (re.compile(r"\bname\b", re.IGNORECASE), "name"),
 )
 
 
