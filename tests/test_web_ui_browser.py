@@ -20,7 +20,7 @@ from gatehouse.registry import Registry
 
 from .conftest import broker_and_sidecar
 from .devices import unique
-from .mqtt_client import connect, next_on
+from .mqtt_client import connect, next_on, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium hangs on a closed network.
@@ -182,6 +182,16 @@ def test_devices_are_created_with_each_credentials_type_and_log_in(page: Page, g
     assert connect(broker.mqtt_port, unique("c"), token).return_code == 0
     assert connect(broker.mqtt_port, f"{prefix}-cid", f"{prefix}-user", "basic-pw").return_code == 0
     assert connect(broker.mqtts_port, unique("c"), ca_cert=broker.ca_cert, cert=cert, key=key).return_code == 0
+
+    # The broker stores their activity about a second later: connected now, with a time.
+    def connected() -> dict[str, str]:
+        page.goto(f"/ui/devices?q={prefix}")
+        return dict(zip(rows.locator("td[data-label=Name]").all_inner_texts(),
+                        rows.locator("td[data-label='Connected now']").all_inner_texts()))
+
+    expected = {f"{prefix}-basic": "yes", f"{prefix}-cert": "yes", f"{prefix}-generated": "—", f"{prefix}-token": "yes"}
+    assert wait_until(lambda: connected() == expected)
+    expect(rows.first.locator("td[data-label='Last activity']")).to_contain_text(" UTC")
 
 
 def test_a_token_is_revealed_and_rotated_and_the_old_one_stops_working(page: Page, gh):
