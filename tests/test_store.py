@@ -238,7 +238,8 @@ def test_a_database_from_before_untyped_values_is_rebuilt_and_then_keeps_number_
         assert registry.latest_telemetry(device.id) == {"t": {"ts": 1000, "value": 2.5}}
         registry.save_attributes(device.id, AttributeScope.CLIENT, [KvEntry("fw", ValueKind.STRING, "1e5")])
         assert registry.get_attributes(device.id, AttributeScope.CLIENT) == {"fw": "1e5"}
-        indexes = {row[0] for row in registry.store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        indexes = {row[0] for row in registry.store.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "telemetry_history_by_ts" in indexes
 
 
