@@ -1,0 +1,290 @@
+"""Bad input against the real running processes — one broker, sidecar and CoAP bridge for the
+module, reused by every example — with hypothesis drawing MQTT client ids, user names,
+passwords and topics, HTTP paths and bodies, and CoAP URIs and payloads.
+
+Each answer must be the protocol-correct one (SPEC §2.1 CONNACK codes, §2.7 SUBACK 0x80, §5 HTTP
+401/400/404, §6 CoAP 4.01/4.00/4.04), where the domain parser is the oracle for payloads; a
+refused request must leave the database as it was; and the servers must still serve a
+well-behaved client afterwards. GATEHOUSE_FUZZ_SCALE multiplies the example budgets.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import aiocoap
+import pytest
+import requests
+from aiocoap import Code, Message
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker_plugin.topics import device_subscription
+from gatehouse.payloads import PayloadError, parse_attributes, parse_telemetry
+from gatehouse.registry import Registry
+
+from .conftest import broker_and_sidecar, start_coap_bridge
+from .devices import token_device, unique
+from .fuzz_budget import fuzz_settings
+from .mqtt_client import PINGREQ, PINGRESP, RawClient, connect, connect_packet, publish_packet, subscribe_packet
+from .test_fuzz_payloads import hostile_payloads
+
+TABLES = ("device", "device_credentials", "attribute", "telemetry_latest", "telemetry_history",
+          "provisioning_event")
+WAIT = 10
+
+
+class Gatehouse:
+    def __init__(self, broker, sidecar, bridge):
+        self.broker, self.sidecar, self.bridge = broker, sidecar, bridge
+        self.device, self.token = token_device(broker, "fuzzed")
+
+    def registry(self) -> Registry:
+        return Registry.open(self.broker.data_dir)
+
+    def database_state(self) -> dict:
+        """Row counts of every data table, and the fuzzed device's stored values."""
+        with self.registry() as registry:
+            counts = {table: registry.store.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                      for table in TABLES}
+            return {**counts, "latest": registry.latest_telemetry(self.device.id),
+                    "attributes": registry.store.attributes(self.device.id, "CLIENT_SCOPE")}
+
+
+@pytest.fixture(scope="module")
+def gh(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz-servers")
+    # Refused logins are the point here: the broker's address blocking is pushed out of the way.
+    with broker_and_sidecar(root, "--max-failed-logins", "1000000") as (broker, sidecar):
+        bridge = start_coap_bridge(root / "data", sidecar.url, root / "coap.log")
+        try:
+            yield Gatehouse(broker, sidecar, bridge)
+        finally:
+            bridge.stop()
+    for log in (broker.log(), sidecar.log(), bridge.log()):
+        assert "Traceback" not in log, log[-5000:]
+
+
+# --- MQTT ---------------------------------------------------------------------------------------
+
+# Unicode text without U+0000, which MQTT forbids in strings [MQTT-1.5.3-2]: a CONNECT with it is
+# malformed, not a wrong login (tests/test_fuzz_mqtt.py sends those).
+mqtt_text = st.text(st.characters(exclude_characters="\x00"), max_size=30)
+
+
+@fuzz_settings(150)
+@given(client_id=mqtt_text | st.sampled_from(["provision", " ", ""]),
+       username=st.none() | mqtt_text | st.sampled_from(["provision", "", "gatehouse-app:x", "gatehouse-service:x"]),
+       password=st.none() | mqtt_text,
+       with_token=st.booleans())
+def test_mqtt_connect_gets_thingsboards_connack_code_for_any_client_id_user_name_and_password(
+        gh, client_id, username, password, with_token):
+    if with_token:
+        username = gh.token
+    if password is not None and username is None:
+        username = ""  # MQTT 3.1.1 has no password without a user name [MQTT-3.1.2-22]
+    if client_id == "" and username is None:
+        client_id = unique("cid")  # else 0x02 for an empty client id would hide the rule under test
+    before = gh.database_state()
+    with RawClient(gh.broker.mqtt_port) as raw:
+        raw.send(connect_packet(client_id, username, password))
+        connack = raw.read(4, timeout=WAIT)
+    if "provision" in (client_id, username) or username == gh.token:
+        expected = 0x00  # a provisioning session, or the token (the password is ignored for tokens)
+    elif username or password:
+        expected = 0x05  # BAD_USERNAME_OR_PASSWORD
+    elif client_id.strip():
+        expected = 0x02  # an unknown client id sent alone
+    else:
+        expected = 0x05
+    assert connack == bytes((0x20, 0x02, 0x00, expected))
+    assert gh.database_state() == before
+
+
+valid_topic_filters = st.from_regex(r"[a-z0-9/+]{0,10}(/#)?", fullmatch=True).filter(
+    lambda f: f and all(level in ("+", "#") or ("+" not in level and "#" not in level) for level in f.split("/")))
+topic_filters = st.sampled_from(["v1/devices/me/attributes", "v1/devices/me/rpc/request/+", "v2/a", "#", "+/+",
+                                 "v1/devices/me/#", "v1/devices/+/attributes", "gatehouse/devices/x/telemetry",
+                                 "/provision/response", "$SYS/#"]) | valid_topic_filters | mqtt_text.filter(
+    lambda f: f and "+" not in f and "#" not in f)
+
+
+@fuzz_settings(100)
+@given(topic_filter=topic_filters)
+def test_device_subscription_to_any_filter_is_granted_only_for_thingsboards_device_topics(gh, topic_filter):
+    with RawClient(gh.broker.mqtt_port) as raw:
+        raw.send(connect_packet(unique("sub"), gh.token))
+        assert raw.read(4) == bytes((0x20, 0x02, 0x00, 0x00))
+        raw.send(subscribe_packet(topic_filter, qos=1, packet_id=7))
+        suback = raw.read(5)
+        expected = 0x01 if device_subscription(topic_filter) else 0x80
+        assert suback == bytes((0x90, 0x03, 0x00, 0x07, expected))
+        raw.send(PINGREQ)  # the connection stays open
+        assert raw.read(2) == PINGRESP
+
+
+@fuzz_settings(100)
+@given(topic=mqtt_text.filter(lambda t: t and "+" not in t and "#" not in t) | st.sampled_from(
+    ["v1/devices/me/telemetry/", "v1/devices/me/rpc/request/x", "v1/devices/me/attributes/request/",
+     "v1/devices/me/telemetry ", "gatehouse/devices/x/attributes/shared", "V1/devices/me/telemetry"]))
+def test_device_publish_to_any_other_topic_gets_a_plain_puback_and_stores_nothing(gh, topic):
+    if topic in ("v1/devices/me/telemetry", "v1/devices/me/attributes", "v2/t", "v2/t/j", "v2/a", "v2/a/j"):
+        return
+    before = gh.database_state()
+    with RawClient(gh.broker.mqtt_port) as raw:
+        raw.send(connect_packet(unique("pub"), gh.token))
+        assert raw.read(4) == bytes((0x20, 0x02, 0x00, 0x00))
+        raw.send(publish_packet(topic, b'{"fuzz": 1}', qos=1, packet_id=9))
+        raw.send(PINGREQ)
+        answer = raw.read(6)
+    if topic.startswith("v1/gateway/"):
+        assert answer == PINGRESP  # not a gateway: no PUBACK at all, as in ThingsBoard (SPEC §2.2)
+    else:
+        # Requests (attribute request, RPC) are answered too; only the PUBACK and PINGRESP count here.
+        assert answer[:4] == bytes((0x40, 0x02, 0x00, 0x09)) and PINGRESP in answer[4:] + raw_rest(answer)
+    after = gh.database_state()
+    assert after == before
+
+
+def raw_rest(answer: bytes) -> bytes:
+    return b"" if len(answer) >= 6 else PINGRESP
+
+
+@fuzz_settings(150)
+@given(payload=hostile_payloads, attributes=st.booleans())
+def test_mqtt_telemetry_and_attributes_are_stored_exactly_when_the_parser_accepts_them(gh, payload, attributes):
+    topic, parse = ("v1/devices/me/attributes", parse_attributes) if attributes else (
+        "v1/devices/me/telemetry", parse_telemetry)
+    before = gh.database_state()
+    with RawClient(gh.broker.mqtt_port) as raw:
+        raw.send(connect_packet(unique("data"), gh.token))
+        assert raw.read(4) == bytes((0x20, 0x02, 0x00, 0x00))
+        raw.send(publish_packet(topic, payload, qos=1, packet_id=3))
+        if isinstance(parse(payload), PayloadError):
+            assert raw.closed_by_server(WAIT)  # MQTT 3.1.1: an invalid payload closes the connection
+            assert gh.database_state() == before
+        else:
+            assert raw.read(4) == bytes((0x40, 0x02, 0x00, 0x03))  # acknowledged once stored
+
+
+# --- HTTP ---------------------------------------------------------------------------------------
+
+path_segments = st.text(max_size=20).map(lambda text: requests.utils.quote(text, safe=""))
+
+
+@fuzz_settings(150)
+@given(token=path_segments, feature=st.sampled_from(["telemetry", "attributes", "rpc", "claim"]) | path_segments,
+       method=st.sampled_from(["GET", "POST"]))
+def test_http_request_with_any_path_under_api_v1_is_refused_and_stores_nothing(gh, token, feature, method):
+    before = gh.database_state()
+    answer = requests.request(method, f"{gh.sidecar.url}/api/v1/{token}/{feature}?timeout=1",
+                              data=b'{"fuzz": 1}', timeout=WAIT)
+    assert answer.status_code in (400, 401, 404, 405), answer.text
+    # A token that reaches the server as one path segment (WSGI decodes %2F into a slash, and
+    # dot segments are resolved) and names a feature: the token is looked up, and is unknown.
+    if feature in ("telemetry", "attributes", "rpc", "claim") and token not in (
+            "", ".", "..", "telemetry", "attributes", "rpc", "claim", "provision") and "%2F" not in token:
+        assert answer.status_code in (401, 405), (token, feature)
+    assert gh.database_state() == before
+
+
+@fuzz_settings(150)
+@given(payload=hostile_payloads, attributes=st.booleans())
+def test_http_telemetry_and_attributes_are_200_exactly_when_the_parser_accepts_them_else_400(
+        gh, payload, attributes):
+    feature, parse = ("attributes", parse_attributes) if attributes else ("telemetry", parse_telemetry)
+    before = gh.database_state()
+    answer = requests.post(f"{gh.sidecar.url}/api/v1/{gh.token}/{feature}", data=payload, timeout=WAIT)
+    if isinstance(parse(payload), PayloadError):
+        assert answer.status_code == 400, answer.text
+        assert answer.headers["Content-Type"].startswith("application/json")
+        assert gh.database_state() == before
+    else:
+        assert answer.status_code == 200, answer.text
+
+
+@fuzz_settings(100)
+@given(body=hostile_payloads)
+def test_http_provisioning_with_any_body_is_answered_without_a_server_error(gh, body):
+    before = gh.database_state()
+    answer = requests.post(f"{gh.sidecar.url}/api/v1/provision", data=body, timeout=WAIT)
+    after = gh.database_state()
+    if answer.status_code == 200:
+        # No profile has a key in this module: NOT_FOUND or FAILURE, recorded and nothing else.
+        assert answer.json()["status"] in ("NOT_FOUND", "FAILURE"), answer.text
+        assert after["provisioning_event"] == before["provisioning_event"] + 1
+        after["provisioning_event"] = before["provisioning_event"]
+    else:
+        assert answer.status_code == 400, answer.text
+    assert after == before
+
+
+# --- CoAP ---------------------------------------------------------------------------------------
+
+
+async def _coap(port: int, uri_path: tuple[str, ...], method: Code, payload: bytes) -> Message:
+    context = await aiocoap.Context.create_client_context(transports=["udp6"])
+    try:
+        request = Message(code=method, uri=f"coap://127.0.0.1:{port}", payload=payload)
+        request.opt.uri_path = uri_path
+        return await asyncio.wait_for(context.request(request).response, WAIT)
+    finally:
+        await context.shutdown()
+
+
+def coap(gh, uri_path: tuple[str, ...], method: Code = Code.POST, payload: bytes = b'{"fuzz": 1}') -> Message:
+    return asyncio.run(_coap(gh.bridge.coap_port, uri_path, method, payload))
+
+
+FEATURES = ("telemetry", "attributes", "rpc", "claim", "provision")
+coap_segments = st.text(max_size=12)
+
+
+@fuzz_settings(80)
+@given(uri_path=st.lists(st.sampled_from(["api", "v1", *FEATURES]) | coap_segments, max_size=5).map(tuple),
+       method=st.sampled_from([Code.GET, Code.POST, Code.PUT, Code.DELETE]))
+def test_coap_request_to_any_uri_is_refused_and_stores_nothing(gh, uri_path, method):
+    before = gh.database_state()
+    response = coap(gh, uri_path, method)
+    assert response.code in (Code.BAD_REQUEST, Code.UNAUTHORIZED, Code.NOT_FOUND, Code.METHOD_NOT_ALLOWED), (
+        uri_path, response)
+    if uri_path[:2] != ("api", "v1"):
+        assert response.code == Code.NOT_FOUND
+    elif method in (Code.PUT, Code.DELETE):
+        assert response.code == Code.METHOD_NOT_ALLOWED
+    elif len(uri_path) >= 4 and uri_path[3] in FEATURES[:4] and uri_path[2] not in FEATURES:
+        assert response.code in (Code.UNAUTHORIZED, Code.BAD_REQUEST)  # an unknown token; GET telemetry 4.00
+    assert gh.database_state() == before
+
+
+@fuzz_settings(80)
+@given(payload=hostile_payloads, attributes=st.booleans())
+def test_coap_telemetry_and_attributes_are_2_01_exactly_when_the_parser_accepts_them_else_4_00(
+        gh, payload, attributes):
+    feature, parse = ("attributes", parse_attributes) if attributes else ("telemetry", parse_telemetry)
+    before = gh.database_state()
+    response = coap(gh, ("api", "v1", gh.token, feature), Code.POST, payload)
+    if isinstance(parse(payload), PayloadError):
+        assert response.code == Code.BAD_REQUEST
+        assert gh.database_state() == before
+    else:
+        assert response.code == Code.CREATED
+
+
+# --- afterwards ---------------------------------------------------------------------------------
+
+
+def test_after_the_bad_input_every_server_still_serves_a_well_behaved_device(gh):
+    """Runs last in the module (pytest keeps file order): whatever came before, a device still
+    gets its telemetry stored over MQTT, HTTP and CoAP."""
+    device, token = token_device(gh.broker, "well-behaved")
+    client = connect(gh.broker.mqtt_port, unique("well-behaved"), token)
+    assert client.return_code == 0
+    assert client.publish("v1/devices/me/telemetry", json.dumps({"mqtt": 1}))
+    assert requests.post(f"{gh.sidecar.url}/api/v1/{token}/telemetry", json={"http": 2}, timeout=WAIT).status_code == 200
+    assert coap(gh, ("api", "v1", token, "telemetry"), Code.POST, b'{"coap": 3}').code == Code.CREATED
+    with gh.registry() as registry:
+        latest = registry.latest_telemetry(device.id)
+    assert {key: point["value"] for key, point in latest.items()} == {"mqtt": 1, "http": 2, "coap": 3}
+    assert all(process.process.poll() is None for process in (gh.broker, gh.sidecar, gh.bridge))
