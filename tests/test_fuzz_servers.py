@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
+import threading
 
 import aiocoap
 import pytest
@@ -70,7 +70,7 @@ def gh(tmp_path_factory):
 
 # Unicode text without U+0000, which MQTT forbids in strings [MQTT-1.5.3-2]: a CONNECT with it is
 # malformed, not a wrong login (tests/test_fuzz_mqtt.py sends those).
-mqtt_text = st.text(st.characters(exclude_characters="\x00"), max_size=30)
+mqtt_text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=30)
 
 
 @fuzz_settings(150)
@@ -137,18 +137,13 @@ def test_device_publish_to_any_other_topic_gets_a_plain_puback_and_stores_nothin
         assert raw.read(4) == bytes((0x20, 0x02, 0x00, 0x00))
         raw.send(publish_packet(topic, b'{"fuzz": 1}', qos=1, packet_id=9))
         raw.send(PINGREQ)
-        answer = raw.read(6)
+        answer = raw.read(6, timeout=2)
     if topic.startswith("v1/gateway/"):
         assert answer == PINGRESP  # not a gateway: no PUBACK at all, as in ThingsBoard (SPEC §2.2)
     else:
-        # Requests (attribute request, RPC) are answered too; only the PUBACK and PINGRESP count here.
-        assert answer[:4] == bytes((0x40, 0x02, 0x00, 0x09)) and PINGRESP in answer[4:] + raw_rest(answer)
-    after = gh.database_state()
-    assert after == before
-
-
-def raw_rest(answer: bytes) -> bytes:
-    return b"" if len(answer) >= 6 else PINGRESP
+        puback = bytes((0x40, 0x02, 0x00, 0x09))
+        assert answer in (puback + PINGRESP, PINGRESP + puback)  # the two answers are not ordered
+    assert gh.database_state() == before
 
 
 @fuzz_settings(150)
@@ -223,18 +218,40 @@ def test_http_provisioning_with_any_body_is_answered_without_a_server_error(gh, 
 # --- CoAP ---------------------------------------------------------------------------------------
 
 
-async def _coap(port: int, uri_path: tuple[str, ...], method: Code, payload: bytes) -> Message:
-    context = await aiocoap.Context.create_client_context(transports=["udp6"])
-    try:
-        request = Message(code=method, uri=f"coap://127.0.0.1:{port}", payload=payload)
-        request.opt.uri_path = uri_path
-        return await asyncio.wait_for(context.request(request).response, WAIT)
-    finally:
-        await context.shutdown()
+class CoapClient:
+    """One aiocoap client context for the whole module, on an event loop of its own: a context
+    per example would reuse ports, and with them tokens and message ids the bridge may still be
+    answering (a separate response to an earlier request, or its deduplication cache)."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.context = self._run(aiocoap.Context.create_client_context(transports=["udp6"]))
+
+    def _run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(WAIT * 2)
+
+    def request(self, uri_path: tuple[str, ...], method: Code, payload: bytes) -> Message:
+        async def send():
+            request = Message(code=method, uri=f"coap://127.0.0.1:{self.port}", payload=payload)
+            request.opt.uri_path = uri_path
+            return await asyncio.wait_for(self.context.request(request).response, WAIT)
+        return self._run(send())
+
+    def close(self) -> None:
+        self._run(self.context.shutdown())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(WAIT)
+        self.loop.close()
 
 
-def coap(gh, uri_path: tuple[str, ...], method: Code = Code.POST, payload: bytes = b'{"fuzz": 1}') -> Message:
-    return asyncio.run(_coap(gh.bridge.coap_port, uri_path, method, payload))
+@pytest.fixture(scope="module")
+def coap_client(gh):
+    client = CoapClient(gh.bridge.coap_port)
+    yield client
+    client.close()
 
 
 FEATURES = ("telemetry", "attributes", "rpc", "claim", "provision")
@@ -244,9 +261,9 @@ coap_segments = st.text(max_size=12)
 @fuzz_settings(80)
 @given(uri_path=st.lists(st.sampled_from(["api", "v1", *FEATURES]) | coap_segments, max_size=5).map(tuple),
        method=st.sampled_from([Code.GET, Code.POST, Code.PUT, Code.DELETE]))
-def test_coap_request_to_any_uri_is_refused_and_stores_nothing(gh, uri_path, method):
+def test_coap_request_to_any_uri_is_refused_and_stores_nothing(gh, coap_client, uri_path, method):
     before = gh.database_state()
-    response = coap(gh, uri_path, method)
+    response = coap_client.request(uri_path, method, b'{"fuzz": 1}')
     assert response.code in (Code.BAD_REQUEST, Code.UNAUTHORIZED, Code.NOT_FOUND, Code.METHOD_NOT_ALLOWED), (
         uri_path, response)
     if uri_path[:2] != ("api", "v1"):
@@ -261,10 +278,10 @@ def test_coap_request_to_any_uri_is_refused_and_stores_nothing(gh, uri_path, met
 @fuzz_settings(80)
 @given(payload=hostile_payloads, attributes=st.booleans())
 def test_coap_telemetry_and_attributes_are_2_01_exactly_when_the_parser_accepts_them_else_4_00(
-        gh, payload, attributes):
+        gh, coap_client, payload, attributes):
     feature, parse = ("attributes", parse_attributes) if attributes else ("telemetry", parse_telemetry)
     before = gh.database_state()
-    response = coap(gh, ("api", "v1", gh.token, feature), Code.POST, payload)
+    response = coap_client.request(("api", "v1", gh.token, feature), Code.POST, payload)
     if isinstance(parse(payload), PayloadError):
         assert response.code == Code.BAD_REQUEST
         assert gh.database_state() == before
@@ -275,15 +292,16 @@ def test_coap_telemetry_and_attributes_are_2_01_exactly_when_the_parser_accepts_
 # --- afterwards ---------------------------------------------------------------------------------
 
 
-def test_after_the_bad_input_every_server_still_serves_a_well_behaved_device(gh):
+def test_after_the_bad_input_every_server_still_serves_a_well_behaved_device(gh, coap_client):
     """Runs last in the module (pytest keeps file order): whatever came before, a device still
     gets its telemetry stored over MQTT, HTTP and CoAP."""
     device, token = token_device(gh.broker, "well-behaved")
     client = connect(gh.broker.mqtt_port, unique("well-behaved"), token)
     assert client.return_code == 0
     assert client.publish("v1/devices/me/telemetry", json.dumps({"mqtt": 1}))
-    assert requests.post(f"{gh.sidecar.url}/api/v1/{token}/telemetry", json={"http": 2}, timeout=WAIT).status_code == 200
-    assert coap(gh, ("api", "v1", token, "telemetry"), Code.POST, b'{"coap": 3}').code == Code.CREATED
+    answer = requests.post(f"{gh.sidecar.url}/api/v1/{token}/telemetry", json={"http": 2}, timeout=WAIT)
+    assert answer.status_code == 200
+    assert coap_client.request(("api", "v1", token, "telemetry"), Code.POST, b'{"coap": 3}').code == Code.CREATED
     with gh.registry() as registry:
         latest = registry.latest_telemetry(device.id)
     assert {key: point["value"] for key, point in latest.items()} == {"mqtt": 1, "http": 2, "coap": 3}
