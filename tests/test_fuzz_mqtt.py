@@ -88,7 +88,7 @@ def valid_packets(rng: random.Random, token: str) -> list[bytes]:
     ]
 
 
-def _header_length(packet: bytes) -> int:
+def header_length(packet: bytes) -> int:
     """Bytes of the fixed header: the type byte and the remaining length."""
     end = 1
     while end < len(packet) and packet[end] & 0x80:
@@ -111,11 +111,11 @@ def _truncate(rng, packet):
 def _oversize_length(rng, packet):
     length = rng.choice([b"\xff\xff\xff\x7f", b"\xff\xff\xff\xff\x01", b"\x80\x80\x80\x80\x80",
                          remaining_length(rng.choice([70_000, 268_435_455, len(packet) + 1000]))])
-    return packet[:1] + length + packet[_header_length(packet):]
+    return packet[:1] + length + packet[header_length(packet):]
 
 
 def _wrong_length(rng, packet):
-    body = packet[_header_length(packet):]
+    body = packet[header_length(packet):]
     return packet[:1] + remaining_length(max(0, len(body) + rng.choice([-3, -1, 1, 5]))) + body
 
 
@@ -130,7 +130,7 @@ def _wrong_type(rng, packet):
 def _bad_utf8(rng, packet):
     """Bad bytes spliced into the packet's first string (a topic, or CONNECT's protocol name), its
     length field adjusted so the packet is otherwise well-formed."""
-    start = _header_length(packet)
+    start = header_length(packet)
     if packet[0] >> 4 in (8, 10):  # SUBSCRIBE, UNSUBSCRIBE: the packet id comes first
         start += 2
     if len(packet) < start + 2:
@@ -139,7 +139,7 @@ def _bad_utf8(rng, packet):
     text = bytearray(packet[start + 2:start + 2 + size])
     at = rng.randint(0, len(text))
     text[at:at] = rng.choice(BAD_UTF8)
-    body = packet[_header_length(packet):start] + len(text).to_bytes(2, "big") + bytes(text) + packet[
+    body = packet[header_length(packet):start] + len(text).to_bytes(2, "big") + bytes(text) + packet[
         start + 2 + size:]
     return packet[:1] + remaining_length(len(body)) + body
 

@@ -151,34 +151,54 @@ ALLOW_KEY, ALLOW_SECRET = "fuzz-allow-key", "fuzz-allow-secret"
 CHECK_KEY, CHECK_SECRET = "fuzz-check-key", "fuzz-check-secret"
 
 
-@pytest.fixture(scope="module")
-def provisioning(registry):
+def add_provisioning_profiles(registry: Registry) -> None:
     """Two profiles, one of them with a pre-provisioned device: names and keys the requests draw on."""
     registry.create_profile("fuzz-allow", ProvisionType.ALLOW_CREATE_NEW_DEVICES, key=ALLOW_KEY, secret=ALLOW_SECRET)
     registry.create_profile("fuzz-check", ProvisionType.CHECK_PRE_PROVISIONED_DEVICES, key=CHECK_KEY,
                             secret=CHECK_SECRET)
     registry.create_device("fuzz-pre-provisioned", profile="fuzz-check")
+
+
+@pytest.fixture(scope="module")
+def provisioning(registry):
+    add_provisioning_profiles(registry)
     return registry
 
 
+junk_fields = st.text(max_size=30) | st.integers() | st.booleans() | st.none()
+# ThingsBoard reads fields as strings: a list or an object makes the request unprocessable.
+junk_structures = st.lists(st.integers(), max_size=2) | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+
+
 def _field(*meaningful):
-    return st.sampled_from(meaningful) | st.text(max_size=30) | st.integers() | st.booleans() | st.none() | st.lists(
-        st.integers(), max_size=2) | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+    """Half the time a value that means something to the profiles above, half the time junk."""
+    return st.one_of(st.sampled_from(meaningful), junk_fields)
 
 
-provision_requests = st.fixed_dictionaries({}, optional={
-    "provisionDeviceKey": _field(ALLOW_KEY, CHECK_KEY, ""),
-    "provisionDeviceSecret": _field(ALLOW_SECRET, CHECK_SECRET, ""),
-    "deviceName": _field("fuzz-pre-provisioned", "  ", " padded ", "x" * 256, "nul\x00name")
-    | st.builds(unique, st.just("fuzz")),
-    "credentialsType": _field(*(t.value for t in CredentialsType), "LWM2M_CREDENTIALS", "access_token"),
-    "token": _field("", "tok with space") | st.builds(unique, st.just("TOKEN")),
+_request_fields = {
+    "deviceName": st.one_of(st.builds(unique, st.just("fuzz")),
+                            _field("fuzz-pre-provisioned", "  ", " padded ", "x" * 256, "nul\x00name")),
+    "credentialsType": st.sampled_from([t.value for t in CredentialsType]),
+    "token": st.one_of(st.builds(unique, st.just("TOKEN")), _field("", "tok with space")),
     "clientId": _field("", "client"),
     "username": _field("", "user"),
     "password": _field("", "secret"),
     "hash": _field("", "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----"),
     "gateway": _field(True, "true"),
-}) | any_json
+}
+# Requests with a profile's own key and secret (where the strategies decide), requests with any
+# fields at all, and JSON that is no request.
+provision_requests = st.one_of(
+    st.tuples(st.sampled_from([(ALLOW_KEY, ALLOW_SECRET), (CHECK_KEY, CHECK_SECRET)]),
+              st.fixed_dictionaries({}, optional=_request_fields)).map(
+        lambda pair: {"provisionDeviceKey": pair[0][0], "provisionDeviceSecret": pair[0][1], **pair[1]}),
+    st.fixed_dictionaries({}, optional={"provisionDeviceKey": _field(ALLOW_KEY, CHECK_KEY, "") | junk_structures,
+                                        "provisionDeviceSecret": _field(ALLOW_SECRET, CHECK_SECRET, ""),
+                                        **_request_fields,
+                                        "credentialsType": _field("LWM2M_CREDENTIALS", "access_token", ""),
+                                        "clientId": junk_structures}),
+    any_json,
+)
 
 
 @fuzz_settings(400)

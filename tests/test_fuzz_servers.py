@@ -17,18 +17,20 @@ import aiocoap
 import pytest
 import requests
 from aiocoap import Code, Message
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from broker_plugin.topics import device_subscription
-from gatehouse.payloads import PayloadError, parse_attributes, parse_telemetry
+from gatehouse.payloads import PayloadError, parse_attributes, parse_json, parse_telemetry
+from gatehouse.provisioning import ProvisionRequest, ProvisionRequestError
 from gatehouse.registry import Registry
 
 from .conftest import broker_and_sidecar, start_coap_bridge
+from .test_fuzz_mqtt import header_length
 from .devices import token_device, unique
 from .fuzz_budget import fuzz_settings
 from .mqtt_client import PINGREQ, PINGRESP, RawClient, connect, connect_packet, publish_packet, subscribe_packet
-from .test_fuzz_payloads import hostile_payloads
+from .test_fuzz_payloads import add_provisioning_profiles, hostile_payloads, provision_requests
 
 TABLES = ("device", "device_credentials", "attribute", "telemetry_latest", "telemetry_history",
           "provisioning_event")
@@ -39,6 +41,8 @@ class Gatehouse:
     def __init__(self, broker, sidecar, bridge):
         self.broker, self.sidecar, self.bridge = broker, sidecar, bridge
         self.device, self.token = token_device(broker, "fuzzed")
+        with self.registry() as registry:
+            add_provisioning_profiles(registry)
 
     def registry(self) -> Registry:
         return Registry.open(self.broker.data_dir)
@@ -163,6 +167,15 @@ def test_mqtt_telemetry_and_attributes_are_stored_exactly_when_the_parser_accept
             assert raw.read(4) == bytes((0x40, 0x02, 0x00, 0x03))  # acknowledged once stored
 
 
+def read_packet(raw: RawClient) -> bytes:
+    """One whole packet from the server."""
+    header = raw.read(2)
+    while header[-1] & 0x80:
+        header += raw.read(1)
+    size = sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(header[1:]))
+    return header + raw.read(size)
+
+
 # --- HTTP ---------------------------------------------------------------------------------------
 
 path_segments = st.text(max_size=20).map(lambda text: requests.utils.quote(text, safe=""))
@@ -199,20 +212,74 @@ def test_http_telemetry_and_attributes_are_200_exactly_when_the_parser_accepts_t
         assert answer.status_code == 200, answer.text
 
 
+provision_bodies = provision_requests.map(lambda body: json.dumps(body).encode()) | hostile_payloads
+
+
+def processable(body: bytes) -> bool:
+    """Whether ThingsBoard gets as far as a provisioning status for `body` (SPEC §3.6)."""
+    parsed = parse_json(body)
+    if isinstance(parsed, PayloadError):
+        return False
+    try:
+        ProvisionRequest.from_json(parsed)
+    except ProvisionRequestError:
+        return False
+    return True
+
+
+def check_provisioning_outcome(gh, before: dict, status: str | None) -> None:
+    """A SUCCESS adds one device with its credentials; anything else stores nothing but the
+    audit event of a processed request."""
+    event(f"provisioning status {status}")  # --hypothesis-show-statistics shows how often each came
+    after = gh.database_state()
+    assert after["provisioning_event"] == before["provisioning_event"] + (status is not None)
+    changed = {table: after[table] - before[table] for table in ("device", "device_credentials")}
+    assert changed == ({"device": 1, "device_credentials": 1} if status == "SUCCESS" else
+                       {"device": 0, "device_credentials": 0}), status
+    for table in ("attribute", "telemetry_latest", "telemetry_history"):
+        assert after[table] - before[table] == (1 if table == "attribute" and status == "SUCCESS" else 0), table
+
+
 @fuzz_settings(100)
-@given(body=hostile_payloads)
-def test_http_provisioning_with_any_body_is_answered_without_a_server_error(gh, body):
+@given(body=provision_bodies)
+def test_http_provisioning_with_any_body_gets_a_status_or_400_and_stores_only_a_success(gh, body):
     before = gh.database_state()
     answer = requests.post(f"{gh.sidecar.url}/api/v1/provision", data=body, timeout=WAIT)
-    after = gh.database_state()
-    if answer.status_code == 200:
-        # No profile has a key in this module: NOT_FOUND or FAILURE, recorded and nothing else.
-        assert answer.json()["status"] in ("NOT_FOUND", "FAILURE"), answer.text
-        assert after["provisioning_event"] == before["provisioning_event"] + 1
-        after["provisioning_event"] = before["provisioning_event"]
+    if processable(body):
+        assert answer.status_code == 200, answer.text
+        status = answer.json()["status"]
+        assert status in ("SUCCESS", "NOT_FOUND", "FAILURE")
     else:
         assert answer.status_code == 400, answer.text
-    assert after == before
+        status = None
+    check_provisioning_outcome(gh, before, status)
+
+
+@fuzz_settings(60)
+@given(body=provision_bodies)
+def test_mqtt_provisioning_with_any_body_is_answered_on_provision_response_or_closed(gh, body):
+    before = gh.database_state()
+    with RawClient(gh.broker.mqtt_port) as raw:
+        raw.send(connect_packet(unique("prov"), "provision"))
+        assert raw.read(4) == bytes((0x20, 0x02, 0x00, 0x00))
+        raw.send(publish_packet("/provision/request", body, qos=1, packet_id=5))
+        if not processable(body):
+            # MQTT 3.1.1: an invalid payload, or a request ThingsBoard cannot process, closes the
+            # connection without an answer.
+            assert raw.closed_by_server(WAIT)
+            check_provisioning_outcome(gh, before, None)
+            return
+        # The PUBACK and the response (published although not subscribed); ThingsBoard sends the
+        # PUBACK first, Gatehouse may send it second: MQTT does not order the two.
+        response, puback = sorted((read_packet(raw), read_packet(raw)))  # PUBLISH 0x3_, PUBACK 0x40
+        assert puback == bytes((0x40, 0x02, 0x00, 0x05)), (puback, response)
+        assert response[0] >> 4 == 3, response
+        topic_start = header_length(response)
+        topic_end = topic_start + 2 + int.from_bytes(response[topic_start:topic_start + 2], "big")
+        assert response[topic_start + 2:topic_end] == b"/provision/response"
+        status = json.loads(response[topic_end + (2 if response[0] & 0x06 else 0):])["status"]
+    assert status in ("SUCCESS", "NOT_FOUND", "FAILURE")
+    check_provisioning_outcome(gh, before, status)
 
 
 # --- CoAP ---------------------------------------------------------------------------------------
@@ -287,6 +354,20 @@ def test_coap_telemetry_and_attributes_are_2_01_exactly_when_the_parser_accepts_
         assert gh.database_state() == before
     else:
         assert response.code == Code.CREATED
+
+
+@fuzz_settings(60)
+@given(body=provision_bodies)
+def test_coap_provisioning_with_any_body_is_2_01_on_success_and_4_00_otherwise(gh, coap_client, body):
+    before = gh.database_state()
+    response = coap_client.request(("api", "v1", "provision"), Code.POST, body)
+    if not processable(body):
+        assert (response.code, response.payload) == (Code.BAD_REQUEST, b"")
+        check_provisioning_outcome(gh, before, None)
+        return
+    status = json.loads(response.payload)["status"]
+    assert response.code == (Code.CREATED if status == "SUCCESS" else Code.BAD_REQUEST)
+    check_provisioning_outcome(gh, before, status)
 
 
 # --- afterwards ---------------------------------------------------------------------------------
