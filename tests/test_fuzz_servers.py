@@ -197,6 +197,21 @@ def test_http_request_with_any_path_under_api_v1_is_refused_and_stores_nothing(g
     assert gh.database_state() == before
 
 
+RPC_LIMIT = 65_536  # the sidecar's limit under /api/v1/*/rpc (ThingsBoard's)
+
+
+@fuzz_settings(20)
+@given(excess=st.integers(1, 4096), path=st.sampled_from(["rpc", "rpc/1"]), chunked=st.booleans(),
+       filler=st.binary(min_size=1, max_size=16))
+def test_http_body_over_the_limit_is_413_whether_its_length_is_declared_or_not(gh, excess, path, chunked, filler):
+    body = (filler * (RPC_LIMIT // len(filler) + 1))[:RPC_LIMIT] + filler[:1] * excess
+    before = gh.database_state()
+    data = iter([body[:1000], body[1000:]]) if chunked else body  # an iterator goes out chunked
+    answer = requests.post(f"{gh.sidecar.url}/api/v1/{gh.token}/{path}", data=data, timeout=WAIT)
+    assert (answer.status_code, answer.json()["message"]) == (413, "Payload size exceeds the limit")
+    assert gh.database_state() == before
+
+
 @fuzz_settings(150)
 @given(payload=hostile_payloads, attributes=st.booleans())
 def test_http_telemetry_and_attributes_are_200_exactly_when_the_parser_accepts_them_else_400(
