@@ -242,17 +242,18 @@ def processable(body: bytes) -> bool:
     return True
 
 
-def check_provisioning_outcome(gh, before: dict, status: str | None) -> None:
-    """A SUCCESS adds one device with its credentials; anything else stores nothing but the
-    audit event of a processed request."""
+def check_provisioning_outcome(gh, before: dict, answer: dict | None) -> None:
+    """A SUCCESS adds one device with its credentials (none for the pre-provisioned device) and its
+    provisionState; anything else stores nothing but the audit event of a processed request
+    (`answer` None: not processed)."""
+    status = None if answer is None else answer["status"]
+    assert status in (None, "SUCCESS", "NOT_FOUND", "FAILURE")
     event(f"provisioning status {status}")  # --hypothesis-show-statistics shows how often each came
+    created = int(status == "SUCCESS" and answer["deviceName"] != "fuzz-pre-provisioned")
     after = gh.database_state()
-    assert after["provisioning_event"] == before["provisioning_event"] + (status is not None)
-    changed = {table: after[table] - before[table] for table in ("device", "device_credentials")}
-    assert changed == ({"device": 1, "device_credentials": 1} if status == "SUCCESS" else
-                       {"device": 0, "device_credentials": 0}), status
-    for table in ("attribute", "telemetry_latest", "telemetry_history"):
-        assert after[table] - before[table] == (1 if table == "attribute" and status == "SUCCESS" else 0), table
+    assert {table: after[table] - before[table] for table in TABLES} == {
+        "device": created, "device_credentials": created, "attribute": int(status == "SUCCESS"),
+        "telemetry_latest": 0, "telemetry_history": 0, "provisioning_event": int(answer is not None)}, answer
 
 
 @fuzz_settings(100)
@@ -262,12 +263,10 @@ def test_http_provisioning_with_any_body_gets_a_status_or_400_and_stores_only_a_
     answer = requests.post(f"{gh.sidecar.url}/api/v1/provision", data=body, timeout=WAIT)
     if processable(body):
         assert answer.status_code == 200, answer.text
-        status = answer.json()["status"]
-        assert status in ("SUCCESS", "NOT_FOUND", "FAILURE")
+        check_provisioning_outcome(gh, before, answer.json())
     else:
         assert answer.status_code == 400, answer.text
-        status = None
-    check_provisioning_outcome(gh, before, status)
+        check_provisioning_outcome(gh, before, None)
 
 
 @fuzz_settings(60)
@@ -292,9 +291,8 @@ def test_mqtt_provisioning_with_any_body_is_answered_on_provision_response_or_cl
         topic_start = header_length(response)
         topic_end = topic_start + 2 + int.from_bytes(response[topic_start:topic_start + 2], "big")
         assert response[topic_start + 2:topic_end] == b"/provision/response"
-        status = json.loads(response[topic_end + (2 if response[0] & 0x06 else 0):])["status"]
-    assert status in ("SUCCESS", "NOT_FOUND", "FAILURE")
-    check_provisioning_outcome(gh, before, status)
+        provisioned = json.loads(response[topic_end + (2 if response[0] & 0x06 else 0):])
+    check_provisioning_outcome(gh, before, provisioned)
 
 
 # --- CoAP ---------------------------------------------------------------------------------------
@@ -380,9 +378,9 @@ def test_coap_provisioning_with_any_body_is_2_01_on_success_and_4_00_otherwise(g
         assert (response.code, response.payload) == (Code.BAD_REQUEST, b"")
         check_provisioning_outcome(gh, before, None)
         return
-    status = json.loads(response.payload)["status"]
-    assert response.code == (Code.CREATED if status == "SUCCESS" else Code.BAD_REQUEST)
-    check_provisioning_outcome(gh, before, status)
+    provisioned = json.loads(response.payload)
+    assert response.code == (Code.CREATED if provisioned["status"] == "SUCCESS" else Code.BAD_REQUEST)
+    check_provisioning_outcome(gh, before, provisioned)
 
 
 # --- afterwards ---------------------------------------------------------------------------------
