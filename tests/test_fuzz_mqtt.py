@@ -47,6 +47,7 @@ CONCURRENCY = 40
 FLOOD_SIZE = 300  # connections opened at once
 ANSWER_WAIT = 0.3  # how long a fuzz connection listens for an answer before it hangs up
 SEED = int(os.environ.get("GATEHOUSE_FUZZ_SEED", random.SystemRandom().randrange(2**32)))
+REPLAY = f"replay with GATEHOUSE_FUZZ_SEED={SEED}"
 # Control packet types a server may send (MQTT 3.1.1 §2.2.1).
 SERVER_PACKET_TYPES = {2, 3, 4, 5, 6, 7, 9, 11, 13}
 DEVICE_TOPICS = ("v1/devices/me/telemetry", "v1/devices/me/attributes", "v1/devices/me/attributes/request/1",
@@ -337,16 +338,15 @@ def test_broker_survives_malformed_packets_and_keeps_serving_a_well_behaved_devi
         answers = asyncio.run(_run_cases(broker.mqtt_port, cases))
         wait_until(lambda: device.rounds >= 2, timeout=30)
     device.round()  # and once more, now that the run is over
-    replay = f"replay with GATEHOUSE_FUZZ_SEED={SEED}"
-    assert broker.process.poll() is None, f"the broker died; {replay}\n{broker.log()[-5000:]}"
-    assert not device.failures, f"{device.failures[:5]}; {replay}"
+    assert broker.process.poll() is None, f"the broker died; {REPLAY}\n{broker.log()[-5000:]}"
+    assert not device.failures, f"{device.failures[:5]}; {REPLAY}"
     assert device.rounds >= 3
-    assert set(device.acknowledged) <= device.stored_sequence_numbers(), replay
+    assert set(device.acknowledged) <= device.stored_sequence_numbers(), REPLAY
     for writes, answer in zip(cases, answers):
         problem = server_packets_problem(answer)
-        assert problem is None, f"{problem} in the answer {answer[:100]!r} to {writes!r}; {replay}"
-    assert _counts(broker) == before, replay
-    assert "Traceback" not in broker.log(), f"{replay}\n{broker.log()[-5000:]}"
+        assert problem is None, f"{problem} in the answer {answer[:100]!r} to {writes!r}; {REPLAY}"
+    assert _counts(broker) == before, REPLAY
+    assert "Traceback" not in broker.log(), f"{REPLAY}\n{broker.log()[-5000:]}"
 
 
 def test_broker_serves_a_well_behaved_device_through_connect_floods(broker, application):
@@ -358,7 +358,6 @@ def test_broker_serves_a_well_behaved_device_through_connect_floods(broker, appl
     rng = random.Random(SEED)
     # An unmutated CONNECT's answers: 0x03 too once the bad ones got 127.0.0.2 blocked.
     logins = [(token, {0x00, 0x03}), ("wrong-token", {0x05, 0x03}), (None, {0x02, 0x03})]
-    replay = f"replay with GATEHOUSE_FUZZ_SEED={SEED}"
     device = WellBehavedDevice(broker, application)
     with device:
         for _ in range(budget(1)):
@@ -374,12 +373,12 @@ def test_broker_serves_a_well_behaved_device_through_connect_floods(broker, appl
                                                         enough=4 if codes else None) for packet, codes in flood))
 
             for (packet, codes), answer in zip(flood, asyncio.run(run_flood())):
-                assert server_packets_problem(answer) is None, f"{answer!r} to {packet!r}; {replay}"
+                assert server_packets_problem(answer) is None, f"{answer!r} to {packet!r}; {REPLAY}"
                 if codes is not None:
-                    assert answer[:3] == b"\x20\x02\x00" and answer[3] in codes, f"{answer!r} to {packet!r}; {replay}"
+                    assert answer[:3] == b"\x20\x02\x00" and answer[3] in codes, f"{answer!r} to {packet!r}; {REPLAY}"
     device.round()
-    assert broker.process.poll() is None, replay
-    assert not device.failures, f"{device.failures[:5]}; {replay}"
+    assert broker.process.poll() is None, REPLAY
+    assert not device.failures, f"{device.failures[:5]}; {REPLAY}"
     assert set(device.acknowledged) <= device.stored_sequence_numbers()
 
 
@@ -388,7 +387,9 @@ def test_slow_loris_partial_frames_are_cut_off_while_a_well_behaved_device_is_se
     deadline closes it) and a PUBLISH never finished after a CONNECT with a 1 s keep-alive
     (closed at 1.5 s). Both are cut off long before they are done, and the device is served."""
     _, token = token_device(broker, "loris")
-    never_done_connect = connect_packet(unique("loris"), token) * 50
+    # Frames that announce 60,000 bytes and bring a few hundred: complete only in hours at this pace.
+    login = connect_packet(unique("loris"), token)
+    never_done_connect = login[:1] + remaining_length(60_000) + login[header_length(login):] + b"x" * 200
     never_done_publish = b"\x32" + remaining_length(60_000) + b"\x00\x17v1/devices/me/telemetry" + b"x" * 200
 
     async def lorises():
