@@ -2,10 +2,11 @@
 module, reused by every example — with hypothesis drawing MQTT client ids, user names,
 passwords and topics, HTTP paths and bodies, and CoAP URIs and payloads.
 
-Each answer must be the protocol-correct one (SPEC §2.1 CONNACK codes, §2.7 SUBACK 0x80, §5 HTTP
-401/400/404, §6 CoAP 4.01/4.00/4.04), where the domain parser is the oracle for payloads; a
-refused request must leave the database as it was; and the servers must still serve a
-well-behaved client afterwards. GATEHOUSE_FUZZ_SCALE multiplies the example budgets.
+Each answer must be the protocol-correct one (SPEC §2.1 CONNACK codes, §2.7 SUBACK 0x80, §3 and
+§4 provisioning statuses, §5 HTTP 400/401/404/413, §6 CoAP 4.00/4.01/4.04), where the domain
+parser is the oracle for payloads; a refused request must leave the database as it was; and the
+servers must still serve a well-behaved client afterwards. GATEHOUSE_FUZZ_SCALE multiplies the
+example budgets.
 """
 from __future__ import annotations
 
@@ -26,14 +27,12 @@ from gatehouse.provisioning import ProvisionRequest, ProvisionRequestError
 from gatehouse.registry import Registry
 
 from .conftest import broker_and_sidecar, start_coap_bridge
-from .test_fuzz_mqtt import header_length
 from .devices import token_device, unique
 from .fuzz_budget import fuzz_settings
 from .mqtt_client import PINGREQ, PINGRESP, RawClient, connect, connect_packet, publish_packet, subscribe_packet
-from .test_fuzz_payloads import add_provisioning_profiles, hostile_payloads, provision_requests
+from .test_fuzz_mqtt import header_length
+from .test_fuzz_payloads import TABLES, add_provisioning_profiles, hostile_payloads, provision_requests, row_counts
 
-TABLES = ("device", "device_credentials", "attribute", "telemetry_latest", "telemetry_history",
-          "provisioning_event")
 WAIT = 10
 
 
@@ -50,9 +49,7 @@ class Gatehouse:
     def database_state(self) -> dict:
         """Row counts of every data table, and the fuzzed device's stored values."""
         with self.registry() as registry:
-            counts = {table: registry.store.conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                      for table in TABLES}
-            return {**counts, "latest": registry.latest_telemetry(self.device.id),
+            return {**row_counts(registry), "latest": registry.latest_telemetry(self.device.id),
                     "attributes": registry.store.attributes(self.device.id, "CLIENT_SCOPE")}
 
 
