@@ -194,6 +194,22 @@ def test_http_request_with_any_path_under_api_v1_is_refused_and_stores_nothing(g
     assert gh.database_state() == before
 
 
+DEVICE_API_PATHS = ("telemetry", "attributes", "attributes/updates", "rpc", "claim")
+
+
+@fuzz_settings(60)
+@given(feature=path_segments.filter(lambda segment: segment not in ("", ".", "..") and "%2F" not in segment),
+       method=st.sampled_from(["GET", "POST"]))
+def test_http_request_for_an_unknown_feature_of_a_known_device_is_404(gh, feature, method):
+    if feature in DEVICE_API_PATHS:
+        return
+    before = gh.database_state()
+    answer = requests.request(method, f"{gh.sidecar.url}/api/v1/{gh.token}/{feature}", data=b'{"fuzz": 1}',
+                              timeout=WAIT)
+    assert answer.status_code == 404, (feature, answer.text)
+    assert gh.database_state() == before
+
+
 RPC_LIMIT = 65_536  # the sidecar's limit under /api/v1/*/rpc (ThingsBoard's)
 
 
