@@ -6,7 +6,7 @@ byte streams, a CONNECT flood and slow-loris partial frames.
 Throughout and afterwards a well-behaved paho device connects, publishes QoS 1 telemetry that is
 stored, and receives a shared-attribute update from an application. Every answer the broker
 sends a fuzz connection must be a well-formed sequence of server packets; the broker must log no
-traceback and store no new device or credential.
+error and store no new device or credential.
 
 The fuzz connections come from 127.0.0.2 so that the broker's failed-login blocking, which they
 trigger, does not hit the well-behaved clients on 127.0.0.1. The run is seeded: a failure prints
@@ -49,8 +49,8 @@ FLOOD_SIZE = 300  # connections opened at once
 ANSWER_WAIT = 0.3  # how long a fuzz connection listens for an answer before it hangs up
 SEED = int(os.environ.get("GATEHOUSE_FUZZ_SEED", random.SystemRandom().randrange(2**32)))
 REPLAY = f"replay with GATEHOUSE_FUZZ_SEED={SEED}"
-# Control packet types a server may send (MQTT 3.1.1 §2.2.1).
-SERVER_PACKET_TYPES = {2, 3, 4, 5, 6, 7, 9, 11, 13}
+# Control packet types a server may send (MQTT 3.1.1 §2.2.1; DISCONNECT and AUTH in MQTT 5).
+SERVER_PACKET_TYPES = {2, 3, 4, 5, 6, 7, 9, 11, 13, 14, 15}
 DEVICE_TOPICS = ("v1/devices/me/telemetry", "v1/devices/me/attributes", "v1/devices/me/attributes/request/1",
                  "v1/devices/me/rpc/request/1", "v1/devices/me/rpc/response/1", "v1/devices/me/claim",
                  "/provision/request", "gatehouse/devices/x/attributes/shared", "#", "$SYS/x", "a/+/b")
@@ -159,7 +159,9 @@ def fuzz_case(rng: random.Random, token: str) -> list[bytes]:
     mutated = rng.choice(MUTATIONS)(rng, rng.choice(packets))
     if kind < 0.3:  # before any CONNECT
         return [mutated]
-    login = connect_packet(unique("fuzz"), token)
+    # An MQTT 5 session gets the 3.1.1 encodings too: its own decoder then meets packets without
+    # properties, which is bad input of another kind.
+    login = connect_packet(unique("fuzz"), token, protocol_level=rng.choice([4, 4, 5]))
     tail = [rng.choice(packets[1:]) for _ in range(rng.randint(0, 2))]
     if kind < 0.5:  # the mutated packet split over two writes, then more
         cut = rng.randint(0, len(mutated))
@@ -348,7 +350,10 @@ def test_broker_survives_malformed_packets_and_keeps_serving_a_well_behaved_devi
         problem = server_packets_problem(answer)
         assert problem is None, f"{problem} in the answer {answer[:100]!r} to {writes!r}; {REPLAY}"
     assert _devices_and_credentials(broker) == before, REPLAY
-    assert "Traceback" not in broker.log(), f"{REPLAY}\n{broker.log()[-5000:]}"
+    # An exception the broker did not expect is logged at ERROR (by the broker or by asyncio for a
+    # task that died); the mqtt5 codec's own panic messages on stderr are not.
+    errors = [line for line in broker.log().splitlines() if " ERROR " in line]
+    assert not errors, f"{REPLAY}\n" + "\n".join(errors[:20])
 
 
 def test_broker_serves_a_well_behaved_device_through_connect_floods(broker, application):
