@@ -11,7 +11,7 @@ import pytest
 import requests
 from hypothesis import given
 from schemathesis import GenerationMode, openapi
-from schemathesis.checks import positive_data_acceptance
+from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
 from gatehouse.registry import Registry
 from sidecar.openapi import document
@@ -71,7 +71,11 @@ def test_admin_api_answers_generated_requests_as_documented_and_without_server_e
         # A request the document allows may still be refused with ThingsBoard's 400 for what a
         # schema cannot say (a name already taken, an MQTT credentials body that does not
         # parse), so valid requests are not required to succeed.
-        case.call_and_validate(base_url=sidecar.url, headers=admin_headers, timeout=30,
-                               excluded_checks=[positive_data_acceptance])
+        excluded = [positive_data_acceptance]
+        if operation == "GET /api/tenant/devices" and "deviceName" in (case.query or {}):
+            # ThingsBoard's getTenantDevice: with deviceName the paging parameters are not read,
+            # so bad ones are not refused either.
+            excluded.append(negative_data_rejection)
+        case.call_and_validate(base_url=sidecar.url, headers=admin_headers, timeout=30, excluded_checks=excluded)
 
     call()
