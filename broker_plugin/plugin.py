@@ -409,8 +409,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             log.info("closing provisioning session from %s: %s", session.remote_address, e)
             return PublishVerdict.FAILED
         _provisioning(m.provision_strategy(result), result.status.value).inc()
-        self._send(session, PROVISION_RESPONSE, json_bytes(result.to_json()), self._reply_qos(session, PROVISION_RESPONSE),
-                   kind="provision_response")
+        self._send(session, PROVISION_RESPONSE, json_bytes(result.to_json()),
+                   self._reply_qos(session, PROVISION_RESPONSE), kind="provision_response")
         if result.status is ProvisionStatus.SUCCESS:
             await self._publish_event(result.device_id, "provisioned")
             if result.credentials_type is CredentialsType.X509_CERTIFICATE:
