@@ -30,9 +30,9 @@ from .conftest import broker_and_sidecar, start_coap_bridge
 from .devices import token_device, unique
 from .fuzz_budget import fuzz_settings
 from .mqtt_client import PINGREQ, PINGRESP, RawClient, connect, connect_packet, publish_packet, subscribe_packet
-from .test_fuzz_mqtt import header_length
 from .test_fuzz_payloads import (TABLES, add_provisioning_profiles, hostile_payloads, provision_requests,
                                  provisioning_changes, row_counts)
+from .test_mqtt5 import _read_packet as read_packet
 
 WAIT = 10
 
@@ -165,15 +165,6 @@ def test_mqtt_telemetry_and_attributes_are_acknowledged_exactly_when_the_parser_
             assert raw.read(4) == bytes((0x40, 0x02, 0x00, 0x03))  # acknowledged once stored
 
 
-def read_packet(raw: RawClient) -> bytes:
-    """One whole packet from the server."""
-    header = raw.read(2)
-    while header[-1] & 0x80:
-        header += raw.read(1)
-    size = sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(header[1:]))
-    return header + raw.read(size)
-
-
 # --- HTTP ---------------------------------------------------------------------------------------
 
 path_segments = st.text(max_size=20).map(lambda text: requests.utils.quote(text, safe=""))
@@ -292,13 +283,13 @@ def test_mqtt_provisioning_with_any_body_is_answered_on_provision_response_or_cl
             return
         # The PUBACK and the response (published although not subscribed); ThingsBoard sends the
         # PUBACK first, Gatehouse may send it second: MQTT does not order the two.
-        response, puback = sorted((read_packet(raw), read_packet(raw)))  # PUBLISH 0x3_, PUBACK 0x40
-        assert puback == bytes((0x40, 0x02, 0x00, 0x05)), (puback, response)
-        assert response[0] >> 4 == 3, response
-        topic_start = header_length(response)
-        topic_end = topic_start + 2 + int.from_bytes(response[topic_start:topic_start + 2], "big")
-        assert response[topic_start + 2:topic_end] == b"/provision/response"
-        provisioned = json.loads(response[topic_end + (2 if response[0] & 0x06 else 0):])
+        # (first byte, body) of each: the PUBLISH (0x3_) sorts before the PUBACK (0x40).
+        (first, response), puback = sorted((read_packet(raw), read_packet(raw)))
+        assert puback == (0x40, b"\x00\x05"), puback
+        assert first >> 4 == 3, (first, response)
+        topic_end = 2 + int.from_bytes(response[:2], "big")
+        assert response[2:topic_end] == b"/provision/response"
+        provisioned = json.loads(response[topic_end + (2 if first & 0x06 else 0):])
     check_provisioning_outcome(gh, before, provisioned)
 
 
