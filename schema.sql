@@ -73,12 +73,15 @@ CREATE TABLE device_credentials (
     CHECK (credentials_type <> 'X509_CERTIFICATE' OR certificate IS NOT NULL)
 );
 
+-- Attribute and telemetry values are declared BLOB, which in SQLite means "no affinity": a value
+-- is kept as it is bound. A numeric affinity would turn STRING values such as "1e5" or " 12 " into
+-- numbers, which `kind` could not undo.
 CREATE TABLE attribute (
     device_id                 TEXT NOT NULL REFERENCES device (id) ON DELETE CASCADE,
     scope                     TEXT NOT NULL CHECK (scope IN ('CLIENT_SCOPE', 'SHARED_SCOPE', 'SERVER_SCOPE')),
     key                       TEXT NOT NULL,
     kind                      TEXT NOT NULL CHECK (kind IN ('BOOLEAN', 'LONG', 'DOUBLE', 'STRING', 'JSON')),
-    value                     ANY,
+    value                     BLOB,
     last_update_ts            INTEGER NOT NULL,
     PRIMARY KEY (device_id, scope, key)
 ) WITHOUT ROWID;
@@ -88,7 +91,7 @@ CREATE TABLE telemetry_latest (
     key                       TEXT NOT NULL,
     ts                        INTEGER NOT NULL,
     kind                      TEXT NOT NULL CHECK (kind IN ('BOOLEAN', 'LONG', 'DOUBLE', 'STRING', 'JSON')),
-    value                     ANY,
+    value                     BLOB,
     PRIMARY KEY (device_id, key)
 ) WITHOUT ROWID;
 
@@ -98,7 +101,7 @@ CREATE TABLE telemetry_history (
     key                       TEXT NOT NULL,
     ts                        INTEGER NOT NULL,
     kind                      TEXT NOT NULL CHECK (kind IN ('BOOLEAN', 'LONG', 'DOUBLE', 'STRING', 'JSON')),
-    value                     ANY,
+    value                     BLOB,
     PRIMARY KEY (device_id, key, ts)
 ) WITHOUT ROWID;
 -- Retention deletes by age.

@@ -57,6 +57,12 @@ def decode(frame: bytes):
         packet, _size = mqtt5.read(memoryview(frame))
     except Exception as e:  # the codec raises ValueError, IndexError, ... for bad bytes
         raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, f"undecodable packet: {e}") from None
+    except BaseException as e:
+        # mqtt5 0.8 panics on a string that is not UTF-8, and pyo3 raises its PanicException, a
+        # BaseException: uncaught, it ended the connection's reader and left the connection open.
+        if type(e).__name__ != "PanicException":
+            raise
+        raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, "undecodable packet: a string is not UTF-8") from None
     return packet
 
 

@@ -18,7 +18,6 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import orjson
 from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
@@ -42,6 +41,7 @@ from gatehouse.models import AttributeScope, CredentialsType, Device
 from gatehouse.payloads import (
     PayloadError,
     TelemetryRecord,
+    json_bytes,
     parse_attribute_request,
     parse_attributes,
     parse_json,
@@ -97,10 +97,6 @@ _REFUSALS = {
     LoginOutcome.NOT_AUTHORIZED: LoginRefusal.NOT_AUTHORIZED,
     LoginOutcome.SERVER_UNAVAILABLE: LoginRefusal.SERVER_UNAVAILABLE,
 }
-
-
-def _json(value) -> bytes:
-    return orjson.dumps(value)
 
 
 # Metrics, bound to their labels once (gatehouse.metrics).
@@ -378,7 +374,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             if isinstance(request, PayloadError):
                 return self._invalid_payload(device, topic, request)
             answer = self.worker.reader.device_attributes(device.id, request.client_keys, request.shared_keys)
-            self._send(session, publish.reply_topic, _json(answer), self._reply_qos(session, publish.reply_topic),
+            self._send(session, publish.reply_topic, json_bytes(answer), self._reply_qos(session, publish.reply_topic),
                        kind="attributes_response")
         elif action is DeviceAction.RPC_RESPONSE:
             await self._republish_raw(device_topic(device.id, "rpc", "response", publish.request_id), payload,
@@ -388,7 +384,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             if isinstance(rpc, PayloadError):
                 return self._invalid_payload(device, topic, rpc)
             if rpc.method == "getSessionLimits":
-                self._send(session, publish.reply_topic, _json(self._session_limits(device)),
+                self._send(session, publish.reply_topic, json_bytes(self._session_limits(device)),
                            self._reply_qos(session, publish.reply_topic), kind="rpc_reply")
             else:
                 session.attributes[CLIENT_RPC_REPLIES][publish.request_id] = publish.reply_topic
@@ -424,8 +420,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             log.info("closing provisioning session from %s: %s", session.remote_address, e)
             return PublishVerdict.FAILED
         _provisioning(m.provision_strategy(result), result.status.value).inc()
-        self._send(session, PROVISION_RESPONSE, _json(result.to_json()), self._reply_qos(session, PROVISION_RESPONSE),
-                   kind="provision_response")
+        self._send(session, PROVISION_RESPONSE, json_bytes(result.to_json()),
+                   self._reply_qos(session, PROVISION_RESPONSE), kind="provision_response")
         if result.status is ProvisionStatus.SUCCESS:
             await self._publish_event(result.device_id, "provisioned")
             if result.credentials_type is CredentialsType.X509_CERTIFICATE:
@@ -453,13 +449,13 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             update = await self._update_shared_attributes(publish.device_id, target, payload, properties,
                                                           store=sender.attributes.get(ROLE) != ROLE_SERVICE)
             if update is not None:
-                self._to_services(sender, topic, _json(update), properties)
+                self._to_services(sender, topic, json_bytes(update), properties)
         elif publish.action is ApplicationAction.RPC_CALL:
             rpc = parse_rpc_request(payload)
             if isinstance(rpc, PayloadError):
                 log.info("application RPC to %s ignored: %s", publish.device_id, rpc.message)
                 return PublishVerdict.ACK
-            call = _json(rpc_request_message(rpc.method, rpc.params))
+            call = json_bytes(rpc_request_message(rpc.method, rpc.params))
             push = self._push_target(target, SubscriptionKind.RPC_REQUESTS) if target is not None else None
             if push is not None:
                 self._send(target, f"{push[0]}{publish.request_id}", call, push[1], properties, kind="rpc_call")
@@ -506,7 +502,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             return None
         push = self._push_target(target, SubscriptionKind.ATTRIBUTE_UPDATES) if target is not None else None
         if push is not None:  # pushed only to devices subscribed to attribute updates
-            self._send(target, push[0], _json(update), push[1], properties, kind="attributes_update")
+            self._send(target, push[0], json_bytes(update), push[1], properties, kind="attributes_update")
         return update
 
     # --- sending ------------------------------------------------------------------------------
@@ -534,7 +530,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         return handler.mqtt_publish(topic, payload, qos, retain=False)
 
     async def _republish(self, topic: str, value, properties: MessageProperties | None = None) -> None:
-        await self._republish_raw(topic, _json(value), properties)
+        await self._republish_raw(topic, json_bytes(value), properties)
 
     async def _republish_raw(self, topic: str, payload: bytes, properties: MessageProperties | None = None) -> None:
         """Deliver to the applications subscribed to `topic`, as amqtt's broadcast loop would,

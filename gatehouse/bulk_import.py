@@ -122,23 +122,37 @@ class BulkImportResult:
                 "errorsList": self.errors_list}
 
 
+def _csv_reader(text: str, delimiter: str):
+    # newline="" as the csv module wants: it then takes a lone CR for the end of a line, as
+    # ThingsBoard's CSV parser does, instead of refusing it inside an unquoted cell.
+    return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+
+
 def read_header(text: str, delimiter: str = ",") -> list[str]:
-    return next(csv.reader(io.StringIO(text), delimiter=delimiter), [])
+    try:
+        return next(_csv_reader(text, delimiter), [])
+    except csv.Error as e:
+        raise ValidationError(f"Line 1: {e}") from None
 
 
 def parse_rows(text: str, mapping: BulkImportMapping) -> list[tuple[int, list[str]]]:
-    """The data rows with the physical line each starts on (a quoted PEM cell spans lines)."""
-    reader = csv.reader(io.StringIO(text), delimiter=mapping.delimiter)
-    if mapping.header:
-        next(reader, None)
+    """The data rows with the physical line each starts on (a quoted PEM cell spans lines);
+    ValidationError for text that is no CSV (a cell over the csv module's size limit, say)."""
+    reader = _csv_reader(text, mapping.delimiter)
     rows = []
-    while True:
-        line = reader.line_num + 1
-        cells = next(reader, None)
-        if cells is None:
-            return rows
-        if any(cell.strip() for cell in cells):
-            rows.append((line, cells))
+    line = 1
+    try:
+        if mapping.header:
+            next(reader, None)
+        while True:
+            line = reader.line_num + 1
+            cells = next(reader, None)
+            if cells is None:
+                return rows
+            if any(cell.strip() for cell in cells):
+                rows.append((line, cells))
+    except csv.Error as e:
+        raise ValidationError(f"Line {line}: {e}") from None
 
 
 def import_devices(registry: Registry, text: str, mapping: BulkImportMapping, *,

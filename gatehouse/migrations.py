@@ -52,3 +52,21 @@ def credentials_generation(db: sqlite_utils.Database) -> None:
     for statement in _schema_statements():  # the table, its row and its triggers
         if "credentials_generation" in statement:
             db.execute(statement)
+
+
+@MIGRATIONS(name="0004_values_without_affinity")
+def values_without_affinity(db: sqlite_utils.Database) -> None:
+    """The value columns were declared ANY, which SQLite reads as NUMERIC affinity; SQLite cannot
+    change a column's type in place, so each table is rebuilt from schema.sql (values already
+    turned into numbers stay so)."""
+    for table in ("attribute", "telemetry_latest", "telemetry_history"):
+        declared = {column.name: column.type for column in db[table].columns}
+        if declared["value"] == "BLOB":  # a database created from the current schema.sql
+            continue
+        db.execute(_statement_creating(table).replace(f"CREATE TABLE {table} (", f"CREATE TABLE {table}_new (", 1))
+        db.execute(f"INSERT INTO {table}_new SELECT * FROM {table}")
+        db.execute(f"DROP TABLE {table}")
+        db.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
+        for statement in _schema_statements():
+            if "CREATE INDEX" in statement and f" ON {table} (" in statement:
+                db.execute(statement)

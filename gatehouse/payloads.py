@@ -237,6 +237,15 @@ def entry_to_json_value(entry: KvEntry) -> object:
     return json.loads(entry.value) if _NUMBER_TEXT_MATTERS.match(text) else orjson.loads(text)
 
 
+def json_bytes(value) -> bytes:
+    """Compact JSON of values as entry_to_json_value gives them, for devices and applications.
+    A JSON entry may hold integers past 64 bits, which orjson refuses and the stdlib writes."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 # --- parsing ------------------------------------------------------------------------------------
 
 

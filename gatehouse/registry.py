@@ -987,7 +987,7 @@ def _db_value(entry: KvEntry):
 
 def _json_value(row: dict):
     kind, value = ValueKind(row["kind"]), row["value"]
-    # The value column has NUMERIC affinity, which stores 2.0 as the integer 2.
+    # Databases from before migration 0004 stored values with NUMERIC affinity (2.0 as the integer 2).
     if kind is ValueKind.BOOLEAN:
         value = bool(value)
     elif kind is ValueKind.DOUBLE:

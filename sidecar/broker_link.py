@@ -26,6 +26,7 @@ from gatehouse.application_namespace import (
     event_message,
     rpc_request_message,
 )
+from gatehouse.payloads import json_bytes
 from gatehouse.store import now_ms
 
 from .mailboxes import DeviceMailboxes
@@ -118,7 +119,7 @@ class BrokerLink:
         return self._client.publish(topic, payload, qos=1).rc == paho.MQTT_ERR_SUCCESS
 
     def publish_json(self, device_id: str, parts: tuple, value) -> bool:
-        return self.publish(device_topic(device_id, *parts), orjson.dumps(value))
+        return self.publish(device_topic(device_id, *parts), json_bytes(value))
 
     def publish_event(self, device_id: str, event: str) -> bool:
         return self.publish_json(device_id, ("events",), event_message(event, now_ms()))

@@ -287,7 +287,7 @@ def _paths() -> dict:
             description="A duplicate name is 400 ('Device with such name already exists!').")},
         "/api/device-with-credentials": {"post": _operation(
             "saveDeviceWithCredentials", "Devices", "Create or update a device with its credentials",
-            body="SaveDeviceWithCredentialsRequest", ok=_ref("Device"), errors=(400, 401))},
+            body="SaveDeviceWithCredentialsRequest", ok=_ref("Device"))},
         "/api/device/{deviceId}": {
             "get": _operation("getDeviceById", "Devices", "A device", parameters=[DEVICE_ID], ok=_ref("Device")),
             "delete": _operation("deleteDevice", "Devices", "Delete a device with its credentials and data",

@@ -201,6 +201,21 @@ def test_a_bad_multi_line_row_is_reported_at_the_line_where_it_starts(registry, 
 
 # --- re-running a file -------------------------------------------------------------------------
 
+def test_lines_ending_in_a_lone_carriage_return_are_rows(registry):
+    """Found by tests/test_fuzz_admin_api.py: the csv module refused a lone CR in an unquoted cell
+    (text read without newline=""), and the admin API answered 500."""
+    result = run_import(registry, "NAME,TYPE\rcr-a,cr-type\rcr-b,cr-type\r\ncr-c,cr-type\n")
+    assert (result.created, result.errors) == (3, 0)
+    assert {device.name for device in registry.list_devices(name_contains="cr-")} == {"cr-a", "cr-b", "cr-c"}
+
+
+def test_text_the_csv_module_cannot_read_is_a_validation_error_naming_its_line(registry):
+    huge_cell = "x" * (csv.field_size_limit() + 1)
+    with pytest.raises(ValidationError, match="^Line 2: field larger than field limit"):
+        run_import(registry, f"NAME,TYPE\n{huge_cell},t\n")
+    assert registry.count_devices() == 0
+
+
 def test_re_running_a_file_updates_instead_of_duplicating_and_keeps_credentials(registry, new_certificate):
     text = csv_text(
         {"name": "token", "token": "t-token", "model": "M"},

@@ -323,6 +323,17 @@ def test_http_device_data_reaches_applications_exactly_as_mqtt_device_data(gh):
         assert client_attributes(gh, http_dev.id) == client_attributes(gh, mqtt_device.id)
 
 
+def test_an_integer_past_64_bits_inside_a_json_value_reaches_applications_from_an_http_device(gh):
+    """Found by tests/test_fuzz_servers.py: the sidecar answered 200 and stored the value, but
+    failed to pass it on to applications."""
+    app = application(gh, "gatehouse/devices/+/telemetry")
+    device, token = http_device(gh)
+    big = '{"k": [123456789012345678901234567890]}'
+    assert requests.post(gh.url(token, "telemetry"), data=big, timeout=WAIT).status_code == 200
+    records = json.loads(next_on(app, f"gatehouse/devices/{device.id}/telemetry").payload)
+    assert records[0]["values"] == json.loads(big)
+
+
 def test_shared_attribute_update_from_an_application_reaches_an_http_long_poll(gh, pool):
     device, token = http_device(gh)
     app = application(gh)

@@ -335,6 +335,20 @@ def test_subscribe_to_an_unknown_filter_gets_0x8f_and_the_other_filters_are_stil
     still_open(broker, client, device.id)
 
 
+def test_subscribe_with_a_topic_filter_that_is_not_utf8_gets_disconnect_0x81_and_the_connection_is_closed(broker):
+    """Found by tests/test_fuzz_mqtt.py: the mqtt5 codec panics on such a string, and the panic
+    (a BaseException) ended the connection's reader without closing the connection."""
+    _, token = token_device(broker)
+    with RawClient(broker.mqtt_port) as raw:
+        raw.send(connect_packet(unique("cid"), token, protocol_level=5))
+        packet_type, connack = _read_packet(raw)
+        assert packet_type == 0x20 and connack[1] == SUCCESS
+        body = b"\x00\x01" + b"\x00" + b"\x00\x03a\xffb" + b"\x01"  # packet id, no properties, filter, options
+        raw.send(bytes((0x82, len(body))) + body)
+        assert _read_packet(raw) == (0xE0, bytes((0x81,)))  # DISCONNECT, malformed packet
+        assert raw.closed_by_server()
+
+
 def test_unsubscribe_reports_which_filters_were_subscribed(broker):
     _device, client = device5(broker)
     assert client.unsubscribe(ATTRIBUTES) == [NO_SUBSCRIPTION_EXISTED]

@@ -183,6 +183,21 @@ def test_telemetry_is_republished_to_applications(broker, clients):
     assert isinstance(records[1]["ts"], int) and records[1]["ts"] > 1_700_000_000_123
 
 
+def test_an_integer_past_64_bits_inside_a_json_value_is_acknowledged_passed_on_and_answered(broker, clients):
+    """Found by tests/test_fuzz_servers.py: passing such a value on to applications failed after it
+    was stored, and the device lost its connection instead of getting its PUBACK."""
+    app = app_client(broker, clients, "gatehouse/devices/+/telemetry", "gatehouse/devices/+/attributes")
+    device, client = device_client(broker, clients)
+    big = '{"k": [123456789012345678901234567890]}'
+    assert client.publish("v1/devices/me/telemetry", big)
+    assert client.publish("v1/devices/me/attributes", big)
+    assert body(next_on(app, f"gatehouse/devices/{device.id}/telemetry"))[0]["values"] == json.loads(big)
+    assert body(next_on(app, f"gatehouse/devices/{device.id}/attributes")) == json.loads(big)
+    client.subscribe("v1/devices/me/attributes/response/+")
+    assert client.publish("v1/devices/me/attributes/request/1", '{"clientKeys": "k"}')
+    assert body(next_on(client, "v1/devices/me/attributes/response/1")) == {"client": json.loads(big)}
+
+
 def test_persistent_application_session_gets_qos1_data_published_while_it_was_away(broker, clients):
     with Registry.open(broker.data_dir) as registry:
         username, password = registry.create_application(unique("app"))

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from gatehouse.application_namespace import attributes_message
 from gatehouse.payloads import (
     DEFAULT_MAX_BYTES,
     LENIENT_MAX_BYTES,
@@ -16,6 +17,7 @@ from gatehouse.payloads import (
     TelemetryRecord,
     ValueKind,
     entry_to_json_value,
+    json_bytes,
     kv_entries,
     parse_attribute_request,
     parse_attributes,
@@ -321,6 +323,14 @@ def test_keys_tb_accepts_are_kept():
 
 def test_duplicate_keys_keep_the_last_value():
     assert parse_attributes(b'{"a": 1, "b": 2, "a": 3}') == (KvEntry("a", LONG, 3), KvEntry("b", LONG, 2))
+
+
+def test_json_bytes_writes_an_integer_past_64_bits_inside_a_json_value():
+    """Found by tests/test_fuzz_servers.py: orjson refused such a value when the broker and the
+    sidecar passed it on to applications."""
+    (entry,) = parse_attributes(b'{"k": [123456789012345678901234567890, {"a": 1}]}')
+    assert json_bytes(attributes_message([entry])) == b'{"k":[123456789012345678901234567890,{"a":1}]}'
+    assert json_bytes({"plain": "caf\u00e9"}) == '{"plain":"café"}'.encode()
 
 
 def test_json_values_nested_too_deep_to_encode_are_an_error():

@@ -11,7 +11,8 @@ import pytest
 from gatehouse.credentials import AccessToken, MqttBasic
 from gatehouse.data_dir import DataDir
 from gatehouse.errors import NotFoundError, ValidationError
-from gatehouse.models import ProvisionType
+from gatehouse.models import AttributeScope, ProvisionType
+from gatehouse.payloads import KvEntry, TelemetryRecord, ValueKind
 from gatehouse.provisioning import ProvisionRequest
 from gatehouse.registry import Registry
 from gatehouse.server_key import ServerKey, ServerKeyError
@@ -21,7 +22,8 @@ from gatehouse.store import DatabaseBusy, Store
 def test_schema_is_applied_once_and_recorded(tmp_path):
     Store(tmp_path / "g.db").close()
     store = Store(tmp_path / "g.db")  # reopening applies nothing twice
-    migrations = ["0001_initial", "0002_application_accounts", "0003_credentials_generation"]
+    migrations = ["0001_initial", "0002_application_accounts", "0003_credentials_generation",
+                  "0004_values_without_affinity"]
     assert store.schema_version() == migrations
     rows = store.conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
     assert [tuple(r) for r in rows] == [("gatehouse", name) for name in migrations]
@@ -53,7 +55,7 @@ def test_a_database_from_before_the_credentials_generation_gets_its_counter_and_
     old.execute("DROP TABLE credentials_generation")  # what a file made before 0003 looks like
     old.close()
     store = Store(tmp_path / "old.db")
-    assert store.schema_version()[-1] == "0003_credentials_generation"
+    assert "0003_credentials_generation" in store.schema_version()
     assert store.credentials_generation() == 0
     triggers = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
     assert {"credentials_updated", "credentials_deleted", "device_updated", "device_deleted"} <= triggers
@@ -211,3 +213,44 @@ def test_a_connection_that_never_waits_raises_database_busy_at_once_and_changes_
         never_waits.conn.execute("CREATE TABLE later (x)")
     tables = {row[0] for row in never_waits.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"marker", "later"} <= tables and "other" not in tables
+
+
+
+def test_a_database_from_before_untyped_values_is_rebuilt_and_then_keeps_number_like_strings(tmp_path):
+    from gatehouse.migrations import _statement_creating
+
+    registry = Registry.initialise(tmp_path / "data")
+    device = registry.create_device("meter")
+    conn = registry.store.conn
+    # What a file made before 0004 looks like: the value columns declared ANY (NUMERIC affinity).
+    for table in ("attribute", "telemetry_latest", "telemetry_history"):
+        conn.execute(f"DROP TABLE {table}")
+        conn.execute(_statement_creating(table).replace("value                     BLOB", "value ANY"))
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0004_values_without_affinity'")
+    conn.commit()
+    registry.save_attributes(device.id, AttributeScope.CLIENT, [KvEntry("fw", ValueKind.STRING, "v1")])
+    registry.save_telemetry(device.id, [TelemetryRecord(1000, (KvEntry("t", ValueKind.DOUBLE, 2.5),))])
+    registry.close()
+
+    with Registry.open(tmp_path / "data") as registry:
+        assert registry.store.schema_version()[-1] == "0004_values_without_affinity"
+        assert registry.get_attributes(device.id, AttributeScope.CLIENT) == {"fw": "v1"}
+        assert registry.latest_telemetry(device.id) == {"t": {"ts": 1000, "value": 2.5}}
+        registry.save_attributes(device.id, AttributeScope.CLIENT, [KvEntry("fw", ValueKind.STRING, "1e5")])
+        assert registry.get_attributes(device.id, AttributeScope.CLIENT) == {"fw": "1e5"}
+        indexes = {row[0] for row in registry.store.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "telemetry_history_by_ts" in indexes
+
+
+def test_number_like_strings_are_stored_as_text(registry):
+    """Found by tests/test_fuzz_payloads.py: SQLite's NUMERIC affinity stored "1e5" as 100000."""
+    device = registry.create_device("meter")
+    strings = ("1e5", " 12 ", "0x10", "-0", "1.50")
+    registry.save_attributes(device.id, AttributeScope.CLIENT,
+                             [KvEntry(f"k{i}", ValueKind.STRING, text) for i, text in enumerate(strings)])
+    registry.save_telemetry(device.id, [TelemetryRecord(1000, tuple(
+        KvEntry(f"k{i}", ValueKind.STRING, text) for i, text in enumerate(strings)))])
+    expected = {f"k{i}": text for i, text in enumerate(strings)}
+    assert registry.get_attributes(device.id, AttributeScope.CLIENT) == expected
+    assert {key: point["value"] for key, point in registry.latest_telemetry(device.id).items()} == expected
