@@ -126,6 +126,16 @@ class _Feed:
         self.task: asyncio.Task | None = None
 
 
+class ApiV1WithoutFeature(resource.Resource):
+    """`/api/v1` itself, a request that names no feature: 4.00 as in ThingsBoard (4.05 for a
+    method it does not serve). aiocoap hands ApiV1 only the paths below it."""
+
+    async def render_get(self, request: Message) -> Message:
+        return Message(code=Code.BAD_REQUEST)
+
+    render_post = render_get
+
+
 class ApiV1(resource.ObservableResource, resource.PathCapable):
     """Everything under `coap://host/api/v1/`."""
 

@@ -22,7 +22,7 @@ from gatehouse.registry import Registry
 
 from .dtls import add_dtls_listener
 from .forwarding import HttpForwarder
-from .resources import ApiV1
+from .resources import ApiV1, ApiV1WithoutFeature
 
 log = logging.getLogger(__name__)
 SERVICE_ACCOUNT = "coap"
@@ -48,6 +48,7 @@ class CoapStartError(Exception):
 def build_site(api: ApiV1) -> resource.Site:
     site = resource.Site()
     site.add_resource(["api", "v1"], api)
+    site.add_resource(["api", "v1"], ApiV1WithoutFeature())
     return site
 
 

@@ -197,7 +197,13 @@ def test_codes(gh, method, path, payload, expected):
 def test_paths_outside_api_v1_are_4_04(gh):
     assert coap(gh.bridge.url("api", "v2", "x", "telemetry"), Code.POST, "{}").code == Code.NOT_FOUND
     assert coap(gh.bridge.url("other")).code == Code.NOT_FOUND
-    assert coap(gh.bridge.url("api", "v1")).code == Code.NOT_FOUND
+    assert coap(gh.bridge.url("api")).code == Code.NOT_FOUND
+
+
+def test_api_v1_without_a_feature_is_4_00_and_4_05_for_other_methods(gh):
+    assert coap(gh.bridge.url("api", "v1")).code == Code.BAD_REQUEST
+    assert coap(gh.bridge.url("api", "v1"), Code.POST, "{}").code == Code.BAD_REQUEST
+    assert coap(gh.bridge.url("api", "v1"), Code.DELETE).code == Code.METHOD_NOT_ALLOWED
 
 
 def test_hostile_tokens_are_refused_and_reach_nothing_else(gh):
