@@ -21,6 +21,11 @@ from .writer import GroupCommitWriter
 log = logging.getLogger(__name__)
 MAILBOX_EXPIRY_CHECK_SECONDS = 1.0
 BODY_MARGIN = 1 << 20
+# waitress stops accepting at 100 open connections (its default), idle keep-alive ones included:
+# a hundred HTTP devices that keep their connection open locked every other client out, the CoAP
+# bridge (up to 256 connections of its own) too. Idle connections cost a socket each and waitress
+# closes them after its channel timeout; poll() because select() cannot watch descriptors past 1023.
+CONNECTION_LIMIT = 1_000
 
 
 def serve(settings: SidecarSettings, announce=print) -> int:
@@ -38,7 +43,8 @@ def serve(settings: SidecarSettings, announce=print) -> int:
         # (its default would buffer up to 1 GB).
         server = waitress.create_server(app, host=settings.host, port=settings.http_port, threads=settings.threads,
                                         ident="gatehouse", clear_untrusted_proxy_headers=True,
-                                        max_request_body_size=settings.max_payload_size + BODY_MARGIN)
+                                        max_request_body_size=settings.max_payload_size + BODY_MARGIN,
+                                        connection_limit=CONNECTION_LIMIT, asyncore_use_poll=True)
     except OSError as e:
         print(f"Error: the sidecar could not listen on {settings.host}:{settings.http_port}: {e.strerror}",
               file=sys.stderr, flush=True)
