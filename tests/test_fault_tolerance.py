@@ -222,3 +222,163 @@ def test_idle_keep_alive_connections_do_not_lock_new_clients_out_of_the_sidecar(
     finally:
         for connection in idle:
             connection.close()
+
+
+# --- SIGKILL in the middle of the work -------------------------------------------------------
+
+IMPORT_ROWS = 20_000  # several seconds of work, so a kill lands in the middle of it
+ADMIN, ADMIN_PASSWORD = "admin@faults.test", "admin-Password-42"
+
+
+def import_csv(rows: int = IMPORT_ROWS) -> tuple[str, dict[str, str]]:
+    """A bulk-import file in the CLI's header convention, and its devices: name -> token."""
+    tokens = {f"imported-{i:05}": f"IMPORT-TOKEN-{i:05}" for i in range(rows)}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["NAME", "TYPE", "ACCESS_TOKEN", "SHARED_ATTRIBUTE:model", "TIMESERIES:temperature"])
+    for i, (name, token) in enumerate(tokens.items()):
+        writer.writerow([name, "imported", token, f"M{i % 7}", 20 + i % 10])
+    return out.getvalue(), tokens
+
+
+def imported_count(data_dir: Path) -> int:
+    with contextlib.closing(database(data_dir)) as db:
+        return db.execute("SELECT count(*) FROM device WHERE name LIKE 'imported-%'").fetchone()[0]
+
+
+def assert_import_is_complete_and_unique(data_dir: Path, tokens: dict[str, str]) -> None:
+    names = device_names(data_dir)
+    assert {name: names[name] for name in tokens} == dict.fromkeys(tokens, 1)
+    with Registry.open(data_dir) as registry:
+        for name, token in list(tokens.items())[::97]:
+            assert registry.token_login(token).name == name
+
+
+def wait_for(condition, what: str, timeout: float = HANG_GUARD) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.02)
+
+
+def telemetry_payload(seq: int) -> str:
+    # One history row per message (its own ts), so each acknowledged message can be found.
+    return json.dumps({"ts": TS_BASE + seq, "values": {"seq": seq}})
+
+
+TS_BASE = int(time.time() * 1000)
+
+
+class Acknowledged:
+    """What the server acknowledged before it died: telemetry (device, seq), provisioned
+    name -> token, and every name a provisioning request was sent for."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.telemetry: set[tuple[str, int]] = set()
+        self.provisioned: dict[str, str] = {}
+        self.attempted: set[str] = set()
+
+    def provision_answer(self, name: str, answer: dict | None) -> None:
+        if answer is not None and answer["status"] == "SUCCESS":
+            with self.lock:
+                self.provisioned[name] = answer["credentialsValue"]
+
+    def check_against(self, data_dir: Path) -> None:
+        """Every acknowledged write is in the database, and the database is sound."""
+        assert_database_is_sound(data_dir)
+        assert self.telemetry <= stored_values(data_dir, "seq")
+        names = device_names(data_dir)
+        assert {name: names[name] for name in self.provisioned} == dict.fromkeys(self.provisioned, 1)
+        with Registry.open(data_dir) as registry:
+            for name, token in self.provisioned.items():
+                assert registry.token_login(token).name == name
+
+
+def assert_retried_provisioning_makes_one_device_per_name(data_dir: Path, acknowledged: Acknowledged, provision):
+    """Re-send every request the dead server got: names it acknowledged fail now, the others
+    (answered or not before the kill) end with exactly one device each."""
+    for name in sorted(acknowledged.attempted):
+        answer = provision(allow_request(name))
+        if name in acknowledged.provisioned:
+            assert answer == FAILURE_JSON
+        else:
+            assert answer["status"] in ("SUCCESS", "FAILURE")
+    names = device_names(data_dir)
+    assert {name: names[name] for name in acknowledged.attempted} == dict.fromkeys(acknowledged.attempted, 1)
+    assert_database_is_sound(data_dir)
+
+
+def test_sigkill_of_the_broker_mid_provisioning_telemetry_and_an_import_loses_no_acknowledged_write(
+        tmp_path, broker_factory):
+    broker = broker_factory()
+    provisioning_profiles(broker.data_dir)
+    meters = token_devices(broker.data_dir, "meter", 20)
+    acknowledged = Acknowledged()
+    # A CLI import runs beside the broker: the broker dying mid-transaction must not wedge it.
+    text, imported_tokens = import_csv()
+    (tmp_path / "devices.csv").write_text(text)
+    importer = subprocess.Popen([sys.executable, "-m", "gatehouse", "--data-dir", str(broker.data_dir), "device",
+                                 "import", str(tmp_path / "devices.csv")],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=CHILD_ENV)
+    wait_for(lambda: imported_count(broker.data_dir) > 0, "the import's first commit")
+    import_state_at_kill = []
+
+    async def send_telemetry(name: str, token: str) -> None:
+        connection = await async_mqtt.connect(broker.mqtt_port, name, token)
+        assert connection.return_code == 0
+        try:
+            for seq in range(1, 100_000):
+                if not await connection.publish_qos1(TELEMETRY, telemetry_payload(seq)):
+                    return
+                acknowledged.telemetry.add((name, seq))
+        finally:
+            await connection.close()
+
+    async def provision(worker: int) -> None:
+        for i in range(100_000):
+            name = f"provisioned-{worker}-{i}"
+            acknowledged.attempted.add(name)
+            try:
+                answer = await async_mqtt.provision(broker.mqtt_port, allow_request(name))
+            except OSError:  # the broker is gone: connection refused
+                return
+            acknowledged.provision_answer(name, answer)
+            if answer is None:
+                return
+
+    async def kill_when_busy() -> None:
+        while (len(acknowledged.telemetry) < 20 or len(acknowledged.provisioned) < 5
+               or imported_count(broker.data_dir) < IMPORT_ROWS // 4):
+            await asyncio.sleep(0.05)
+        broker.process.kill()
+        import_state_at_kill.append(importer.poll())
+
+    async def storm() -> None:
+        await asyncio.wait_for(asyncio.gather(kill_when_busy(), *(send_telemetry(n, t) for n, t in meters.items()),
+                                              *(provision(worker) for worker in range(10))), HANG_GUARD)
+
+    asyncio.run(storm())
+    assert broker.process.wait() == -signal.SIGKILL
+    assert import_state_at_kill == [None], "the import was over before the broker was killed"
+    acknowledged.check_against(broker.data_dir)
+
+    stdout, _ = importer.communicate(timeout=HANG_GUARD)
+    assert importer.returncode == 0, stdout
+    assert_import_is_complete_and_unique(broker.data_dir, imported_tokens)
+
+    restarted = broker_factory(data_dir=broker.data_dir)
+    assert_retried_provisioning_makes_one_device_per_name(
+        broker.data_dir, acknowledged, lambda request: asyncio.run(async_mqtt.provision(restarted.mqtt_port, request)))
+    name, token = next(iter(meters.items()))
+
+    async def one_more() -> bool:
+        connection = await async_mqtt.connect(restarted.mqtt_port, name, token)
+        try:
+            return await connection.publish_qos1(TELEMETRY, telemetry_payload(0))
+        finally:
+            await connection.close()
+
+    assert asyncio.run(one_more())
+    assert (name, 0) in stored_values(broker.data_dir, "seq")
