@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import itertools
 import json
 import signal
 import socket
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import aiocoap
@@ -25,6 +27,7 @@ import pytest
 import requests
 from aiocoap import Code, Message
 
+from gatehouse.bulk_import import BATCH_SIZE
 from gatehouse.credentials import AccessToken
 from gatehouse.data_dir import DataDir
 from gatehouse.models import AttributeScope, ProvisionType
@@ -382,3 +385,109 @@ def test_sigkill_of_the_broker_mid_provisioning_telemetry_and_an_import_loses_no
 
     assert asyncio.run(one_more())
     assert (name, 0) in stored_values(broker.data_dir, "seq")
+
+
+def admin_session(sidecar) -> requests.Session:
+    session = requests.Session()
+    answer = session.post(f"{sidecar.url}/api/auth/login", json={"username": ADMIN, "password": ADMIN_PASSWORD},
+                          timeout=HANG_GUARD)
+    answer.raise_for_status()
+    session.headers["X-Authorization"] = f"Bearer {answer.json()['token']}"
+    return session
+
+
+def bulk_import_over_http(sidecar, text: str) -> requests.Response:
+    mapping = {"columns": [{"type": "NAME"}, {"type": "TYPE"}, {"type": "ACCESS_TOKEN"},
+                           {"type": "SHARED_ATTRIBUTE", "key": "model"}, {"type": "TIMESERIES", "key": "temperature"}],
+               "delimiter": ",", "update": True, "header": True}
+    return admin_session(sidecar).post(f"{sidecar.url}/api/device/bulk_import", json={"file": text, "mapping": mapping},
+                                       timeout=HANG_GUARD)
+
+
+def test_sigkill_of_the_sidecar_mid_provisioning_telemetry_and_a_bulk_import_loses_no_acknowledged_write(
+        broker_factory, sidecar_factory):
+    broker = broker_factory()
+    sidecar = sidecar_factory(broker)
+    provisioning_profiles(broker.data_dir)
+    with Registry.open(broker.data_dir) as registry:
+        registry.add_admin(ADMIN, ADMIN_PASSWORD)
+    meters = token_devices(broker.data_dir, "meter", 8)
+    text, imported_tokens = import_csv()
+    acknowledged = Acknowledged()
+
+    def send_telemetry(name: str, token: str) -> None:
+        with requests.Session() as session:
+            for seq in itertools.count(1):
+                try:
+                    answer = session.post(f"{sidecar.url}/api/v1/{token}/telemetry", data=telemetry_payload(seq),
+                                          headers={"Content-Type": "application/json"}, timeout=HANG_GUARD)
+                except requests.ConnectionError:
+                    return
+                assert answer.status_code == 200
+                with acknowledged.lock:
+                    acknowledged.telemetry.add((name, seq))
+
+    def provision(worker: int) -> None:
+        with requests.Session() as session:
+            for i in itertools.count():
+                name = f"provisioned-{worker}-{i}"
+                with acknowledged.lock:
+                    acknowledged.attempted.add(name)
+                try:
+                    answer = session.post(f"{sidecar.url}/api/v1/provision", json=allow_request(name),
+                                          timeout=HANG_GUARD)
+                except requests.ConnectionError:
+                    return
+                acknowledged.provision_answer(name, answer.json())
+
+    def bulk_import() -> None:
+        with contextlib.suppress(requests.ConnectionError):
+            bulk_import_over_http(sidecar, text)
+            raise AssertionError("the import ended before the sidecar was killed")
+
+    with ThreadPoolExecutor(len(meters) + 5) as pool:
+        work = [pool.submit(send_telemetry, name, token) for name, token in meters.items()]
+        work += [pool.submit(provision, worker) for worker in range(4)]
+        work.append(pool.submit(bulk_import))
+        wait_for(lambda: (len(acknowledged.telemetry) >= 20 and len(acknowledged.provisioned) >= 5
+                          and imported_count(broker.data_dir) >= IMPORT_ROWS // 4), "enough acknowledged work")
+        sidecar.stop(signal.SIGKILL)
+        for done in work:
+            done.result(timeout=HANG_GUARD)
+    assert sidecar.process.returncode == -signal.SIGKILL
+
+    acknowledged.check_against(broker.data_dir)
+    # Each batch of rows is one transaction: a kill leaves whole batches, never part of one.
+    assert imported_count(broker.data_dir) % BATCH_SIZE == 0
+
+    restarted = sidecar_factory(broker)
+    result = bulk_import_over_http(restarted, text).json()
+    assert (result["errors"], result["created"] + result["updated"]) == (0, IMPORT_ROWS)
+    assert_import_is_complete_and_unique(broker.data_dir, imported_tokens)
+    with requests.Session() as session:
+        assert_retried_provisioning_makes_one_device_per_name(
+            broker.data_dir, acknowledged,
+            lambda request: session.post(f"{restarted.url}/api/v1/provision", json=request, timeout=HANG_GUARD).json())
+
+
+def test_sigkill_of_the_import_cli_leaves_whole_batches_and_a_re_run_completes_without_duplicates(tmp_path, registry,
+                                                                                                   data_dir):
+    text, imported_tokens = import_csv()
+    (tmp_path / "devices.csv").write_text(text)
+    command = [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "device", "import",
+               str(tmp_path / "devices.csv")]
+    importer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=CHILD_ENV)
+    try:
+        wait_for(lambda: imported_count(data_dir) >= IMPORT_ROWS // 4, "a quarter of the import")
+    finally:
+        importer.kill()
+    assert importer.wait() == -signal.SIGKILL
+    assert_database_is_sound(data_dir)
+    left = imported_count(data_dir)
+    assert 0 < left < IMPORT_ROWS and left % BATCH_SIZE == 0
+
+    again = subprocess.run(command, capture_output=True, text=True, env=CHILD_ENV, timeout=HANG_GUARD)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == f"created {IMPORT_ROWS - left}, updated {left}, errors 0"
+    assert_import_is_complete_and_unique(data_dir, imported_tokens)
+    assert_database_is_sound(data_dir)
