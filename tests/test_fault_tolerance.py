@@ -229,11 +229,14 @@ def test_idle_keep_alive_connections_do_not_lock_new_clients_out_of_the_sidecar(
 
 # --- SIGKILL in the middle of the work -------------------------------------------------------
 
-IMPORT_ROWS = 20_000  # several seconds of work, so a kill lands in the middle of it
+IMPORT_ROWS = 8_000  # a few seconds of work, so a kill lands in the middle of it
+# Beside a busy broker: its QoS 1 telemetry waits behind the import's batches for SQLite's write
+# lock (a few acknowledgements a second), so the import must outlast getting some through.
+IMPORT_ROWS_BESIDE_THE_BROKER = 20_000
 ADMIN, ADMIN_PASSWORD = "admin@faults.test", "admin-Password-42"
 
 
-def import_csv(rows: int = IMPORT_ROWS) -> tuple[str, dict[str, str]]:
+def import_csv(rows: int) -> tuple[str, dict[str, str]]:
     """A bulk-import file in the CLI's header convention, and its devices: name -> token."""
     tokens = {f"imported-{i:05}": f"IMPORT-TOKEN-{i:05}" for i in range(rows)}
     out = io.StringIO()
@@ -320,7 +323,7 @@ def test_sigkill_of_the_broker_mid_provisioning_telemetry_and_an_import_loses_no
     meters = token_devices(broker.data_dir, "meter", 20)
     acknowledged = Acknowledged()
     # A CLI import runs beside the broker: the broker dying mid-transaction must not wedge it.
-    text, imported_tokens = import_csv()
+    text, imported_tokens = import_csv(IMPORT_ROWS_BESIDE_THE_BROKER)
     (tmp_path / "devices.csv").write_text(text)
     importer = subprocess.Popen([sys.executable, "-m", "gatehouse", "--data-dir", str(broker.data_dir), "device",
                                  "import", str(tmp_path / "devices.csv")],
@@ -353,7 +356,7 @@ def test_sigkill_of_the_broker_mid_provisioning_telemetry_and_an_import_loses_no
 
     async def kill_when_busy() -> None:
         while (len(acknowledged.telemetry) < 20 or len(acknowledged.provisioned) < 5
-               or imported_count(broker.data_dir) < IMPORT_ROWS // 4):
+               or imported_count(broker.data_dir) < IMPORT_ROWS_BESIDE_THE_BROKER // 4):
             await asyncio.sleep(0.05)
         broker.process.kill()
         import_state_at_kill.append(importer.poll())
@@ -412,7 +415,7 @@ def test_sigkill_of_the_sidecar_mid_provisioning_telemetry_and_a_bulk_import_los
     with Registry.open(broker.data_dir) as registry:
         registry.add_admin(ADMIN, ADMIN_PASSWORD)
     meters = token_devices(broker.data_dir, "meter", 8)
-    text, imported_tokens = import_csv()
+    text, imported_tokens = import_csv(IMPORT_ROWS)
     acknowledged = Acknowledged()
 
     def send_telemetry(name: str, token: str) -> None:
@@ -472,7 +475,7 @@ def test_sigkill_of_the_sidecar_mid_provisioning_telemetry_and_a_bulk_import_los
 
 def test_sigkill_of_the_import_cli_leaves_whole_batches_and_a_re_run_completes_without_duplicates(tmp_path, registry,
                                                                                                    data_dir):
-    text, imported_tokens = import_csv()
+    text, imported_tokens = import_csv(IMPORT_ROWS)
     (tmp_path / "devices.csv").write_text(text)
     command = [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "device", "import",
                str(tmp_path / "devices.csv")]
@@ -491,3 +494,113 @@ def test_sigkill_of_the_import_cli_leaves_whole_batches_and_a_re_run_completes_w
     assert again.stdout.strip() == f"created {IMPORT_ROWS - left}, updated {left}, errors 0"
     assert_import_is_complete_and_unique(data_dir, imported_tokens)
     assert_database_is_sound(data_dir)
+
+
+# --- the sidecar dies under the CoAP bridge ----------------------------------------------------
+
+def test_sigkill_of_the_sidecar_while_the_coap_bridge_forwards_answers_every_request_and_traffic_resumes(
+        tmp_path, broker_factory, sidecar_factory):
+    broker = broker_factory()
+    http_port = free_port()  # the bridge is told it, and the sidecar comes back on it
+    sidecar = sidecar_factory(broker, "--http-port", str(http_port))
+    bridge = start_coap_bridge(broker.data_dir, sidecar.url, tmp_path / "coap.log")
+    try:
+        tokens = token_devices(broker.data_dir, "coap-meter", 10)
+        answers: list[tuple[str, int, Code]] = []
+
+        async def send(context: aiocoap.Context, name: str, token: str, seq: int) -> None:
+            message = Message(code=Code.POST, uri=bridge.url("api", "v1", token, "telemetry"),
+                              payload=telemetry_payload(seq).encode())
+            response = await context.request(message).response
+            answers.append((name, seq, response.code))
+
+        async def stream(context: aiocoap.Context, name: str, token: str, seqs) -> None:
+            for seq in seqs:
+                await send(context, name, token, seq)
+
+        async def traffic(seqs, during=None) -> None:
+            context = await aiocoap.Context.create_client_context(transports=["udp6"])
+            try:
+                streams = [stream(context, name, token, seqs) for name, token in tokens.items()]
+                await asyncio.wait_for(asyncio.gather(*streams, *([during()] if during else [])), HANG_GUARD)
+            finally:
+                await context.shutdown()
+
+        async def kill_mid_stream() -> None:
+            while sum(code == Code.CREATED for *_, code in answers) < 50:
+                await asyncio.sleep(0.01)
+            sidecar.process.kill()
+
+        asyncio.run(traffic(range(1, 101), kill_mid_stream))
+        codes = Counter(code for *_, code in answers)
+        assert set(codes) <= {Code.CREATED, Code.SERVICE_UNAVAILABLE, Code.INTERNAL_SERVER_ERROR}, codes
+        assert codes[Code.SERVICE_UNAVAILABLE] > 0 and sum(codes.values()) == 100 * len(tokens)
+        assert {(name, seq) for name, seq, code in answers if code == Code.CREATED} <= stored_values(
+            broker.data_dir, "seq")
+
+        sidecar_factory(broker, "--http-port", str(http_port))
+        answers.clear()
+        asyncio.run(traffic(range(101, 111)))
+        assert {code for *_, code in answers} == {Code.CREATED}
+        assert {(name, seq) for name, seq, _ in answers} <= stored_values(broker.data_dir, "seq")
+    finally:
+        bridge.stop()
+
+
+# --- brute force -------------------------------------------------------------------------------
+
+WRONG_TOKENS, MAX_FAILED_LOGINS = 1_000, 10
+NOT_AUTHORIZED, SERVER_UNAVAILABLE = 0x05, 0x03  # MQTT 3.1.1 CONNACK: bad credentials, blocked address
+
+
+def metric(port: int, name: str) -> float:
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=HANG_GUARD).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_a_thousand_wrong_tokens_block_their_address_while_a_device_elsewhere_keeps_working(broker_factory):
+    async_mqtt.raise_open_files_limit(4 * WRONG_TOKENS)
+    broker = broker_factory("--max-failed-logins", str(MAX_FAILED_LOGINS), "--block-seconds", "60")
+    name, token = token_device_of(broker)
+    attack_over = asyncio.Event()
+    acknowledged = []
+
+    async def wrong_login(i: int) -> int:
+        connection = await async_mqtt.connect(broker.mqtt_port, f"attacker-{i}", unique("WRONG"))
+        await connection.close()
+        return connection.return_code
+
+    async def attack() -> Counter:
+        codes = Counter(await asyncio.gather(*(wrong_login(i) for i in range(WRONG_TOKENS))))
+        attack_over.set()
+        return codes
+
+    async def legitimate_device() -> None:
+        # From another loopback address, through the whole attack and after it.
+        connection = await async_mqtt.connect(broker.mqtt_port, name, token, bind_address="127.0.0.2")
+        assert connection.return_code == 0
+        try:
+            for seq in itertools.count(1):
+                assert await connection.publish_qos1(TELEMETRY, telemetry_payload(seq))
+                acknowledged.append((name, seq))
+                if attack_over.is_set():
+                    return
+        finally:
+            await connection.close()
+
+    async def run() -> Counter:
+        codes, _ = await asyncio.wait_for(asyncio.gather(attack(), legitimate_device()), HANG_GUARD)
+        return codes
+
+    codes = asyncio.run(run())
+    assert codes == {NOT_AUTHORIZED: MAX_FAILED_LOGINS, SERVER_UNAVAILABLE: WRONG_TOKENS - MAX_FAILED_LOGINS}
+    assert set(acknowledged) <= stored_values(broker.data_dir, "seq") and len(acknowledged) > 1
+
+    async def login_from(address: str) -> int:
+        connection = await async_mqtt.connect(broker.mqtt_port, name, token, bind_address=address)
+        await connection.close()
+        return connection.return_code
+
+    assert asyncio.run(login_from("127.0.0.1")) == SERVER_UNAVAILABLE  # even the right token, from there
+    assert asyncio.run(login_from("127.0.0.2")) == 0
+    assert metric(broker.metrics_port, "gatehouse_blocked_addresses") == 1
