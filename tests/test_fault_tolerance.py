@@ -36,8 +36,8 @@ from gatehouse.registry import Registry
 from . import async_mqtt
 from .conftest import CHILD_ENV, free_port, start_coap_bridge
 from .devices import unique
+from .load_generators import TELEMETRY, telemetry_payload
 
-TELEMETRY = "v1/devices/me/telemetry"
 HANG_GUARD = 60  # seconds: far beyond anything healthy, so only a hang trips it
 ALLOW_KEY, ALLOW_SECRET = "stormAllowKey", "storm-allow-secret"
 CHECK_KEY, CHECK_SECRET = "stormCheckKey", "storm-check-secret"
@@ -268,11 +268,6 @@ def wait_for(condition, what: str, timeout: float = HANG_GUARD) -> None:
         time.sleep(0.02)
 
 
-def telemetry_payload(seq: int) -> str:
-    # One history row per message (its own ts), so each acknowledged message can be found.
-    return json.dumps({"ts": TS_BASE + seq, "values": {"seq": seq}})
-
-
 TS_BASE = int(time.time() * 1000)
 
 
@@ -336,7 +331,7 @@ def test_sigkill_of_the_broker_mid_provisioning_telemetry_and_an_import_loses_no
         assert connection.return_code == 0
         try:
             for seq in range(1, 100_000):
-                if not await connection.publish_qos1(TELEMETRY, telemetry_payload(seq)):
+                if not await connection.publish_qos1(TELEMETRY, telemetry_payload(TS_BASE, seq)):
                     return
                 acknowledged.telemetry.add((name, seq))
         finally:
@@ -382,7 +377,7 @@ def test_sigkill_of_the_broker_mid_provisioning_telemetry_and_an_import_loses_no
     async def one_more() -> bool:
         connection = await async_mqtt.connect(restarted.mqtt_port, name, token)
         try:
-            return await connection.publish_qos1(TELEMETRY, telemetry_payload(0))
+            return await connection.publish_qos1(TELEMETRY, telemetry_payload(TS_BASE, 0))
         finally:
             await connection.close()
 
@@ -422,7 +417,7 @@ def test_sigkill_of_the_sidecar_mid_provisioning_telemetry_and_a_bulk_import_los
         with requests.Session() as session:
             for seq in itertools.count(1):
                 try:
-                    answer = session.post(f"{sidecar.url}/api/v1/{token}/telemetry", data=telemetry_payload(seq),
+                    answer = session.post(f"{sidecar.url}/api/v1/{token}/telemetry", data=telemetry_payload(TS_BASE, seq),
                                           headers={"Content-Type": "application/json"}, timeout=HANG_GUARD)
                 except requests.ConnectionError:
                     return
@@ -510,7 +505,7 @@ def test_sigkill_of_the_sidecar_while_the_coap_bridge_forwards_answers_every_req
 
         async def send(context: aiocoap.Context, name: str, token: str, seq: int) -> None:
             message = Message(code=Code.POST, uri=bridge.url("api", "v1", token, "telemetry"),
-                              payload=telemetry_payload(seq).encode())
+                              payload=telemetry_payload(TS_BASE, seq).encode())
             response = await context.request(message).response
             answers.append((name, seq, response.code))
 
@@ -581,7 +576,7 @@ def test_a_thousand_wrong_tokens_block_their_address_while_a_device_elsewhere_ke
         assert connection.return_code == 0
         try:
             for seq in itertools.count(1):
-                assert await connection.publish_qos1(TELEMETRY, telemetry_payload(seq))
+                assert await connection.publish_qos1(TELEMETRY, telemetry_payload(TS_BASE, seq))
                 acknowledged.append((name, seq))
                 if attack_over.is_set():
                     return
