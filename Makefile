@@ -10,7 +10,7 @@ SDK_VENV := .venv-sdk
 DEBIAN_TEST_PACKAGES := mosquitto-clients libcoap3-bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: up test bench clean debian-test-packages
+.PHONY: up test bench soak clean debian-test-packages
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,10 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/mqtt.py
 	$(BIN)/python bench/http.py
 	$(BIN)/python bench/coap.py
+
+# About 11 minutes: a reconnect storm of 2,000 devices and a 10-minute telemetry soak (memory over time).
+soak: $(VENV)/.installed-test
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) $(SDK_VENV) build *.egg-info

@@ -10,7 +10,7 @@ import signal
 import requests
 
 from . import async_mqtt, load_generators
-from .test_fault_tolerance import stored_values, token_devices
+from .devices import stored_values, token_devices
 
 HANG_GUARD = 120  # seconds
 STORM_DEVICES = 2_000
