@@ -40,6 +40,7 @@ HANG_GUARD = 60  # seconds: far beyond anything healthy, so only a hang trips it
 ALLOW_KEY, ALLOW_SECRET = "stormAllowKey", "storm-allow-secret"
 CHECK_KEY, CHECK_SECRET = "stormCheckKey", "storm-check-secret"
 FAILURE_JSON = {"errorMsg": "Failed to provision device!", "status": "FAILURE"}
+TS_BASE = int(time.time() * 1000)  # telemetry timestamps: TS_BASE + the message's seq
 
 
 def assert_database_is_sound(data_dir: Path) -> None:
@@ -237,9 +238,6 @@ def wait_for(condition, what: str, timeout: float = HANG_GUARD) -> None:
         time.sleep(0.02)
 
 
-TS_BASE = int(time.time() * 1000)
-
-
 class Acknowledged:
     """What the server acknowledged before it died: telemetry (device, seq), provisioned
     name -> token, and every name a provisioning request was sent for."""
@@ -280,8 +278,33 @@ def assert_retried_provisioning_makes_one_device_per_name(data_dir: Path, acknow
     assert_database_is_sound(data_dir)
 
 
+@pytest.fixture
+def importers():
+    """`gatehouse device import` processes a test started (it appends them); killed after it."""
+    started = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def import_command(data_dir: Path, csv_file: Path) -> list[str]:
+    return [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "device", "import", str(csv_file)]
+
+
+def start_import(tmp_path: Path, data_dir: Path, text: str, importers: list) -> subprocess.Popen:
+    """`gatehouse device import` of `text` in the background; its output goes to import.out."""
+    (tmp_path / "devices.csv").write_text(text)
+    with open(tmp_path / "import.out", "w") as output:
+        importer = subprocess.Popen(import_command(data_dir, tmp_path / "devices.csv"), stdout=output,
+                                    stderr=subprocess.STDOUT, env=CHILD_ENV)
+    importers.append(importer)
+    return importer
+
+
 def test_sigkill_of_the_broker_mid_provisioning_telemetry_and_an_import_loses_no_acknowledged_write(
-        tmp_path, broker_factory):
+        tmp_path, broker_factory, importers):
     broker = broker_factory()
     provisioning_profiles(broker.data_dir)
     meters = token_devices(broker.data_dir, "meter", 20)
@@ -289,9 +312,7 @@ def test_sigkill_of_the_broker_mid_provisioning_telemetry_and_an_import_loses_no
     # A CLI import runs beside the broker: the broker dying mid-transaction must not wedge it.
     text, imported_tokens = import_csv(IMPORT_ROWS_BESIDE_THE_BROKER)
     (tmp_path / "devices.csv").write_text(text)
-    importer = subprocess.Popen([sys.executable, "-m", "gatehouse", "--data-dir", str(broker.data_dir), "device",
-                                 "import", str(tmp_path / "devices.csv")],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=CHILD_ENV)
+    importer = start_import(tmp_path, broker.data_dir, text, importers)
     wait_for(lambda: imported_count(broker.data_dir) > 0, "the import's first commit")
     import_state_at_kill = []
 
@@ -334,8 +355,7 @@ def test_sigkill_of_the_broker_mid_provisioning_telemetry_and_an_import_loses_no
     assert import_state_at_kill == [None], "the import was over before the broker was killed"
     acknowledged.check_against(broker.data_dir)
 
-    stdout, _ = importer.communicate(timeout=HANG_GUARD)
-    assert importer.returncode == 0, stdout
+    assert importer.wait(HANG_GUARD) == 0, (tmp_path / "import.out").read_text()
     assert_import_is_complete_and_unique(broker.data_dir, imported_tokens)
 
     restarted = broker_factory(data_dir=broker.data_dir)
@@ -437,23 +457,19 @@ def test_sigkill_of_the_sidecar_mid_provisioning_telemetry_and_a_bulk_import_los
             lambda request: session.post(f"{restarted.url}/api/v1/provision", json=request, timeout=HANG_GUARD).json())
 
 
-def test_sigkill_of_the_import_cli_leaves_whole_batches_and_a_re_run_completes_without_duplicates(tmp_path, registry,
-                                                                                                   data_dir):
+def test_sigkill_of_the_import_cli_leaves_whole_batches_and_a_re_run_completes_without_duplicates(
+        tmp_path, registry, data_dir, importers):
     text, imported_tokens = import_csv(IMPORT_ROWS)
-    (tmp_path / "devices.csv").write_text(text)
-    command = [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "device", "import",
-               str(tmp_path / "devices.csv")]
-    importer = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=CHILD_ENV)
-    try:
-        wait_for(lambda: imported_count(data_dir) >= IMPORT_ROWS // 4, "a quarter of the import")
-    finally:
-        importer.kill()
+    importer = start_import(tmp_path, data_dir, text, importers)
+    wait_for(lambda: imported_count(data_dir) >= IMPORT_ROWS // 4, "a quarter of the import")
+    importer.kill()
     assert importer.wait() == -signal.SIGKILL
     assert_database_is_sound(data_dir)
     left = imported_count(data_dir)
     assert 0 < left < IMPORT_ROWS and left % BATCH_SIZE == 0
 
-    again = subprocess.run(command, capture_output=True, text=True, env=CHILD_ENV, timeout=HANG_GUARD, check=False)
+    again = subprocess.run(import_command(data_dir, tmp_path / "devices.csv"), capture_output=True, text=True,
+                           env=CHILD_ENV, timeout=HANG_GUARD, check=False)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == f"created {IMPORT_ROWS - left}, updated {left}, errors 0"
     assert_import_is_complete_and_unique(data_dir, imported_tokens)
