@@ -52,7 +52,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/http.py
 	$(BIN)/python bench/coap.py
 
-# About 11 minutes: a reconnect storm of 2,000 devices and a 10-minute telemetry soak (memory over time).
+# About 12 minutes: a reconnect storm of 2,000 devices, a 10-minute telemetry soak (memory over
+# time) and telemetry latency beside a bulk import.
 soak: $(VENV)/.installed-test
 	$(BIN)/python bench/soak.py
 

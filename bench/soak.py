@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Load over time: a reconnect storm and a memory soak through a real broker and sidecar.
 
-    .venv/bin/python bench/soak.py            # about 11 minutes (make soak)
+    .venv/bin/python bench/soak.py            # about 12 minutes (make soak)
     .venv/bin/python bench/soak.py --quick    # about 1 minute
 
-1. Reconnect storm: N token devices (2,000; --quick 500) connect at once to a cold broker; the
-   broker is killed (SIGKILL) under them and restarted, and they all reconnect at once. Printed:
+1. Reconnect storm: N token devices (2,000; --quick 500) connect at once; the broker is killed
+   (SIGKILL) under them and restarted, and they all reconnect at once to the fresh process. Printed:
    seconds until the last CONNACK, each time, against a same-run baseline: the same N logins
    made 20 at a time (a steady stream), as rate and time. Every login must be accepted.
 2. Soak: 450 MQTT devices (QoS 1) and 50 HTTP devices each send one telemetry message a
@@ -15,6 +15,11 @@
    (memory that stops growing: a few per cent at most). The baseline is each process's own
    idle RSS before the load. Also printed: messages sent, acknowledged, refused, and how many
    acknowledged ones are missing from SQLite afterwards (must be 0), and each process's CPU.
+3. Telemetry beside a bulk import: 20 MQTT devices each keep one QoS 1 message in flight, first
+   for 5 s alone (the baseline), then while `gatehouse device import` adds 20,000 devices
+   (--quick 5,000) to the same database. Printed for both: acknowledgements/s and PUBACK
+   latency p50 / p99 / max; and the import's own time. Each import batch (500 rows) holds SQLite's
+   write lock, so the broker's group commits wait between batches.
 
 Figures are printed, never asserted. The load generator is this process (asyncio, raw MQTT
 sockets and aiohttp); the broker and the sidecar are `gatehouse broker` and `gatehouse sidecar`
@@ -28,6 +33,8 @@ import os
 import platform
 import resource
 import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +50,7 @@ sys.path.sort(key=lambda entry: entry == str(Path(__file__).resolve().parent))
 from machine import cpu_model, usable_cores  # bench/machine.py, beside this file
 
 from tests import async_mqtt, load_generators
-from tests.conftest import start_broker, start_sidecar
+from tests.conftest import CHILD_ENV, start_broker, start_sidecar
 from tests.devices import stored_values, token_devices
 
 STEADY_CONCURRENCY = 20
@@ -96,7 +103,7 @@ def reconnect_storm(root: Path, devices: int) -> None:
         accepted, steady_seconds, cold, again = asyncio.run(run())
         print(f"  baseline: {devices:,} logins {STEADY_CONCURRENCY} at a time   {steady_seconds:6.2f} s  "
               f"({devices / steady_seconds:,.0f} logins/s, {accepted:,} accepted)")
-        for label, storm in (("all at once, cold broker", cold), ("all at once after a SIGKILL", again)):
+        for label, storm in (("all at once", cold), ("all at once after a SIGKILL+restart", again)):
             refused = {code: n for code, n in storm.codes.items() if code != 0}
             print(f"  {label:34} {storm.seconds:6.2f} s  ({devices / storm.seconds:,.0f} logins/s, "
                   f"{storm.codes[0]:,} accepted, refused by CONNACK code: {refused or 'none'}; "
@@ -137,6 +144,73 @@ def soak(root: Path, seconds: float, mqtt_count: int, http_count: int) -> None:
                 running.stop()
 
 
+async def acknowledged_latencies(connections: dict[str, async_mqtt.Connection], keep_going) -> list[float]:
+    """Each connection keeps one QoS 1 telemetry message in flight while `keep_going()`: the
+    seconds each took to its PUBACK."""
+    latencies: list[float] = []
+    ts_base = int(time.time() * 1000)
+
+    async def device(connection: async_mqtt.Connection) -> None:
+        seq = 0
+        while keep_going():
+            seq += 1
+            sent = time.perf_counter()
+            if not await connection.publish_qos1(load_generators.TELEMETRY,
+                                                 load_generators.telemetry_payload(ts_base, seq)):
+                raise RuntimeError("a QoS 1 message was not acknowledged")
+            latencies.append(time.perf_counter() - sent)
+
+    await asyncio.gather(*(device(connection) for connection in connections.values()))
+    return latencies
+
+
+def describe_latencies(label: str, latencies: list[float], seconds: float) -> str:
+    cuts = statistics.quantiles(latencies, n=100)
+    return (f"  {label:28} {len(latencies) / seconds:7,.0f} acks/s  PUBACK latency p50 {1000 * cuts[49]:7.1f} ms, "
+            f"p99 {1000 * cuts[98]:7.1f} ms, max {1000 * max(latencies):7.1f} ms")
+
+
+def telemetry_beside_an_import(root: Path, rows: int, devices: int = 20, baseline_seconds: float = 5) -> None:
+    print(f"\n3. QoS 1 telemetry from {devices} devices beside a {rows:,}-row `gatehouse device import`")
+    broker = start_broker(root / "import", root / "import-broker.log")
+    try:
+        tokens = token_devices(broker.data_dir, "beside-import", devices)
+        text, _ = load_generators.import_csv(rows)
+        (root / "import.csv").write_text(text)
+
+        async def run():
+            connections = {}
+            importer = None
+            for name, token in tokens.items():
+                connections[name] = await async_mqtt.connect(broker.mqtt_port, name, token)
+            try:
+                started = time.perf_counter()
+                alone = await acknowledged_latencies(
+                    connections, lambda: time.perf_counter() - started < baseline_seconds)
+                alone_seconds = time.perf_counter() - started
+                importer = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "gatehouse", "--data-dir", str(broker.data_dir), "device", "import",
+                    str(root / "import.csv"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=CHILD_ENV)
+                started = time.perf_counter()
+                during = await acknowledged_latencies(connections, lambda: importer.returncode is None)
+                return alone, alone_seconds, during, time.perf_counter() - started, await importer.wait()
+            finally:
+                if importer is not None and importer.returncode is None:
+                    importer.kill()
+                    await importer.wait()
+                await asyncio.gather(*(connection.close() for connection in connections.values()))
+
+        alone, alone_seconds, during, import_seconds, import_status = asyncio.run(run())
+        print(describe_latencies("baseline, no import", alone, alone_seconds))
+        print(describe_latencies("during the import", during, import_seconds))
+        print(f"  the import took {import_seconds:.1f} s ({rows / import_seconds:,.0f} rows/s, exit status "
+              f"{import_status}); acks/s during / baseline "
+              f"{(len(during) / import_seconds) / (len(alone) / alone_seconds):.2f}")
+    finally:
+        if broker.process.poll() is None:
+            broker.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="500-device storm, 30 s soak")
@@ -152,6 +226,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gatehouse-soak-") as tmp:
         reconnect_storm(Path(tmp), storm_devices)
         soak(Path(tmp), seconds, 450, 50)
+        telemetry_beside_an_import(Path(tmp), 5_000 if args.quick else 20_000)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Load generators shared by tests/test_load.py (CI-sized) and bench/soak.py (full-sized): a
-reconnect storm of token devices and a telemetry soak that samples the processes' memory."""
+"""Load generators shared by the tests (CI-sized) and bench/soak.py (full-sized): a reconnect
+storm of token devices, a telemetry soak that samples the processes' memory, and bulk-import files."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import json
 import random
 import statistics
@@ -25,6 +27,19 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+# --- bulk import -------------------------------------------------------------------------------
+
+def import_csv(rows: int) -> tuple[str, dict[str, str]]:
+    """A bulk-import file in the CLI's header convention, and its devices: name -> token."""
+    tokens = {f"imported-{i:05}": f"IMPORT-TOKEN-{i:05}" for i in range(rows)}
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["NAME", "TYPE", "ACCESS_TOKEN", "SHARED_ATTRIBUTE:model", "TIMESERIES:temperature"])
+    for i, (name, token) in enumerate(tokens.items()):
+        writer.writerow([name, "imported", token, f"M{i % 7}", 20 + i % 10])
+    return out.getvalue(), tokens
 
 
 # --- reconnect storm ---------------------------------------------------------------------------

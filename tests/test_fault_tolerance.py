@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import io
 import itertools
 import json
 import signal
@@ -34,7 +32,8 @@ from gatehouse.registry import Registry
 from . import async_mqtt
 from .conftest import CHILD_ENV, free_port, start_coap_bridge
 from .devices import database, stored_values, token_device, token_devices, unique
-from .load_generators import TELEMETRY, telemetry_payload
+from .load_generators import TELEMETRY, import_csv, telemetry_payload
+from .test_metrics import counts, scrape
 
 HANG_GUARD = 60  # seconds: far beyond anything healthy, so only a hang trips it
 ALLOW_KEY, ALLOW_SECRET = "stormAllowKey", "storm-allow-secret"
@@ -204,17 +203,6 @@ IMPORT_ROWS = 8_000  # a few seconds of work, so a kill lands in the middle of i
 # lock (a few acknowledgements a second), so the import must outlast getting some through.
 IMPORT_ROWS_BESIDE_THE_BROKER = 20_000
 ADMIN, ADMIN_PASSWORD = "admin@faults.test", "admin-Password-42"
-
-
-def import_csv(rows: int) -> tuple[str, dict[str, str]]:
-    """A bulk-import file in the CLI's header convention, and its devices: name -> token."""
-    tokens = {f"imported-{i:05}": f"IMPORT-TOKEN-{i:05}" for i in range(rows)}
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["NAME", "TYPE", "ACCESS_TOKEN", "SHARED_ATTRIBUTE:model", "TIMESERIES:temperature"])
-    for i, (name, token) in enumerate(tokens.items()):
-        writer.writerow([name, "imported", token, f"M{i % 7}", 20 + i % 10])
-    return out.getvalue(), tokens
 
 
 def imported_count(data_dir: Path) -> int:
@@ -406,7 +394,8 @@ def test_sigkill_of_the_sidecar_mid_provisioning_telemetry_and_a_bulk_import_los
         with requests.Session() as session:
             for seq in itertools.count(1):
                 try:
-                    answer = session.post(f"{sidecar.url}/api/v1/{token}/telemetry", data=telemetry_payload(TS_BASE, seq),
+                    answer = session.post(f"{sidecar.url}/api/v1/{token}/telemetry",
+                                          data=telemetry_payload(TS_BASE, seq),
                                           headers={"Content-Type": "application/json"}, timeout=HANG_GUARD)
                 except requests.ConnectionError:
                     return
@@ -436,9 +425,11 @@ def test_sigkill_of_the_sidecar_mid_provisioning_telemetry_and_a_bulk_import_los
         work = [pool.submit(send_telemetry, name, token) for name, token in meters.items()]
         work += [pool.submit(provision, worker) for worker in range(4)]
         work.append(pool.submit(bulk_import))
-        wait_for(lambda: (len(acknowledged.telemetry) >= 20 and len(acknowledged.provisioned) >= 5
-                          and imported_count(broker.data_dir) >= IMPORT_ROWS // 4), "enough acknowledged work")
-        sidecar.stop(signal.SIGKILL)
+        try:
+            wait_for(lambda: (len(acknowledged.telemetry) >= 20 and len(acknowledged.provisioned) >= 5
+                              and imported_count(broker.data_dir) >= IMPORT_ROWS // 4), "enough acknowledged work")
+        finally:
+            sidecar.stop(signal.SIGKILL)  # which also ends the workers
         for done in work:
             done.result(timeout=HANG_GUARD)
     assert sidecar.process.returncode == -signal.SIGKILL
@@ -533,11 +524,6 @@ WRONG_TOKENS, MAX_FAILED_LOGINS = 1_000, 10
 NOT_AUTHORIZED, SERVER_UNAVAILABLE = 0x05, 0x03  # MQTT 3.1.1 CONNACK: bad credentials, blocked address
 
 
-def metric(port: int, name: str) -> float:
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=HANG_GUARD).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
-
-
 def test_a_thousand_wrong_tokens_block_their_address_while_a_device_elsewhere_keeps_working(broker_factory):
     async_mqtt.raise_open_files_limit(4 * WRONG_TOKENS)
     broker = broker_factory("--max-failed-logins", str(MAX_FAILED_LOGINS), "--block-seconds", "60")
@@ -584,4 +570,7 @@ def test_a_thousand_wrong_tokens_block_their_address_while_a_device_elsewhere_ke
 
     assert asyncio.run(login_from("127.0.0.1")) == SERVER_UNAVAILABLE  # even the right token, from there
     assert asyncio.run(login_from("127.0.0.2")) == 0
-    assert metric(broker.metrics_port, "gatehouse_blocked_addresses") == 1
+    assert scrape(broker.metrics_port)["gatehouse_blocked_addresses"] == {(): 1}
+    logins = counts(broker.metrics_port, "gatehouse_logins_total")
+    assert logins[("UNKNOWN", "BAD_USERNAME_OR_PASSWORD", "MQTT")] == MAX_FAILED_LOGINS
+    assert logins[("UNKNOWN", "BLOCKED", "MQTT")] == WRONG_TOKENS - MAX_FAILED_LOGINS + 1
