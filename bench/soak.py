@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Load over time: a reconnect storm and a memory soak through a real broker and sidecar.
+"""Load over time through a real broker and sidecar: a reconnect storm, a memory soak, and
+telemetry beside a bulk import.
 
     .venv/bin/python bench/soak.py            # about 12 minutes (make soak)
     .venv/bin/python bench/soak.py --quick    # about 1 minute
