@@ -10,7 +10,7 @@ SDK_VENV := .venv-sdk
 DEBIAN_TEST_PACKAGES := mosquitto-clients libcoap3-bin chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: up test bench clean debian-test-packages
+.PHONY: up test bench soak clean debian-test-packages
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ test: $(VENV)/.installed-test $(SDK_VENV)/.installed debian-test-packages
 # Every benchmark, full size, one after another; writes bench/RESULTS.md.
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/report.py
+
+# About 12 minutes: a reconnect storm of 2,000 devices, a 10-minute telemetry soak (memory over
+# time) and telemetry latency beside a bulk import.
+soak: $(VENV)/.installed-test
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) $(SDK_VENV) build *.egg-info

@@ -22,6 +22,12 @@ from .writer import GroupCommitWriter
 log = logging.getLogger(__name__)
 HOUSEKEEPING_SECONDS = 1.0
 BODY_MARGIN = 1 << 20
+# waitress stops accepting at 100 open connections (its default), idle keep-alive ones included:
+# a hundred HTTP devices that keep their connection open locked every other client out, the CoAP
+# bridge (up to 256 connections of its own) too. waitress watches its sockets with select(), which
+# fails on descriptors past 1023 (and its poll() mode does not stop on SIGTERM), so the limit stays
+# well below that, leaving room for each server thread's SQLite files.
+CONNECTION_LIMIT = 500
 
 
 def serve(settings: SidecarSettings, announce=print) -> int:
@@ -39,7 +45,8 @@ def serve(settings: SidecarSettings, announce=print) -> int:
         # (its default would buffer up to 1 GB).
         server = waitress.create_server(app, host=settings.host, port=settings.http_port, threads=settings.threads,
                                         ident="gatehouse", clear_untrusted_proxy_headers=True,
-                                        max_request_body_size=settings.max_payload_size + BODY_MARGIN)
+                                        max_request_body_size=settings.max_payload_size + BODY_MARGIN,
+                                        connection_limit=CONNECTION_LIMIT)
     except OSError as e:
         print(f"Error: the sidecar could not listen on {settings.host}:{settings.http_port}: {e.strerror}",
               file=sys.stderr, flush=True)

@@ -2,11 +2,14 @@
 and token devices in a running broker's registry."""
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import uuid
 from collections.abc import Iterable
+from pathlib import Path
 
 from gatehouse.credentials import AccessToken
+from gatehouse.data_dir import DataDir
 from gatehouse.device_activity import ACTIVITY_ATTRIBUTES
 from gatehouse.models import Device
 from gatehouse.registry import Registry
@@ -40,3 +43,24 @@ def stored_row_counts(database: sqlite3.Connection, tables: Iterable[str]) -> di
     return {table: database.execute(f"SELECT count(*) FROM {table}"
                                     + (f" WHERE {_NOT_ACTIVITY}" if table == "attribute" else "")).fetchone()[0]
             for table in tables}
+
+
+def database(data_dir: Path) -> sqlite3.Connection:
+    return sqlite3.connect(DataDir(data_dir).database)
+
+
+def stored_values(data_dir: Path, key: str) -> set[tuple[str, int]]:
+    """(device name, value) of every stored telemetry point of `key` (history, not just latest)."""
+    with contextlib.closing(database(data_dir)) as db:
+        return {(name, int(value)) for name, value in db.execute(
+            "SELECT d.name, h.value FROM telemetry_history h JOIN device d ON d.id = h.device_id WHERE h.key = ?",
+            [key])}
+
+
+def token_devices(data_dir: Path, prefix: str, count: int) -> dict[str, str]:
+    """`count` devices with access tokens: name -> token."""
+    tokens = {f"{prefix}-{i}": unique("TOKEN") for i in range(count)}
+    with Registry.open(data_dir) as registry, registry.batch():
+        for name, token in tokens.items():
+            registry.create_device(name, credentials=AccessToken(token))
+    return tokens
