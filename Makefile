@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # a virtual environment of its own; tests run its unchanged client code there.
 SDK_VENV := .venv-sdk
 # Real clients the tests drive, from Debian (chromium: the web UI's browser tests, via Playwright).
-DEBIAN_TEST_PACKAGES := mosquitto-clients libcoap3-bin chromium
+DEBIAN_TEST_PACKAGES := mosquitto-clients libcoap3-bin chromium iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: up test bench soak clean debian-test-packages

@@ -529,7 +529,7 @@ def test_a_thousand_wrong_tokens_block_their_address_while_a_device_elsewhere_ke
     broker = broker_factory("--max-failed-logins", str(MAX_FAILED_LOGINS), "--block-seconds", "60")
     device, token = token_device(broker)
     name = device.name
-    attack_over = asyncio.Event()
+    device_ready, attack_over = asyncio.Event(), asyncio.Event()
     acknowledged = []
 
     async def wrong_login(i: int) -> int:
@@ -538,6 +538,7 @@ def test_a_thousand_wrong_tokens_block_their_address_while_a_device_elsewhere_ke
         return connection.return_code
 
     async def attack() -> Counter:
+        await device_ready.wait()  # so that the device is seen working during the attack, however short
         codes = Counter(await asyncio.gather(*(wrong_login(i) for i in range(WRONG_TOKENS))))
         attack_over.set()
         return codes
@@ -550,6 +551,7 @@ def test_a_thousand_wrong_tokens_block_their_address_while_a_device_elsewhere_ke
             for seq in itertools.count(1):
                 assert await connection.publish_qos1(TELEMETRY, telemetry_payload(TS_BASE, seq))
                 acknowledged.append((name, seq))
+                device_ready.set()
                 if attack_over.is_set():
                     return
         finally:
