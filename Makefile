@@ -6,7 +6,8 @@ BIN    := $(VENV)/bin
 # ThingsBoard's own SDK ships a fork of paho under the same module name as paho-mqtt, so it gets
 # a virtual environment of its own; tests run its unchanged client code there.
 SDK_VENV := .venv-sdk
-# Real clients the tests drive, from Debian (chromium: the web UI's browser tests, via Playwright).
+# Real clients the tests drive, from Debian (chromium: the web UI's browser tests, via Playwright;
+# iproute2: ss, which reads a listening socket's backlog).
 DEBIAN_TEST_PACKAGES := mosquitto-clients libcoap3-bin chromium iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
