@@ -4,10 +4,12 @@ saved, paged and looked up by id as the admin REST API does."""
 import os
 import sqlite3
 import stat
+import threading
 import time
 
 import pytest
 
+from gatehouse.bulk_import import BATCH_GAP_SECONDS
 from gatehouse.credentials import AccessToken, MqttBasic
 from gatehouse.data_dir import DataDir
 from gatehouse.errors import NotFoundError, ValidationError
@@ -213,6 +215,33 @@ def test_a_connection_that_never_waits_raises_database_busy_at_once_and_changes_
         never_waits.conn.execute("CREATE TABLE later (x)")
     tables = {row[0] for row in never_waits.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"marker", "later"} <= tables and "other" not in tables
+
+
+def test_a_writer_waiting_behind_back_to_back_batches_gets_in_between_two_of_them(tmp_path):
+    # A bulk import commits batch after batch with a short gap (bulk_import.BATCH_GAP_SECONDS);
+    # a writer waiting meanwhile (the broker's telemetry) must get one of the first gaps, not
+    # wait out the import: SQLite's own back-off, up to 100 ms between tries, missed them.
+    importer, writer = Store(tmp_path / "g.db"), Store(tmp_path / "g.db")
+    importer.conn.execute("CREATE TABLE batch (n)")
+    batches, got_in_after = 40, []
+    first_batch_open = threading.Event()
+
+    def import_batches() -> None:
+        for n in range(batches):
+            if n:
+                time.sleep(BATCH_GAP_SECONDS)
+            with importer.transaction():
+                importer.conn.execute("INSERT INTO batch VALUES (?)", (n,))
+                first_batch_open.set()
+                time.sleep(0.02)  # a batch's work, holding the lock
+
+    thread = threading.Thread(target=import_batches)
+    thread.start()
+    first_batch_open.wait(10)
+    with writer.transaction():
+        got_in_after.append(writer.conn.execute("SELECT count(*) FROM batch").fetchone()[0])
+    thread.join()
+    assert got_in_after[0] < 10, f"the waiting writer got in only after {got_in_after[0]} of {batches} batches"
 
 
 
