@@ -90,6 +90,9 @@ from amqtt.mqtt.packet import MQTTFixedHeader  # noqa: E402
 import results  # noqa: E402  (bench/results.py, beside this file)
 from machine import cpu_model, usable_cores  # noqa: E402  (bench/machine.py, beside this file)
 
+from tests.async_mqtt import read_packet  # noqa: E402  (the tests' raw MQTT client reads packets the same way)
+from tests.load_generators import rss_kib  # noqa: E402
+
 perf_counter = time.perf_counter
 
 TELEMETRY_TOPIC = "v1/devices/me/telemetry"
@@ -107,14 +110,6 @@ KEEPALIVE = 600  # idle connections must outlive every phase
 def amqtt_version() -> str:
     from importlib import metadata
     return metadata.version("amqtt")
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -174,19 +169,6 @@ def subscribe_packet(packet_id: int, topic_filter: str, qos: int) -> bytes:
 
 def puback_packet(packet_id: int) -> bytes:
     return bytes((0x40, 0x02)) + packet_id.to_bytes(2, "big")
-
-
-async def read_packet(reader: asyncio.StreamReader) -> tuple[int, int, bytes]:
-    """(packet type, flags, body) of the next packet."""
-    head = await reader.readexactly(2)
-    first, byte = head[0], head[1]
-    length, shift = byte & 0x7F, 7
-    while byte & 0x80:
-        byte = (await reader.readexactly(1))[0]
-        length |= (byte & 0x7F) << shift
-        shift += 7
-    body = await reader.readexactly(length) if length else b""
-    return first >> 4, first & 0x0F, body
 
 
 def parse_publish(flags: int, body: bytes) -> tuple[str, int | None, bytes]:
