@@ -2,7 +2,7 @@
 bench/RESULTS.md: each headline figure with the baseline measured in the same run and their
 ratio, the machine it ran on, the commands, and each benchmark's full output.
 
-    python bench/report.py            # the full runs (about 15 minutes on 2 cores)
+    python bench/report.py            # the full runs (about 12 minutes on 2 cores)
     python bench/report.py --quick    # short runs, to check that everything works
 
 Each benchmark runs in its own process with `--json` (bench/results.py); what it prints goes to
