@@ -249,26 +249,26 @@ def get_attributes(device: Device) -> Response:
     return jsonify(sidecar().registry.device_attributes(device.id, wanted.client_keys, wanted.shared_keys))
 
 
+def _long_poll(device: Device, wait: Callable[[str, float], dict | None], kind: str) -> Response:
+    """`wait(device id, timeout)` for what the device is sent (`kind`); 408 if nothing came."""
+    with metrics.open_polls.polling(device.id):
+        sent = wait(device.id, _timeout_seconds())
+    if sent is None:
+        return _empty(408)
+    metrics.message(gm.OUT, kind)
+    return jsonify(sent)
+
+
 @_device_route("GET", "/attributes/updates")
 def poll_attribute_updates(device: Device) -> Response:
-    with metrics.open_polls.polling(device.id):
-        update = sidecar().mailboxes.wait_for_attribute_update(device.id, _timeout_seconds())
-    if update is None:
-        return _empty(408)
-    metrics.message(gm.OUT, "attributes_update")
-    return jsonify(update)
+    return _long_poll(device, sidecar().mailboxes.wait_for_attribute_update, "attributes_update")
 
 
 # --- RPC ----------------------------------------------------------------------------------------
 
 @_device_route("GET", "/rpc")
 def poll_rpc_call(device: Device) -> Response:
-    with metrics.open_polls.polling(device.id):
-        call = sidecar().mailboxes.take_rpc_call(device.id, _timeout_seconds())
-    if call is None:
-        return _empty(408)
-    metrics.message(gm.OUT, "rpc_call")
-    return jsonify(call)
+    return _long_poll(device, sidecar().mailboxes.take_rpc_call, "rpc_call")
 
 
 @_device_route("POST", "/rpc/<not_a_feature:request_id>")

@@ -38,8 +38,30 @@ def registry(data_dir):
         yield registry
 
 
+class _ProcessHandle:
+    """A started Gatehouse process (`process`, `log_path`): its log, and stopping it."""
+
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen:
+    """`python -m gatehouse ARGV`, its output (stdout and stderr) in `log_path`."""
+    with open(log_path, "w") as log_file:
+        return subprocess.Popen([sys.executable, "-m", "gatehouse", *argv], stdout=log_file,
+                                stderr=subprocess.STDOUT, env=CHILD_ENV)
+
+
 @dataclass
-class RunningBroker:
+class RunningBroker(_ProcessHandle):
     """A real `gatehouse broker` process on free ports, for tests that use real MQTT clients."""
 
     process: subprocess.Popen
@@ -54,24 +76,13 @@ class RunningBroker:
     def ca_cert(self) -> Path:
         return self.data_dir / "pki" / "ca.pem"
 
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout)
 
 
 def start_broker(data_dir: Path, log_path: Path, *extra: str, timeout: float = 20) -> RunningBroker:
     """Start `gatehouse broker` on ports chosen by the OS and wait until it listens."""
     Registry.initialise(data_dir).close()
-    log_file = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "broker", "--host", "127.0.0.1",
-         "--mqtt-port", "0", "--mqtts-port", "0", "--metrics-port", "0", *extra],
-        stdout=log_file, stderr=subprocess.STDOUT, env=CHILD_ENV)
-    log_file.close()
+    process = _spawn(["--data-dir", str(data_dir), "broker", "--host", "127.0.0.1", "--mqtt-port", "0",
+                      "--mqtts-port", "0", "--metrics-port", "0", *extra], log_path)
     deadline = time.monotonic() + timeout
     ports = {}
     while time.monotonic() < deadline and len(ports) < 3:
@@ -98,7 +109,7 @@ def free_port() -> int:
 
 
 @dataclass
-class RunningSidecar:
+class RunningSidecar(_ProcessHandle):
     """A real `gatehouse sidecar` process (waitress) on a free port, linked to a broker."""
 
     process: subprocess.Popen
@@ -110,25 +121,14 @@ class RunningSidecar:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout)
 
 
 def start_sidecar(broker: RunningBroker, log_path: Path, *extra: str, timeout: float = 20,
                   wait_for_broker: bool = True) -> RunningSidecar:
     """Start `gatehouse sidecar` on a port chosen by the OS, publishing to `broker`; wait until
     it listens and (by default) until the broker has its service session."""
-    log_file = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gatehouse", "--data-dir", str(broker.data_dir), "sidecar", "--host", "127.0.0.1",
-         "--http-port", "0", "--broker-host", "127.0.0.1", "--broker-port", str(broker.mqtt_port), *extra],
-        stdout=log_file, stderr=subprocess.STDOUT, env=CHILD_ENV)
-    log_file.close()
+    process = _spawn(["--data-dir", str(broker.data_dir), "sidecar", "--host", "127.0.0.1", "--http-port", "0",
+                      "--broker-host", "127.0.0.1", "--broker-port", str(broker.mqtt_port), *extra], log_path)
     deadline = time.monotonic() + timeout
     port = None
     while time.monotonic() < deadline:
@@ -223,7 +223,7 @@ def libcoap_clients():
 
 
 @dataclass
-class RunningCoapBridge:
+class RunningCoapBridge(_ProcessHandle):
     """A real `gatehouse coap` process on a port chosen by the OS, forwarding to a sidecar."""
 
     process: subprocess.Popen
@@ -239,24 +239,13 @@ class RunningCoapBridge:
     def secure_url(self, *path: str) -> str:
         return f"coaps://127.0.0.1:{self.coaps_port}/" + "/".join(path)
 
-    def log(self) -> str:
-        return self.log_path.read_text()
-
-    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout)
 
 
 def start_coap_bridge(data_dir: Path, sidecar_url: str, log_path: Path, *extra: str,
                       timeout: float = 20) -> RunningCoapBridge:
     """Start `gatehouse coap` on a UDP port chosen by the OS and wait until it listens."""
-    log_file = open(log_path, "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "coap", "--host", "127.0.0.1",
-         "--coap-port", "0", "--coaps-port", "0", "--sidecar-url", sidecar_url, "--metrics-port", "0", *extra],
-        stdout=log_file, stderr=subprocess.STDOUT, env=CHILD_ENV)
-    log_file.close()
+    process = _spawn(["--data-dir", str(data_dir), "coap", "--host", "127.0.0.1", "--coap-port", "0",
+                      "--coaps-port", "0", "--sidecar-url", sidecar_url, "--metrics-port", "0", *extra], log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
