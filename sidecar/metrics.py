@@ -36,8 +36,13 @@ def scrape() -> Response:
 
 
 def transport() -> str:
-    """COAP for a request the bridge forwarded, else HTTP."""
-    return m.COAP if request.headers.get(TRANSPORT_HEADER) == m.COAP and from_the_bridge() else m.HTTP
+    """COAP for a request the bridge forwarded, else HTTP; decided once per request (a device
+    API request asks up to three times: its login, its message, its latency)."""
+    found = g.get("transport")
+    if found is None:
+        found = g.transport = (m.COAP if request.headers.get(TRANSPORT_HEADER) == m.COAP and from_the_bridge()
+                               else m.HTTP)
+    return found
 
 
 def login(credentials_type: str, outcome: str) -> None:

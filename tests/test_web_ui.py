@@ -111,6 +111,16 @@ def test_the_session_cookie_is_httponly_samesite_lax_and_limited_to_the_ui(app):
     assert PASSWORD not in cookie
 
 
+def test_requests_outside_the_ui_neither_read_nor_refresh_its_session(app):
+    client = Ui(app)
+    client.login()
+    # A browser sends the cookie to /ui only; this client is made to send it everywhere.
+    client.client.set_cookie("gatehouse_ui", client.client.get_cookie("gatehouse_ui", path="/ui").value, path="/")
+    assert "Set-Cookie" in client.get("/ui/devices").headers  # the UI refreshes it: an idle timeout
+    for path in ("/metrics", "/api/v1/provision", "/uix"):
+        assert "Set-Cookie" not in client.get(path).headers, path
+
+
 def test_login_goes_back_to_the_page_asked_for_but_never_off_site(app):
     client = Ui(app)
     assert client.get("/ui/profiles").location == "/ui/login?next=/ui/profiles"

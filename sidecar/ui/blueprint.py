@@ -8,7 +8,8 @@ from gatehouse.registry import Registry
 
 from ..context import sidecar
 
-ui = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates", static_folder="static")
+UI_PATH = "/ui"
+ui = Blueprint("ui", __name__, url_prefix=UI_PATH, template_folder="templates", static_folder="static")
 csrf = CSRFProtect()
 
 
