@@ -39,7 +39,14 @@ Beside each rate: p50 and p99 latency of the requests that counted, the server p
 (from /proc/PID/stat, all threads; for Gatehouse the broker's CPU too) and the load generator's
 own CPU. A server near 100 % is GIL-bound (waitress runs Python threads); a load generator near
 100 % means the rate is a floor. On a 2-core machine they share the cores, so the baseline is
-the one that suffers most from the load generator's share.
+the one that suffers most from the load generator's share. Also beside each rate: the server's
+context switches per request (/proc/PID/task/*/status, all threads), which is where a threaded
+Python server's time goes once the GIL is the limit. Each time a thread blocks (a socket, an
+SQLite statement, a lock) another one takes the GIL. The bare endpoint hands a request from
+waitress's loop to a worker and back. Gatehouse also hands it to the group-commit writer and
+back, and to paho's network thread (PUBLISH, then PUBACK). `perf` on the sidecar at full load
+(late 2026, this machine's kind) put 26 % of its CPU in the kernel's task switching, nearly
+all of it futex waits on the GIL's mutex and condition.
 
 Why aiohttp and not raw sockets (as bench/mqtt.py uses): measured against the bare endpoint
 (64 threads, 2 cores), aiohttp reached 3,700-4,000 requests/s at 16-64 clients using about 60 %
@@ -191,6 +198,16 @@ def serve_bare(threads: int) -> int:
 # --- the load generator ---------------------------------------------------------------------
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of a process so far, all its threads (a
+    thread's count stays with it: one that ended meanwhile is not counted)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError), open(task / "status", encoding="ascii") as f:
+            total += sum(int(line.split()[1]) for line in f if "ctxt_switches:" in line)
+    return total
+
+
 @dataclass
 class HttpSample:
     """What one measurement saw."""
@@ -202,6 +219,7 @@ class HttpSample:
     client_cpu: float  # CPU seconds of this process
     latencies: list[float]  # seconds, of the requests that counted
     broker_cpu: float | None = None  # Gatehouse: CPU seconds of the broker
+    server_switches: int = 0  # context switches of the server process's threads
     warmup_ok: int = 0  # requests that counted before the clock started
     last_ok_seq: dict[int, int] = field(default_factory=dict)  # client -> seq of its last request that counted
     statuses: dict[int, int] = field(default_factory=dict)  # HTTP status of a request that did not count -> how many
@@ -220,12 +238,17 @@ class HttpSample:
     def cpu_share(self, cpu_seconds_used: float | None) -> str:
         return "-" if cpu_seconds_used is None else f"{100 * cpu_seconds_used / self.seconds:.0f} %"
 
+    @property
+    def switches_per_request(self) -> float:
+        return self.server_switches / self.ok if self.ok else float("nan")
+
     def describe(self) -> str:
         text = (f"{self.rate:8,.0f}/s  ({self.ok:,} ok, {self.failed:,} failed, {self.seconds:.2f} s; p50 "
                 f"{self.percentile_ms(50):.1f} ms, p99 {self.percentile_ms(99):.1f} ms; server CPU "
                 f"{self.cpu_share(self.server_cpu)}"
                 + ("" if self.broker_cpu is None else f", broker CPU {self.cpu_share(self.broker_cpu)}")
-                + f", load generator CPU {self.cpu_share(self.client_cpu)})")
+                + f", load generator CPU {self.cpu_share(self.client_cpu)}; server context switches per "
+                f"request {self.switches_per_request:.1f})")
         failures = [f"HTTP {status} x {count:,}" for status, count in sorted(self.statuses.items())]
         failures += [f"{name} x {count:,}" for name, count in sorted(self.errors.items())]
         return "  ".join([text, *(["failures: " + ", ".join(failures)] if failures else []), *self.notes])
@@ -319,11 +342,13 @@ async def http_rate(server: Server, workload: Workload, seconds: float, concurre
         await asyncio.sleep(0.01)  # every client connected and answered once (or failed)
     meter = Meter(server.pid)
     broker_before = cpu_seconds(broker_pid) if broker_pid else 0.0
+    switches_before = context_switches(server.pid)
     meter.start()
     deadline = perf_counter() + seconds
     start.set()
     await asyncio.gather(*clients)
     sample.seconds, sample.server_cpu, sample.client_cpu = meter.stop()
+    sample.server_switches = context_switches(server.pid) - switches_before
     if broker_pid:
         sample.broker_cpu = cpu_seconds(broker_pid) - broker_before
     sample.ok = len(sample.latencies)
@@ -464,15 +489,15 @@ async def measure(settings: Settings, sidecar: Server, bare: Server, broker: End
 
 def print_table(rows: list[Row]) -> None:
     print("\n| measurement | server | requests/s | p50 ms | p99 ms | server CPU | broker CPU | load generator CPU "
-          "| Gatehouse / bare | target | met |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
+          "| server context switches / request | Gatehouse / bare | target | met |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---:|")
     for row in rows:
         s = row.sample
         ratio = ("", "", "") if row.baseline is None else (
             f"{row.ratio:.2f}", f">= {TARGET_RATIO:.2f}", "yes" if row.ratio >= TARGET_RATIO else "NO")
         print(f"| {row.measurement} | {row.server} | {s.rate:,.0f} | {s.percentile_ms(50):.1f} | "
               f"{s.percentile_ms(99):.1f} | {s.cpu_share(s.server_cpu)} | {s.cpu_share(s.broker_cpu)} | "
-              f"{s.cpu_share(s.client_cpu)} | {' | '.join(ratio)} |")
+              f"{s.cpu_share(s.client_cpu)} | {s.switches_per_request:.1f} | {' | '.join(ratio)} |")
     print(f"\nTarget: the device API keeps at least {100 * TARGET_RATIO:.0f} % of a bare Flask endpoint's "
           f"throughput under the same waitress (Gatehouse / bare >= {TARGET_RATIO:.2f}). CPU: 100 % = one core.")
 
