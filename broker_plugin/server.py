@@ -13,7 +13,7 @@ from pathlib import Path
 from amqtt.errors import BrokerError
 
 from gatehouse.data_dir import DataDir
-from gatehouse.logs import configure_logging
+from gatehouse.logs import announce, configure_logging
 from gatehouse.metrics import serve_metrics
 
 from .hardened_broker import HardenedBroker
@@ -90,7 +90,7 @@ def start_metrics(host: str, port: int, announce):
     return server
 
 
-async def serve(settings: BrokerSettings, announce=print) -> None:
+async def serve(settings: BrokerSettings, announce=announce) -> None:
     metrics = None
     if settings.metrics_port is not None:  # first: a busy port stops the start before any MQTT listener opens
         metrics = start_metrics(settings.host, settings.metrics_port, announce)
@@ -124,7 +124,7 @@ def run(settings: BrokerSettings) -> int:
     for noisy in ("amqtt", "transitions"):  # amqtt logs every connection at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        asyncio.run(serve(settings, announce=lambda line: print(line, flush=True)))
+        asyncio.run(serve(settings))
     except BrokerStartError as e:
         print(f"Error: the broker could not start: {e}", file=sys.stderr, flush=True)
         return 1

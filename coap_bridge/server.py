@@ -15,7 +15,7 @@ import aiocoap
 from aiocoap import resource
 
 from gatehouse.data_dir import DataDir
-from gatehouse.logs import configure_logging
+from gatehouse.logs import announce, configure_logging
 from gatehouse.metrics import serve_metrics
 from gatehouse.pki import DevelopmentPki
 from gatehouse.registry import Registry
@@ -104,7 +104,7 @@ async def start(settings: CoapSettings, api: ApiV1) -> tuple[aiocoap.Context, re
     return context, site, _bound_port(context)
 
 
-async def serve(settings: CoapSettings, announce=print) -> None:
+async def serve(settings: CoapSettings, announce=announce) -> None:
     with Registry.open(settings.data_dir) as registry:  # read once: a clear error now if the data dir is not there
         credentials = registry.service_credentials(SERVICE_ACCOUNT)
     forwarder = HttpForwarder(settings.sidecar_url, credentials)
@@ -141,7 +141,7 @@ def run(settings: CoapSettings) -> int:
     configure_logging(settings.log_format)
     logging.getLogger("coap-server").setLevel(logging.WARNING)  # aiocoap logs every exchange's hiccups
     try:
-        asyncio.run(serve(settings, announce=lambda line: print(line, flush=True)))
+        asyncio.run(serve(settings))
     except CoapStartError as e:
         print(f"Error: the CoAP bridge could not start: {e}", file=sys.stderr, flush=True)
         return 1

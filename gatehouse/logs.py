@@ -53,6 +53,15 @@ def configure_logging(fmt: str = "text", level: int = logging.INFO, stream=None)
     root.setLevel(level)
 
 
+def announce(line: str) -> None:
+    """Print a listener's "... listening on" line (which `gatehouse up` and the tests read) in
+    one write. print() writes the text and the newline separately, and with an unbuffered
+    stdout (PYTHONUNBUFFERED, usual in containers) a log line from another thread could land
+    between the two: the port then seemed to be the end of that log line."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def redact_token_path(path: str) -> str:
     """A device API path fit for a log line: /api/v1/TOKEN/telemetry -> /api/v1/***/telemetry."""
     return _TOKEN_PATH.sub(r"\1***", path, count=1)

@@ -9,7 +9,7 @@ import threading
 
 import waitress
 
-from gatehouse.logs import configure_logging
+from gatehouse.logs import announce, configure_logging
 from gatehouse.registry import Registry
 from gatehouse.store import now_ms
 
@@ -30,7 +30,7 @@ BODY_MARGIN = 1 << 20
 CONNECTION_LIMIT = 500
 
 
-def serve(settings: SidecarSettings, announce=print) -> int:
+def serve(settings: SidecarSettings, announce=announce) -> int:
     with Registry.open(settings.data_dir) as registry:  # a clear error now if the data dir is not there
         username, password = registry.service_credentials(SERVICE_ACCOUNT)
     link: BrokerLink | None = None
@@ -97,4 +97,4 @@ def serve(settings: SidecarSettings, announce=print) -> int:
 def run(settings: SidecarSettings) -> int:
     configure_logging(settings.log_format)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" under load
-    return serve(settings, announce=lambda line: print(line, flush=True))
+    return serve(settings)

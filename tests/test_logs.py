@@ -13,7 +13,7 @@ import pytest
 from aiocoap import Code
 
 from gatehouse.credentials import AccessToken, MqttBasic
-from gatehouse.logs import configure_logging, redact_token_path
+from gatehouse.logs import announce, configure_logging, redact_token_path
 from gatehouse.models import ProvisionType
 from gatehouse.registry import Registry
 
@@ -190,3 +190,16 @@ def test_no_secret_is_ever_logged(tmp_path, log_format):
                 if not line.startswith(LISTENING):
                     entry = json.loads(line)  # every log line is one JSON object
                     assert {"ts", "level", "logger", "message"} <= entry.keys(), line
+
+
+def test_a_listening_line_is_one_write_that_no_log_line_from_another_thread_can_split(monkeypatch):
+    writes: list[str] = []
+
+    class Stdout(io.StringIO):
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+    monkeypatch.setattr("sys.stdout", Stdout())
+    announce("HTTP  listening on 127.0.0.1:8080")
+    assert writes == ["HTTP  listening on 127.0.0.1:8080\n"]
