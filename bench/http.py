@@ -593,7 +593,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     results.write(args.json, "HTTP sidecar (bench/http.py)", [
         results.Figure(f"{row.measurement} (p50 {row.sample.percentile_ms(50):.1f} ms, p99 "
-                       f"{row.sample.percentile_ms(99):.1f} ms)", row.sample.rate, "requests/s",
+                       f"{row.sample.percentile_ms(99):.1f} ms; server context switches per request "
+                       f"{row.sample.switches_per_request:.1f}, bare {row.baseline.switches_per_request:.1f})",
+                       row.sample.rate, "requests/s",
                        "bare Flask endpoint, same waitress", row.baseline.rate, row.ratio, f">= {TARGET_RATIO:.2f}",
                        row.ratio >= TARGET_RATIO)
         for row in rows if row.baseline is not None])
