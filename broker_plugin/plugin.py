@@ -13,6 +13,7 @@ message at once and keeps its own session bugs (README: "Using the plugin in you
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
@@ -420,8 +421,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             log.info("closing provisioning session from %s: %s", session.remote_address, e)
             return PublishVerdict.FAILED
         _provisioning(m.provision_strategy(result), result.status.value).inc()
-        self._send(session, PROVISION_RESPONSE, json_bytes(result.to_json()),
-                   self._reply_qos(session, PROVISION_RESPONSE), kind="provision_response")
+        self._send_after_answer(session, PROVISION_RESPONSE, json_bytes(result.to_json()),
+                                self._reply_qos(session, PROVISION_RESPONSE), kind="provision_response")
         if result.status is ProvisionStatus.SUCCESS:
             await self._publish_event(result.device_id, "provisioned")
             if result.credentials_type is CredentialsType.X509_CERTIFICATE:
@@ -517,6 +518,16 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         if kind is not None:
             _messages_out(kind).inc()
         self._deliver(entry[1], topic, payload, qos, properties)
+
+    def _send_after_answer(self, session: Session, topic: str, payload: bytes, qos: int, *, kind: str) -> None:
+        """`_send`, once the PUBLISH being processed has had its PUBACK (SPEC §3.3: ThingsBoard
+        acknowledges a provisioning request, then publishes the response). Under plain amqtt,
+        which acknowledges on its own schedule, at once."""
+        entry = self._broker._sessions.get(session.client_id)
+        after_answer = getattr(entry[1], "after_answer", None) if entry is not None else None
+        send = functools.partial(self._send, session, topic, payload, qos, kind=kind)
+        if after_answer is None or not after_answer(send):
+            send()
 
     def _deliver(self, handler, topic: str, payload: bytes, qos: int, properties: MessageProperties | None) -> None:
         publish_soon = getattr(handler, "publish_soon", None)  # the hardened broker's handlers

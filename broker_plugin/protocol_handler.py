@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 
 from amqtt.adapters import BufferReader, ReaderAdapter
 from amqtt.mqtt import packet_class
@@ -218,12 +219,13 @@ class _Outgoing(OutgoingApplicationMessage):
 class _Answer:
     """The broker's answer to one PUBLISH, decided once it is processed."""
 
-    __slots__ = ("packet_id", "qos", "verdict")
+    __slots__ = ("packet_id", "qos", "then", "verdict")
 
     def __init__(self, packet_id: int | None, qos: int):
         self.packet_id = packet_id
         self.qos = qos
         self.verdict: PublishVerdict | None = None
+        self.then: list[Callable[[], None]] | None = None  # what to send once the answer is written
 
 
 class GatehouseProtocolHandler(BrokerProtocolHandler):
@@ -473,10 +475,21 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_answers)
 
+    def after_answer(self, then: Callable[[], None]) -> bool:
+        """Call `then` once the answer (PUBACK) to the PUBLISH being processed has been written,
+        as ThingsBoard answers a provisioning request before it sends the response (SPEC §3.3).
+        False, and nothing kept, when no PUBLISH awaits its answer."""
+        if not self._answers:
+            return False
+        answer = self._answers[-1]  # the latest read: this one, or one after it
+        answer.then = [*(answer.then or ()), then]
+        return True
+
     def _flush_answers(self) -> None:
         self._flush_scheduled = False
         acks = bytearray()
         disconnect: DisconnectReason | None = None
+        follow_ups: list[Callable[[], None]] = []
         while self._answers and self._answers[0].verdict is not None:
             answer = self._answers.popleft()
             self.in_flight.release()
@@ -485,9 +498,13 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
                 acks += self.puback_bytes(answer.packet_id, puback)
             if disconnect is not None:
                 break
+            if answer.then:
+                follow_ups += answer.then
         if acks and self.writer is not None and not self._closing:
             self._write_buffer += acks
             self._send_buffer()
+        for follow_up in follow_ups:
+            follow_up()
         if disconnect is not None:
             # Nothing is answered after the publish that closes the connection; the message
             # loop then sees the disconnect and cleans the session up as usual.

@@ -9,6 +9,7 @@ process are made with the `gatehouse` CLI; the broker notices them within about 
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -32,6 +33,7 @@ from gatehouse.pki import (
 )
 from gatehouse.registry import Registry
 
+from .async_mqtt import CONNACK, PUBACK, PUBLISH, read_packet
 from .conftest import start_broker
 from .devices import unique
 from .mqtt_client import (
@@ -647,6 +649,40 @@ def test_provision_response_reaches_the_client_subscribed_or_not(gh, subscribe_q
                                        "provisionDeviceSecret": secret}, subscribe_qos=subscribe_qos)
     assert response["status"] == "SUCCESS"
     assert message.qos == delivered_qos
+
+
+def _publish_qos1(topic: str, payload: bytes, packet_id: int, protocol_level: int) -> bytes:
+    body = (len(topic).to_bytes(2, "big") + topic.encode() + packet_id.to_bytes(2, "big")
+            + (b"\x00" if protocol_level == 5 else b"") + payload)  # MQTT 5: no properties
+    length, remaining = bytearray(), len(body)
+    while True:
+        remaining, byte = divmod(remaining, 128)
+        length.append(byte | (0x80 if remaining else 0))
+        if not remaining:
+            return bytes((0x32, *length)) + body
+
+
+@pytest.mark.parametrize("protocol_level", [4, 5])
+def test_the_provisioning_request_is_acknowledged_before_the_response_is_sent(gh, protocol_level):
+    """SPEC §3.3: ThingsBoard sends the PUBACK once the request is processed, then the response."""
+    key, secret = allow_profile(gh)
+    request = json.dumps({"deviceName": unique("acked-first"), "provisionDeviceKey": key,
+                          "provisionDeviceSecret": secret}).encode()
+
+    async def exchange() -> list[tuple[int, bytes]]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gh.mqtt_port)
+        try:
+            writer.write(connect_packet("", "provision", protocol_level=protocol_level))
+            assert (await read_packet(reader))[0] == CONNACK
+            writer.write(_publish_qos1(PROVISION_REQUEST, request, 7, protocol_level))
+            packets = [await asyncio.wait_for(read_packet(reader), 5) for _ in range(2)]
+            return [(kind, body) for kind, _flags, body in packets]
+        finally:
+            writer.close()
+
+    (first, puback), (second, publish) = asyncio.run(exchange())
+    assert (first, puback[:2]) == (PUBACK, (7).to_bytes(2, "big"))
+    assert second == PUBLISH and publish[2:2 + len(PROVISION_RESPONSE)] == PROVISION_RESPONSE.encode()
 
 
 def test_a_spy_subscribed_to_provision_response_sees_nothing_of_another_exchange(gh):
