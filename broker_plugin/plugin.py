@@ -38,6 +38,11 @@ from gatehouse.application_namespace import (
 )
 from gatehouse.device_activity import ActivityTracker
 from gatehouse.login import PROVISION_LOGIN, LoginOutcome
+from gatehouse.login_limiter import (
+    DEFAULT_BLOCK_SECONDS,
+    DEFAULT_MAX_FAILURES,
+    LoginLimiter,
+)
 from gatehouse.models import AttributeScope, CredentialsType, Device
 from gatehouse.payloads import (
     PayloadError,
@@ -67,7 +72,6 @@ from .interfaces import (
     MessageProperties,
     PublishVerdict,
 )
-from .login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES, LoginLimiter
 from .registry_worker import RegistryWorker
 from .topics import (
     PROVISION_REQUEST,

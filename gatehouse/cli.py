@@ -458,10 +458,13 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
               help="How long a server-side RPC waits for an HTTP or CoAP device to poll for it.")
 @click.option("--ui-idle-minutes", type=click.IntRange(1), default=30, show_default=True,
               help="The web UI logs an administrator out after this long without a request.")
+@click.option("--max-failed-logins", type=click.IntRange(1), default=10, show_default=True,
+              help="Failed administrator logins (admin API and web UI) from one address before it is blocked.")
+@click.option("--block-seconds", type=click.FloatRange(0), default=60.0, show_default=True)
 @log_format_option
 @click.pass_context
 def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_seconds, ui_idle_minutes,
-            log_format) -> None:
+            max_failed_logins, block_seconds, log_format) -> None:
     """Run the HTTP device API, the admin REST API and the web UI (and Prometheus /metrics) until Ctrl-C or
     SIGTERM."""
     Registry.open(ctx.obj).close()
@@ -472,7 +475,8 @@ def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_
 
     ctx.exit(run(SidecarSettings(data_dir=ctx.obj.resolve(), host=host, http_port=http_port, broker_host=broker_host,
                                  broker_port=broker_port, threads=threads, rpc_expiry_seconds=rpc_expiry_seconds,
-                                 ui_session_idle_seconds=ui_idle_minutes * 60, log_format=log_format)))
+                                 ui_session_idle_seconds=ui_idle_minutes * 60, max_failed_logins=max_failed_logins,
+                                 block_seconds=block_seconds, log_format=log_format)))
 
 
 @main.command()

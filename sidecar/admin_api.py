@@ -15,7 +15,6 @@ from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from gatehouse import bulk_import
-from gatehouse import metrics as gm
 from gatehouse.certificates import CertificateError
 from gatehouse.credentials import AccessToken
 from gatehouse.errors import NotFoundError, ValidationError
@@ -23,7 +22,7 @@ from gatehouse.models import AttributeScope
 from gatehouse.payloads import PayloadError, parse_attributes
 from gatehouse.registry import DEFAULT_CN_REGEX
 
-from . import admin_auth, metrics, openapi
+from . import admin_auth, openapi
 from .admin_auth import public
 from .admin_payloads import (
     DEVICE_SORT,
@@ -104,10 +103,13 @@ def login() -> Response:
     username, password = body.get("username"), body.get("password")
     if not isinstance(username, str) or not isinstance(password, str):
         return error_response(400, "username and password must be strings")
-    if not _registry().verify_admin(username, password):
-        metrics.login("ADMIN", "BAD_USERNAME_OR_PASSWORD")
+    outcome = admin_auth.check_login(username, password)
+    if outcome is admin_auth.AdminLogin.BLOCKED:
+        response = error_response(429, admin_auth.TOO_MANY_FAILED_LOGINS)
+        response.headers["Retry-After"] = str(admin_auth.retry_after_seconds())
+        return response
+    if outcome is admin_auth.AdminLogin.REFUSED:
         return error_response(401, "Invalid username or password", admin_auth.AUTHENTICATION)
-    metrics.login("ADMIN", gm.ACCEPTED)
     return _token_pair(username)
 
 

@@ -1,4 +1,5 @@
-"""Administrator logins for the admin REST API: ThingsBoard-shaped JWT pairs and the guard in
+"""Administrator logins: the password check both the admin REST API and the web UI use, with
+per-address blocking after repeated failures; ThingsBoard-shaped JWT pairs and the guard in
 front of every admin route.
 
 Tokens are HS256 JWTs signed with a key derived from the data dir's server key, with the claims
@@ -10,6 +11,8 @@ REFRESH_TOKEN, so neither passes for the other. Failures are 401 with ThingsBoar
 """
 from __future__ import annotations
 
+import enum
+import math
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -17,6 +20,9 @@ from collections.abc import Callable, Mapping
 import jwt
 from flask import Response, current_app, g, request
 
+from gatehouse import metrics as gm
+
+from . import metrics
 from .context import sidecar
 from .errors import error_response
 
@@ -28,7 +34,37 @@ REFRESH_TOKEN = "REFRESH_TOKEN"
 TENANT_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "gatehouse:tenant"))
 NULL_UUID = "13814000-1dd2-11b2-8080-808080808080"  # ThingsBoard's "no customer"
 AUTHENTICATION, JWT_TOKEN_EXPIRED = 10, 11  # ThingsboardErrorCode
+ADMIN = "ADMIN"  # administrators' logins in the login metrics, beside devices' credentials types
+TOO_MANY_FAILED_LOGINS = "Too many failed logins from this address; try again later"
 _REQUIRED_CLAIMS = ["sub", "scopes", "iss", "iat", "exp"]
+
+
+class AdminLogin(enum.Enum):
+    ACCEPTED = "ACCEPTED"
+    REFUSED = "REFUSED"  # wrong username or password
+    BLOCKED = "BLOCKED"  # the address failed too often lately: nothing was checked
+
+
+def check_login(username: str, password: str) -> AdminLogin:
+    """An administrator's username and password, from this request's address (sidecar's
+    --max-failed-logins, --block-seconds). From a blocked address the password is not even
+    checked, so guessing it there learns nothing."""
+    limiter, address = sidecar().admin_logins, request.remote_addr or ""
+    if limiter.is_blocked(address):
+        metrics.login(ADMIN, gm.BLOCKED)
+        return AdminLogin.BLOCKED
+    if not sidecar().registry.verify_admin(username, password):
+        limiter.failed(address)
+        metrics.login(ADMIN, "BAD_USERNAME_OR_PASSWORD")
+        return AdminLogin.REFUSED
+    limiter.succeeded(address)
+    metrics.login(ADMIN, gm.ACCEPTED)
+    return AdminLogin.ACCEPTED
+
+
+def retry_after_seconds() -> int:
+    """Whole seconds until this request's address may log in again (at least 1)."""
+    return max(1, math.ceil(sidecar().admin_logins.seconds_blocked(request.remote_addr or "")))
 
 
 class TokenError(Exception):

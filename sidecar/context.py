@@ -11,6 +11,11 @@ from flask import current_app
 
 from gatehouse.application_namespace import attributes_message
 from gatehouse.device_activity import ActivityTracker
+from gatehouse.login_limiter import (
+    DEFAULT_BLOCK_SECONDS,
+    DEFAULT_MAX_FAILURES,
+    LoginLimiter,
+)
 from gatehouse.models import AttributeScope, Device
 from gatehouse.payloads import KvEntry
 from gatehouse.registry import DeviceData, Registry
@@ -41,6 +46,8 @@ class SidecarSettings:
     jwt_refresh_expiry_seconds: int = 604_800  # ThingsBoard's security.jwt.refreshTokenExpTime
     rpc_expiry_seconds: float = 60.0
     ui_session_idle_seconds: int = 1_800  # the web UI logs an operator out after this long without a request
+    max_failed_logins: int = DEFAULT_MAX_FAILURES  # administrators' (admin API and web UI), per address
+    block_seconds: float = DEFAULT_BLOCK_SECONDS
     log_format: str = "text"
 
 
@@ -53,6 +60,7 @@ class Sidecar:
         self.writer = writer
         self.token_logins = TokenLogins()
         self.activity = ActivityTracker()  # stored by the server's housekeeping thread
+        self.admin_logins = LoginLimiter(settings.max_failed_logins, settings.block_seconds)  # admin_auth.check_login
         self._local = threading.local()
         self._opened: list[Registry] = []
         self._lock = threading.Lock()

@@ -187,7 +187,8 @@ SCHEMAS = {
 }
 
 ERROR_DESCRIPTIONS = {400: "Invalid request (ThingsBoard's message)", 401: "Missing, invalid or expired token",
-                      404: "No such device or profile", 413: "Body larger than the limit"}
+                      404: "No such device or profile", 413: "Body larger than the limit",
+                      429: "Too many failed logins from this address (Retry-After: seconds)"}
 
 
 def _json(schema: dict) -> dict:
@@ -253,7 +254,9 @@ def _paths() -> dict:
     return {
         "/api/auth/login": {"post": _operation(
             "login", "Auth", "Log in as an administrator (gatehouse admin add)", body="LoginRequest",
-            ok=_ref("JwtPair"), errors=(400, 401), public=True)},
+            ok=_ref("JwtPair"), errors=(400, 401, 429), public=True,
+            description="An address with 10 failed logins (web UI ones included) is refused for 60 s "
+                        "(gatehouse sidecar --max-failed-logins, --block-seconds).")},
         "/api/auth/token": {"post": _operation(
             "refreshToken", "Auth", "A new token pair for a refresh token", body="RefreshTokenRequest",
             ok=_ref("JwtPair"), errors=(400, 401), public=True)},

@@ -145,14 +145,19 @@ def start_sidecar(broker: RunningBroker, log_path: Path, *extra: str, timeout: f
     raise RuntimeError(f"sidecar did not start in {timeout} s:\n{log_path.read_text()}")
 
 
+# For modules that fail logins on purpose: the broker's and the sidecar's address blocking out of the way.
+NO_BLOCKING = ("--max-failed-logins", "100000")
+
+
 @contextlib.contextmanager
-def broker_and_sidecar(root: Path, *broker_options: str) -> Iterator[tuple[RunningBroker, RunningSidecar]]:
+def broker_and_sidecar(root: Path, *broker_options: str,
+                       sidecar_options: tuple[str, ...] = ()) -> Iterator[tuple[RunningBroker, RunningSidecar]]:
     """A real broker and a real sidecar linked to it, for a test module; both are stopped after
     it, and a broker whose sidecar did not start is stopped too."""
     broker = start_broker(root / "data", root / "broker.log", *broker_options)
     sidecar = None
     try:
-        sidecar = start_sidecar(broker, root / "sidecar.log")
+        sidecar = start_sidecar(broker, root / "sidecar.log", *sidecar_options)
         yield broker, sidecar
     finally:
         for process in (sidecar, broker):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import re
 import secrets
@@ -40,7 +41,7 @@ from gatehouse.registry import Registry
 from sidecar.app import create_app
 from sidecar.context import SidecarSettings
 
-from .conftest import broker_and_sidecar
+from .conftest import NO_BLOCKING, broker_and_sidecar
 from .devices import unique
 from .mqtt_client import connect, next_on, wait_until
 
@@ -172,9 +173,10 @@ class Gatehouse:
 @pytest.fixture(scope="module")
 def gh(tmp_path_factory):
     """The shared broker and sidecar, with one administrator. Many tests here log in wrongly on
-    purpose, so the broker's address blocking is pushed out of the way."""
-    with broker_and_sidecar(tmp_path_factory.mktemp("admin-api"), "--max-failed-logins", "100000") as (broker,
-                                                                                                      sidecar):
+    purpose, so address blocking is pushed out of the way (the test of blocking has a sidecar of
+    its own)."""
+    root = tmp_path_factory.mktemp("admin-api")
+    with broker_and_sidecar(root, *NO_BLOCKING, sidecar_options=NO_BLOCKING) as (broker, sidecar):
         with Registry.open(broker.data_dir) as registry:
             registry.add_admin(ADMIN, ADMIN_PASSWORD)
         yield Gatehouse(broker, sidecar)
@@ -279,6 +281,33 @@ def test_login_returns_a_thingsboard_jwt_pair(api):
 def test_login_with_wrong_credentials_is_401(api, username, password):
     answer = api.post("/api/auth/login", {"username": username, "password": password}, token=None)
     expect_error(answer, 401, "Invalid username or password", 10)
+
+
+def _login_from(sidecar, address: str, password: str) -> tuple[int, dict, str | None]:
+    """POST /api/auth/login from a chosen loopback address: (status, JSON body, Retry-After)."""
+    connection = http.client.HTTPConnection("127.0.0.1", sidecar.http_port, timeout=10, source_address=(address, 0))
+    try:
+        connection.request("POST", "/api/auth/login", json.dumps({"username": ADMIN, "password": password}),
+                           {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read()), response.getheader("Retry-After")
+    finally:
+        connection.close()
+
+
+def test_login_from_an_address_that_failed_too_often_is_429_while_other_addresses_log_in(
+        broker_factory, sidecar_factory):
+    broker = broker_factory()
+    sidecar = sidecar_factory(broker, "--max-failed-logins", "3", "--block-seconds", "60")
+    with Registry.open(broker.data_dir) as registry:
+        registry.add_admin(ADMIN, ADMIN_PASSWORD)
+    assert _login_from(sidecar, "127.0.0.1", ADMIN_PASSWORD)[0] == 200
+    assert [_login_from(sidecar, "127.0.0.1", "wrong")[0] for _ in range(3)] == [401, 401, 401]
+    status, body, retry_after = _login_from(sidecar, "127.0.0.1", ADMIN_PASSWORD)  # the right password, too late
+    assert (status, body["errorCode"], body["message"]) == (
+        429, 33, "Too many failed logins from this address; try again later")
+    assert 0 < int(retry_after) <= 60
+    assert _login_from(sidecar, "127.0.0.2", ADMIN_PASSWORD)[0] == 200
 
 
 @pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b'{"username": "a"}', b'{"username": 1, "password": "x"}'],

@@ -16,7 +16,7 @@ from schemathesis.checks import negative_data_rejection, positive_data_acceptanc
 from gatehouse.registry import Registry
 from sidecar.openapi import document
 
-from .conftest import broker_and_sidecar
+from .conftest import NO_BLOCKING, broker_and_sidecar
 from .fuzz_budget import fuzz_settings
 
 ADMIN, ADMIN_PASSWORD = "fuzz-admin", "fuzz-admin-password"
@@ -24,9 +24,9 @@ ADMIN, ADMIN_PASSWORD = "fuzz-admin", "fuzz-admin-password"
 
 @pytest.fixture(scope="module")
 def sidecar(tmp_path_factory):
-    # Generated requests log in wrongly on purpose: the broker's address blocking is pushed out of the way.
-    with broker_and_sidecar(tmp_path_factory.mktemp("fuzz-admin-api"), "--max-failed-logins", "100000") as (
-            broker, sidecar):
+    # Generated requests log in wrongly on purpose: address blocking is pushed out of the way.
+    root = tmp_path_factory.mktemp("fuzz-admin-api")
+    with broker_and_sidecar(root, *NO_BLOCKING, sidecar_options=NO_BLOCKING) as (broker, sidecar):
         with Registry.open(broker.data_dir) as registry:
             registry.add_admin(ADMIN, ADMIN_PASSWORD)
         yield sidecar

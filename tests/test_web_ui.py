@@ -102,6 +102,23 @@ def test_login_refuses_a_wrong_password_next_to_the_field(app):
     assert client.get("/ui/devices").status_code == 302
 
 
+def test_an_address_that_failed_too_often_is_refused_even_the_right_password(registry, data_dir):
+    """The admin API's blocking (test_admin_api.py), shared: failures count across both."""
+    registry.add_admin(ADMIN, PASSWORD)
+    app = create_app(SidecarSettings(data_dir=data_dir, max_failed_logins=2, block_seconds=60))
+    attacker = Ui(app)
+    attacker.client.environ_base["REMOTE_ADDR"] = "192.0.2.7"
+    assert app.test_client().post("/api/auth/login", json={"username": ADMIN, "password": "wrong"},
+                                  environ_base={"REMOTE_ADDR": "192.0.2.7"}).status_code == 401
+    assert attacker.login(password="wrong").status_code == 200
+    response = attacker.login()
+    assert response.status_code == 429
+    [error] = _field_errors(response.get_data(as_text=True), "password")
+    assert re.fullmatch(r"Too many failed logins from this address; try again later \(in \d+ s\)", error)
+    assert attacker.get("/ui/devices").status_code == 302  # not logged in
+    assert Ui(app).login().status_code == 302  # another address (the test client's default)
+
+
 def test_the_session_cookie_is_httponly_samesite_lax_and_limited_to_the_ui(app):
     client = Ui(app)
     response = client.login()

@@ -10,10 +10,14 @@ from flask import Response, g, redirect, render_template, request, session, url_
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from gatehouse import metrics as gm
 from gatehouse.errors import NotFoundError
 
-from .. import metrics
+from ..admin_auth import (
+    TOO_MANY_FAILED_LOGINS,
+    AdminLogin,
+    check_login,
+    retry_after_seconds,
+)
 from .blueprint import csrf, registry, ui
 from .forms import LoginForm
 
@@ -64,13 +68,15 @@ def login():
     form = LoginForm()
     if form.validate_on_submit():
         username, password = form.username.data or "", form.password.data or ""
-        if registry().verify_admin(username, password):
-            metrics.login("ADMIN", gm.ACCEPTED)
+        outcome = check_login(username, password)
+        if outcome is AdminLogin.ACCEPTED:
             session.clear()  # a fresh session (and CSRF token) for the new login
             session.permanent = True
             session[SESSION_USER] = username
             return redirect(_safe_next(request.args.get("next")))
-        metrics.login("ADMIN", "BAD_USERNAME_OR_PASSWORD")
+        if outcome is AdminLogin.BLOCKED:
+            form.password.errors.append(f"{TOO_MANY_FAILED_LOGINS} (in {retry_after_seconds()} s)")
+            return render_template("ui/login.html", form=form), 429
         form.password.errors.append("Invalid username or password")
     return render_template("ui/login.html", form=form)
 

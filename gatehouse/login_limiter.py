@@ -1,0 +1,56 @@
+"""Blocking a source address after repeated failed logins (ThingsBoard's ip limits: 10 failures,
+then 60 s blocked). Brute-forcing tokens or passwords from one address stops; other addresses
+are unaffected. The broker limits device logins with one; the sidecar, administrators' logins
+(admin REST API and web UI). Thread-safe: the sidecar's request threads share one."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+DEFAULT_MAX_FAILURES = 10
+DEFAULT_BLOCK_SECONDS = 60.0
+
+
+@dataclass
+class LoginLimiter:
+    max_failures: int = DEFAULT_MAX_FAILURES
+    block_seconds: float = DEFAULT_BLOCK_SECONDS
+    clock: Callable[[], float] = time.monotonic
+    _failures: dict[str, int] = field(default_factory=dict)
+    _blocked_until: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def is_blocked(self, address: str) -> bool:
+        return self.seconds_blocked(address) > 0
+
+    def seconds_blocked(self, address: str) -> float:
+        """How much longer `address` stays blocked (0: it is not)."""
+        with self._lock:
+            until = self._blocked_until.get(address)
+            if until is None:
+                return 0.0
+            left = until - self.clock()
+            if left > 0:
+                return left
+            del self._blocked_until[address]
+            return 0.0
+
+    def failed(self, address: str) -> None:
+        with self._lock:
+            count = self._failures.get(address, 0) + 1
+            if count >= self.max_failures:
+                self._blocked_until[address] = self.clock() + self.block_seconds
+                self._failures.pop(address, None)
+            else:
+                self._failures[address] = count
+
+    def succeeded(self, address: str) -> None:
+        with self._lock:
+            self._failures.pop(address, None)
+
+    def blocked_addresses(self) -> list[str]:
+        with self._lock:
+            candidates = list(self._blocked_until)
+        return [a for a in candidates if self.is_blocked(a)]
