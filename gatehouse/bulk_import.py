@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from .credentials import AccessToken, MqttBasic, NewCredentials, X509Certificate
 from .errors import GatehouseError, ValidationError
 from .models import AttributeScope
-from .payloads import PayloadError, kv_entries
-from .registry import Registry
+from .payloads import KvEntry, PayloadError, kv_entries
+from .registry import Registry, UpsertedDevice
 
 BATCH_SIZE = 500
 # A pause after each batch's commit: writers waiting for the lock (the broker's telemetry) get a
@@ -159,40 +159,61 @@ def parse_rows(text: str, mapping: BulkImportMapping) -> list[tuple[int, list[st
         raise ValidationError(f"Line {line}: {e}") from None
 
 
+# Told, once its batch has committed, which shared attributes an import wrote to a device that
+# already existed (and may be connected): (device id, entries).
+SharedAttributesWritten = Callable[[str, tuple[KvEntry, ...]], None]
+
+
 def import_devices(registry: Registry, text: str, mapping: BulkImportMapping, *,
-                   progress: Callable[[int], None] | None = None) -> BulkImportResult:
-    return import_rows(registry, parse_rows(text, mapping), mapping, progress=progress)
+                   progress: Callable[[int], None] | None = None,
+                   shared_attributes_written: SharedAttributesWritten | None = None) -> BulkImportResult:
+    return import_rows(registry, parse_rows(text, mapping), mapping, progress=progress,
+                       shared_attributes_written=shared_attributes_written)
 
 
 def import_rows(registry: Registry, rows: list[tuple[int, list[str]]], mapping: BulkImportMapping, *,
-                progress: Callable[[int], None] | None = None) -> BulkImportResult:
-    """Import rows from `parse_rows`; `progress(n)` is called after each batch with its size."""
+                progress: Callable[[int], None] | None = None,
+                shared_attributes_written: SharedAttributesWritten | None = None) -> BulkImportResult:
+    """Import rows from `parse_rows`; `progress(n)` is called after each batch with its size.
+    A server pushes what `shared_attributes_written` is told to connected devices, as
+    ThingsBoard does; the CLI, which has no connection to them, passes nothing."""
     result = BulkImportResult()
     for start in range(0, len(rows), BATCH_SIZE):
         if start:
             time.sleep(BATCH_GAP_SECONDS)
-        _import_batch(registry, rows[start:start + BATCH_SIZE], mapping, result, progress)
+        batch = rows[start:start + BATCH_SIZE]
+        written = _import_batch(registry, batch, mapping, result)
+        if progress is not None:
+            progress(len(batch))
+        if shared_attributes_written is not None:
+            for device_id, entries in written:
+                shared_attributes_written(device_id, entries)
     return result
 
 
-def _import_batch(registry, batch, mapping, result, progress) -> None:
+def _import_batch(registry, batch, mapping, result) -> list[tuple[str, tuple[KvEntry, ...]]]:
+    """Import a batch in one transaction; returns the shared attributes written to existing devices."""
+    written = []
     with registry.batch():
         for line, cells in batch:
             try:
-                created = _import_row(registry, cells, mapping)
+                upserted, shared = _import_row(registry, cells, mapping)
             except GatehouseError as e:
                 result.errors += 1
                 result.errors_list.append(f"Line {line}: {e}")
             else:
-                if created:
+                if upserted.created:
                     result.created += 1
                 else:
                     result.updated += 1
-    if progress is not None:
-        progress(len(batch))
+                    if shared and mapping.update:
+                        written.append((upserted.device_id, shared))
+    return written
 
 
-def _import_row(registry: Registry, cells: list[str], mapping: BulkImportMapping) -> bool:
+def _import_row(registry: Registry, cells: list[str],
+                mapping: BulkImportMapping) -> tuple[UpsertedDevice, tuple[KvEntry, ...]]:
+    """The device created or updated, and the row's shared attributes."""
     if len(cells) != len(mapping.columns):
         raise ValidationError(f"expected {len(mapping.columns)} columns, found {len(cells)}")
     fields: dict[ColumnType, str] = {}
@@ -209,17 +230,19 @@ def _import_row(registry: Registry, cells: list[str], mapping: BulkImportMapping
         additional_info["description"] = fields[ColumnType.DESCRIPTION]
     if ColumnType.IS_GATEWAY in fields:
         additional_info["gateway"] = fields[ColumnType.IS_GATEWAY].lower() == "true"
-    scopes = {ColumnType.SHARED_ATTRIBUTE: AttributeScope.SHARED, ColumnType.SERVER_ATTRIBUTE: AttributeScope.SERVER}
-    return registry.upsert_device(
+    shared = _typed(keyed[ColumnType.SHARED_ATTRIBUTE])
+    upserted = registry.upsert_device(
         fields.get(ColumnType.NAME, ""),
         profile=fields.get(ColumnType.TYPE) or None,
         label=fields.get(ColumnType.LABEL) or None,
         additional_info=additional_info,
         credentials=_row_credentials(fields),
-        attributes={scope: _typed(keyed[column]) for column, scope in scopes.items()},
+        attributes={AttributeScope.SHARED: shared,
+                    AttributeScope.SERVER: _typed(keyed[ColumnType.SERVER_ATTRIBUTE])},
         telemetry=_typed(keyed[ColumnType.TIMESERIES]),
         write_data_of_existing=mapping.update,
     )
+    return upserted, shared
 
 
 def _row_credentials(fields: dict[ColumnType, str]) -> NewCredentials | None:

@@ -135,6 +135,12 @@ class DeviceData:
     ts: int | None = None  # for attributes and timestamp-less telemetry; None: now
 
 
+@dataclass(frozen=True)
+class UpsertedDevice:
+    device_id: str
+    created: bool  # False: an existing device of that name was updated
+
+
 class Registry:
     def __init__(self, database: Path | str, server_key: ServerKey):
         self.store = Store(database)
@@ -428,9 +434,9 @@ class Registry:
         attributes: dict[AttributeScope, Iterable[KvEntry]] | None = None,
         telemetry: Iterable[KvEntry] = (),
         write_data_of_existing: bool = True,
-    ) -> bool:
-        """Create the device or update the one of that name (bulk import, SPEC §8); returns True
-        when created. A profile named but missing is created, as ThingsBoard does. Existing
+    ) -> UpsertedDevice:
+        """Create the device or update the one of that name (bulk import, SPEC §8). A profile
+        named but missing is created, as ThingsBoard does. Existing
         devices keep what is not given (profile, label, credentials); attribute and telemetry
         columns are written to them only with `write_data_of_existing`."""
         with self.store.transaction():
@@ -461,7 +467,7 @@ class Registry:
                     [DeviceData(device_id, attributes=tuple(entries), scope=AttributeScope(scope), ts=ts)
                      for scope, entries in (attributes or {}).items()]
                     + [DeviceData(device_id, telemetry=(TelemetryRecord(ts, tuple(telemetry)),))])
-            return existing is None
+            return UpsertedDevice(device_id, created=existing is None)
 
     def batch(self):
         """One transaction around many calls (bulk import): far fewer commits, and each call

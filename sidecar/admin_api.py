@@ -291,7 +291,8 @@ def get_tenant_device() -> Response:
 def bulk_import_devices() -> Response:
     """The CLI's import (gatehouse.bulk_import): {"created", "updated", "errors", "errorsList"}."""
     text, mapping = bulk_import_request(json_object())
-    result = bulk_import.import_devices(_registry(), text, bulk_import.BulkImportMapping.from_json(mapping))
+    result = bulk_import.import_devices(_registry(), text, bulk_import.BulkImportMapping.from_json(mapping),
+                                        shared_attributes_written=sidecar().shared_attributes_written)
     return jsonify(result.to_json())
 
 

@@ -20,11 +20,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
 import pytest
+import requests
 from openapi_schema_validator import OAS30Validator, oas30_format_checker
 from openapi_spec_validator import validate as validate_openapi
 
@@ -739,6 +741,32 @@ def test_bulk_import_takes_thingsboards_request_and_reports_bad_lines(gh, api):
                 {"file": csv_text, "mapping": {"columns": [{"type": "ACCESS_TOKEN"}]}},
                 {"file": csv_text, "mapping": {**request["mapping"], "delimiter": ";;"}}):
         expect_error(api.post("/api/device/bulk_import", bad), 400)
+
+
+def test_a_bulk_import_updating_shared_attributes_pushes_them_to_connected_devices(gh, api):
+    """As ThingsBoard does: a CSV that updates a fleet's shared attributes reaches the devices."""
+    tag = unique("fleet")
+    mqtt_token, http_token, quiet_token = unique("fleet-mqtt"), unique("fleet-http"), unique("fleet-quiet")
+
+    def import_csv(rows: str, update: bool = True) -> dict:
+        return api.ok("POST", "/api/device/bulk_import", {"file": "Name,Token,Firmware\n" + rows, "mapping": {
+            "columns": [{"type": "NAME"}, {"type": "ACCESS_TOKEN"}, {"type": "SHARED_ATTRIBUTE", "key": "firmware"}],
+            "delimiter": ",", "update": update, "header": True}})
+
+    assert import_csv(f"{tag}-mqtt,{mqtt_token},v1\n{tag}-http,{http_token},v1\n{tag}-quiet,{quiet_token},\n")[
+        "created"] == 3
+    client = mqtt_login(gh, unique("cid"), mqtt_token)
+    assert [code.value for code in client.subscribe(ATTRIBUTES_TOPIC, 1)] == [1]
+    with ThreadPoolExecutor(1) as pool:
+        poll = pool.submit(requests.get, f"{gh.sidecar.url}/api/v1/{http_token}/attributes/updates?timeout=10000",
+                           timeout=20)
+        time.sleep(0.5)  # the poll is open
+        result = import_csv(f"{tag}-mqtt,,v2\n{tag}-http,,v2\n{tag}-quiet,,\n")
+        assert (result["created"], result["updated"], result["errors"]) == (0, 3, 0)
+        assert json.loads(next_on(client, ATTRIBUTES_TOPIC).payload) == {"firmware": "v2"}
+        assert poll.result().json() == {"firmware": "v2"}
+    import_csv(f"{tag}-mqtt,,v3\n", update=False)  # existing devices keep their data: nothing to push
+    assert client.no_message(1.0)
 
 
 def test_bulk_import_of_text_the_csv_reader_cannot_read_is_400_not_500(api):

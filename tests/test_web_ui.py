@@ -9,6 +9,7 @@ import io
 import re
 import sqlite3
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -403,6 +404,19 @@ def test_a_csv_import_keeps_the_good_lines_and_reports_the_bad_one(ui, registry)
     assert registry.get_attributes(registry.find_device_by_name("imp-3").id, AttributeScope.SHARED) == {"model": "T-3"}
     page = ui.get(response.location).get_data(as_text=True)
     assert "Line 3: Device credentials are already assigned to another device!" in page
+
+
+def test_a_csv_import_updating_a_shared_attribute_reaches_a_device_polling_for_updates(ui, app, registry):
+    registry.create_device("polling", credentials=AccessToken("POLLING_TOKEN"))
+    with ThreadPoolExecutor(1) as pool:
+        poll = pool.submit(app.test_client().get, "/api/v1/POLLING_TOKEN/attributes/updates?timeout=10000")
+        time.sleep(0.5)  # the poll is open
+        ui.get("/ui/import")
+        response = ui.post("/ui/import", {"file": _file("NAME,SHARED_ATTRIBUTE:firmware\npolling,v2\n", "fw.csv"),
+                                          "delimiter": ",", "update": "y"})
+        assert _wait_for_import(ui, response.location)["updated"] == 1
+        answer = poll.result(timeout=15)
+    assert (answer.status_code, answer.get_json()) == (200, {"firmware": "v2"})
 
 
 def test_a_csv_without_a_name_column_is_refused_next_to_the_file(ui, registry):

@@ -17,6 +17,7 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from gatehouse.data_dir import DataDir
 from gatehouse.server_key import ServerKey
 
+from ..context import EXTENSION
 from . import auth, bulk_import, devices, profiles  # noqa: F401  (they add their routes to the blueprint)
 from .blueprint import UI_PATH, csrf, ui
 from .import_jobs import ImportJobs
@@ -50,5 +51,5 @@ def init_ui(app: Flask, data_dir, idle_seconds: int) -> None:
         WTF_CSRF_TIME_LIMIT=None,  # a token lives as long as its session
     )
     csrf.init_app(app)
-    app.extensions[ImportJobs.EXTENSION] = ImportJobs(data_dir)
+    app.extensions[ImportJobs.EXTENSION] = ImportJobs(data_dir, app.extensions[EXTENSION].shared_attributes_written)
     app.register_blueprint(ui)

@@ -47,8 +47,9 @@ class ImportJob:
 class ImportJobs:
     EXTENSION = "gatehouse_ui_imports"
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, shared_attributes_written: bulk_import.SharedAttributesWritten):
         self.data_dir = data_dir
+        self.shared_attributes_written = shared_attributes_written  # pushed to connected devices
         self._jobs: OrderedDict[str, ImportJob] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -68,7 +69,8 @@ class ImportJobs:
     def _run(self, job: ImportJob, rows: list, mapping: bulk_import.BulkImportMapping) -> None:
         try:
             with Registry.open(self.data_dir) as registry:
-                result = bulk_import.import_rows(registry, rows, mapping, progress=job.advance)
+                result = bulk_import.import_rows(registry, rows, mapping, progress=job.advance,
+                                                 shared_attributes_written=self.shared_attributes_written)
         except Exception:
             log.exception("bulk import %s failed", job.id)
             with job.lock:
