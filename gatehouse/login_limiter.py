@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 
 DEFAULT_MAX_FAILURES = 10
 DEFAULT_BLOCK_SECONDS = 60.0
+# Addresses remembered, failing and blocked each: past it the oldest is forgotten, so that
+# failures sprayed from countless addresses (an IPv6 prefix) cannot grow the process.
+DEFAULT_MAX_TRACKED = 100_000
 
 
 @dataclass
@@ -18,6 +21,7 @@ class LoginLimiter:
     max_failures: int = DEFAULT_MAX_FAILURES
     block_seconds: float = DEFAULT_BLOCK_SECONDS
     clock: Callable[[], float] = time.monotonic
+    max_tracked: int = DEFAULT_MAX_TRACKED
     _failures: dict[str, int] = field(default_factory=dict)
     _blocked_until: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -39,12 +43,18 @@ class LoginLimiter:
 
     def failed(self, address: str) -> None:
         with self._lock:
-            count = self._failures.get(address, 0) + 1
+            count = self._failures.pop(address, 0) + 1
             if count >= self.max_failures:
-                self._blocked_until[address] = self.clock() + self.block_seconds
-                self._failures.pop(address, None)
+                self._blocked_until.pop(address, None)
+                self._remember(self._blocked_until, address, self.clock() + self.block_seconds)
             else:
-                self._failures[address] = count
+                self._remember(self._failures, address, count)
+
+    def _remember(self, entries: dict, address: str, value) -> None:
+        """Set `address` last in `entries` (newest), forgetting the oldest beyond max_tracked."""
+        while len(entries) >= self.max_tracked:
+            del entries[next(iter(entries))]
+        entries[address] = value
 
     def succeeded(self, address: str) -> None:
         with self._lock:
