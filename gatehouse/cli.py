@@ -461,10 +461,13 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
 @click.option("--max-failed-logins", type=click.IntRange(1), default=10, show_default=True,
               help="Failed administrator logins (admin API and web UI) from one address before it is blocked.")
 @click.option("--block-seconds", type=click.FloatRange(0), default=60.0, show_default=True)
+@click.option("--trusted-proxy", metavar="ADDRESS",
+              help="A reverse proxy's address: its X-Forwarded-For then names the client (login limits, "
+                   "audit). Without it, the header is ignored.")
 @log_format_option
 @click.pass_context
 def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_seconds, ui_idle_minutes,
-            max_failed_logins, block_seconds, log_format) -> None:
+            max_failed_logins, block_seconds, trusted_proxy, log_format) -> None:
     """Run the HTTP device API, the admin REST API and the web UI (and Prometheus /metrics) until Ctrl-C or
     SIGTERM."""
     Registry.open(ctx.obj).close()
@@ -476,7 +479,7 @@ def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_
     ctx.exit(run(SidecarSettings(data_dir=ctx.obj.resolve(), host=host, http_port=http_port, broker_host=broker_host,
                                  broker_port=broker_port, threads=threads, rpc_expiry_seconds=rpc_expiry_seconds,
                                  ui_session_idle_seconds=ui_idle_minutes * 60, max_failed_logins=max_failed_logins,
-                                 block_seconds=block_seconds, log_format=log_format)))
+                                 block_seconds=block_seconds, trusted_proxy=trusted_proxy, log_format=log_format)))
 
 
 @main.command()

@@ -48,6 +48,9 @@ class SidecarSettings:
     ui_session_idle_seconds: int = 1_800  # the web UI logs an operator out after this long without a request
     max_failed_logins: int = DEFAULT_MAX_FAILURES  # administrators' (admin API and web UI), per address
     block_seconds: float = DEFAULT_BLOCK_SECONDS
+    # A reverse proxy in front: its X-Forwarded-For names the client (address limits, audit);
+    # from anyone else the header is dropped.
+    trusted_proxy: str | None = None
     log_format: str = "text"
 
 

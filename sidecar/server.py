@@ -43,8 +43,10 @@ def serve(settings: SidecarSettings, announce=announce) -> int:
         # waitress buffers a whole body before the app sees it: a body a little past the largest
         # the app accepts still reaches it (and gets its JSON 413); waitress refuses larger ones
         # (its default would buffer up to 1 GB).
+        proxy = ({"trusted_proxy": settings.trusted_proxy, "trusted_proxy_headers": {"x-forwarded-for"}}
+                 if settings.trusted_proxy else {})
         server = waitress.create_server(app, host=settings.host, port=settings.http_port, threads=settings.threads,
-                                        ident="gatehouse", clear_untrusted_proxy_headers=True,
+                                        ident="gatehouse", clear_untrusted_proxy_headers=True, **proxy,
                                         max_request_body_size=settings.max_payload_size + BODY_MARGIN,
                                         connection_limit=CONNECTION_LIMIT)
     except OSError as e:
