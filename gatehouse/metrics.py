@@ -51,6 +51,10 @@ REQUEST_SECONDS = Histogram(
     "feature), MQTT PUBLISHes (by kind, until the answer is decided: stored for telemetry).",
     ["transport", "endpoint"],
     buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300))
+LONG_POLLS_REFUSED = Counter(
+    "gatehouse_long_polls_refused", "Long polls (HTTP devices' update, RPC and client-side RPC waits; CoAP "
+    "observations' polls) refused with 503 because every poll slot was taken: a quarter of the sidecar's threads "
+    "stays for requests that return at once.", ["transport"])
 BLOCKED_ADDRESSES = Gauge(
     "gatehouse_blocked_addresses", "Source addresses blocked now after repeated failed MQTT logins.")
 

@@ -1,8 +1,9 @@
 """What the sidecar's blueprints share, reached with `sidecar()` inside a request."""
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -54,6 +55,13 @@ class SidecarSettings:
     log_format: str = "text"
 
 
+def long_poll_limit(threads: int) -> int:
+    """How many long polls the server holds at once: a quarter of its threads (at least two)
+    stays free for requests that return at once, so that devices waiting for updates cannot
+    stall every other device's telemetry (each poll holds a waitress thread)."""
+    return max(1, threads - max(2, threads // 4))
+
+
 class Sidecar:
     def __init__(self, settings: SidecarSettings, mailboxes: DeviceMailboxes, link: BrokerLink | None,
                  writer: GroupCommitWriter | None = None):
@@ -64,6 +72,7 @@ class Sidecar:
         self.token_logins = TokenLogins()
         self.activity = ActivityTracker()  # stored by the server's housekeeping thread
         self.admin_logins = LoginLimiter(settings.max_failed_logins, settings.block_seconds)  # admin_auth.check_login
+        self._poll_slots = threading.BoundedSemaphore(long_poll_limit(settings.threads))
         self._local = threading.local()
         self._opened: list[Registry] = []
         self._lock = threading.Lock()
@@ -85,6 +94,17 @@ class Sidecar:
     def device_for_certificate(self, cert_der: bytes) -> Device | None:
         """The X.509 device whose certificate this is (by its SHA3 thumbprint), else None."""
         return self.registry.certificate_device(cert_der)
+
+    @contextlib.contextmanager
+    def poll_slot(self) -> Iterator[bool]:
+        """One of the long polls the server may hold (long_poll_limit): True if taken, given
+        back on leaving; False at once when all are taken."""
+        taken = self._poll_slots.acquire(blocking=False)
+        try:
+            yield taken
+        finally:
+            if taken:
+                self._poll_slots.release()
 
     def service_credentials(self, account: str) -> tuple[str, str]:
         """(username, password) of a Gatehouse service account, derived from the server key once

@@ -80,6 +80,7 @@ _REQUEST_ID = re.compile(r"[0-9]{1,9}")  # what the application namespace's topi
 _TIMEOUT_MS = re.compile(r"[0-9]{1,18}")
 _READ_CHUNK = 1 << 20
 PAYLOAD_TOO_LARGE = "Payload size exceeds the limit"
+POLLS_FULL_RETRY_AFTER = "5"  # seconds
 # Werkzeug would answer a path such as /api/v1/..%2F/telemetry (..// once decoded) with a redirect
 # to the path with the slashes merged; a device API has nothing to redirect to.
 _NO_REDIRECTS = {"merge_slashes": False}
@@ -249,10 +250,23 @@ def get_attributes(device: Device) -> Response:
     return jsonify(sidecar().registry.device_attributes(device.id, wanted.client_keys, wanted.shared_keys))
 
 
+def _polls_full() -> Response:
+    """503 for a long poll when every poll slot is taken (Sidecar.poll_slot); the CoAP bridge
+    tries its observation's poll again after a pause."""
+    metrics.long_poll_refused()
+    response = _error(503, "Too many open long polls; try again later")
+    response.headers["Retry-After"] = POLLS_FULL_RETRY_AFTER
+    return response
+
+
 def _long_poll(device: Device, wait: Callable[[str, float], dict | None], kind: str) -> Response:
     """`wait(device id, timeout)` for what the device is sent (`kind`); 408 if nothing came."""
-    with metrics.open_polls.polling(device.id):
-        sent = wait(device.id, _timeout_seconds())
+    timeout = _timeout_seconds()
+    with sidecar().poll_slot() as taken:
+        if not taken:
+            return _polls_full()
+        with metrics.open_polls.polling(device.id):
+            sent = wait(device.id, timeout)
     if sent is None:
         return _empty(408)
     metrics.message(gm.OUT, kind)
@@ -294,12 +308,15 @@ def call_server(device: Device) -> Response:
     metrics.message(gm.IN, "rpc_request")
     timeout = _timeout_seconds()
     mailboxes, link = sidecar().mailboxes, sidecar().link
-    request_id = mailboxes.next_request_id()
-    mailboxes.expect_rpc_reply(device.id, request_id)
-    published = link is not None and link.publish_json(device.id, ("rpc", "request", request_id),
-                                                       rpc_request_message(rpc.method, rpc.params))
-    # Unpublished, no application can answer: the request times out at once instead of holding a thread.
-    reply = mailboxes.wait_for_rpc_reply(device.id, request_id, timeout if published else 0)
+    with sidecar().poll_slot() as taken:
+        if not taken:  # before publishing: no application answers a request that then is not waited for
+            return _polls_full()
+        request_id = mailboxes.next_request_id()
+        mailboxes.expect_rpc_reply(device.id, request_id)
+        published = link is not None and link.publish_json(device.id, ("rpc", "request", request_id),
+                                                           rpc_request_message(rpc.method, rpc.params))
+        # Unpublished, no application can answer: the request times out at once instead of holding a thread.
+        reply = mailboxes.wait_for_rpc_reply(device.id, request_id, timeout if published else 0)
     if reply is None:
         return _empty(408)
     metrics.message(gm.OUT, "rpc_reply")

@@ -28,6 +28,7 @@ _request_seconds = m.Children(m.REQUEST_SECONDS)
 _logins = m.Children(m.LOGINS)
 _messages = m.Children(m.MESSAGES)
 _provisioning = m.Children(m.PROVISIONING)
+_long_polls_refused = m.Children(m.LONG_POLLS_REFUSED)
 
 
 @metrics_api.get("/metrics")
@@ -51,6 +52,10 @@ def login(credentials_type: str, outcome: str) -> None:
 
 def message(direction: str, kind: str) -> None:
     _messages(transport(), direction, kind).inc()
+
+
+def long_poll_refused() -> None:
+    _long_polls_refused(transport()).inc()
 
 
 def provisioning(strategy: str, outcome: str) -> None:

@@ -352,6 +352,32 @@ def test_shared_attribute_update_from_an_application_reaches_an_http_long_poll(g
         assert registry.get_attributes(device.id, AttributeScope.SHARED) == {"targetTemp": 23}
 
 
+def test_long_polls_past_their_share_of_threads_are_503_while_telemetry_keeps_flowing(broker_factory, sidecar_factory):
+    """Each poll holds a waitress thread: with 6 threads, 4 polls (a quarter of the threads, at
+    least two, stay for requests that return at once)."""
+    broker = broker_factory()
+    sidecar = sidecar_factory(broker, "--threads", "6")
+    tokens = [token_device(broker, "poller")[1] for _ in range(5)]
+    url = f"{sidecar.url}/api/v1/{{}}/{{}}"
+    with ThreadPoolExecutor(4) as polls:
+        held = [polls.submit(requests.get, url.format(token, "attributes/updates"), params={"timeout": 4000},
+                             timeout=WAIT + 4) for token in tokens[:4]]
+        wait_until(lambda: "gatehouse_connected_devices{transport=\"HTTP\"} 4.0" in requests.get(
+            f"{sidecar.url}/metrics", timeout=WAIT).text)
+        for path in ("attributes/updates", "rpc"):
+            refused = requests.get(url.format(tokens[4], path), params={"timeout": 4000}, timeout=WAIT)
+            assert (refused.status_code, refused.json()["message"], refused.headers["Retry-After"]) == (
+                503, "Too many open long polls; try again later", "5")
+        refused = requests.post(url.format(tokens[4], "rpc"), json={"method": "getTime", "params": {}}, timeout=WAIT)
+        assert refused.status_code == 503
+        for seq in range(20):  # the threads kept free serve everything else at once
+            assert requests.post(url.format(tokens[4], "telemetry"), json={"seq": seq}, timeout=2).status_code == 200
+        assert [poll.result().status_code for poll in held] == [408] * 4
+    assert requests.get(url.format(tokens[4], "rpc"), params={"timeout": 100}, timeout=WAIT).status_code == 408
+    assert 'gatehouse_long_polls_refused_total{transport="HTTP"} 3.0' in requests.get(
+        f"{sidecar.url}/metrics", timeout=WAIT).text
+
+
 def test_server_side_rpc_from_an_application_is_polled_and_the_reply_reaches_the_application(gh):
     device, token = http_device(gh)
     app = application(gh, f"gatehouse/devices/{device.id}/rpc/response/+")
