@@ -154,13 +154,14 @@ class Sidecar:
             self.shared_attributes_written(device_id, entries)
         if deleted:
             self.write(Registry.delete_attributes, device_id, AttributeScope.SHARED, deleted)
-            self.mailboxes.shared_attributes_changed(device_id, {"deleted": list(deleted)})
-            self.publish_json(device_id, ("attributes", "shared"), {"deleted": list(deleted)})
+            self._tell_shared_attributes(device_id, {"deleted": list(deleted)})
 
     def shared_attributes_written(self, device_id: str, entries: tuple[KvEntry, ...]) -> None:
         """Tell a device of shared attributes already stored (by change_shared_attributes or a
         bulk import), wherever it is connected."""
-        update = attributes_message(entries)
+        self._tell_shared_attributes(device_id, attributes_message(entries))
+
+    def _tell_shared_attributes(self, device_id: str, update: dict) -> None:
         self.mailboxes.shared_attributes_changed(device_id, update)
         self.publish_json(device_id, ("attributes", "shared"), update)
 
