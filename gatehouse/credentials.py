@@ -28,6 +28,8 @@ GENERATED_SECRET_LENGTH = 20
 class CredentialsError(ValidationError):
     """A credential that ThingsBoard would refuse to save; the message is ThingsBoard's."""
 
+    field = "credentials"
+
 
 def generate_secret() -> str:
     """20 random alphanumerics, like ThingsBoard's generated tokens, keys, secrets and names."""

@@ -6,7 +6,17 @@ class GatehouseError(Exception):
 
 
 class ValidationError(GatehouseError, ValueError):
-    """Input that breaks a rule (duplicate name, malformed certificate, ...); nothing was stored."""
+    """Input that breaks a rule (duplicate name, malformed certificate, ...); nothing was stored.
+    `field` names the input it concerns, when one does, for forms that show the message next
+    to it: "name", "profile", "credentials", "provision_key", "provision_secret",
+    "ca_certificate", "cn_regex", "username", "password"."""
+
+    field: str | None = None
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        if field is not None:
+            self.field = field
 
 
 class NotFoundError(GatehouseError, LookupError):

@@ -87,23 +87,34 @@ _CONSTRAINT_MESSAGES = {
 }
 
 
-def _integrity_message(error: IntegrityError) -> str:
-    return _CONSTRAINT_MESSAGES.get(error.constraint, f"Constraint violated: {error.constraint}")
+# Which input each uniqueness rule concerns (ValidationError.field).
+_CONSTRAINT_FIELDS = {
+    "device_profile.name": "name",
+    "device_profile.provision_device_key": "provision_key",
+    "device.name": "name",
+    "device_credentials.lookup_digest": "credentials",
+    "admin_user.username": "username",
+}
+
+
+def _integrity_error(error: IntegrityError) -> ValidationError:
+    return ValidationError(_CONSTRAINT_MESSAGES.get(error.constraint, f"Constraint violated: {error.constraint}"),
+                           field=_CONSTRAINT_FIELDS.get(error.constraint))
 
 
 def _profile_clash(error: IntegrityError, strategy: ProvisionType) -> ValidationError:
     if strategy is ProvisionType.X509_CERTIFICATE_CHAIN and error.constraint == "device_profile.provision_device_key":
-        return ValidationError("Device profile with such certificate already exists!")
-    return ValidationError(_integrity_message(error))
+        return ValidationError("Device profile with such certificate already exists!", field="ca_certificate")
+    return _integrity_error(error)
 
 
 def _checked_name(name: str | None, what: str) -> str:
     """ThingsBoard's name rules (DataValidator.validateString), after trimming."""
     name = (name or "").strip()
     if not name:
-        raise ValidationError(f"{what} name should be specified!")
+        raise ValidationError(f"{what} name should be specified!", field="name")
     if "\x00" in name:
-        raise ValidationError(f"{what} name should not contain 0x00 symbol!")
+        raise ValidationError(f"{what} name should not contain 0x00 symbol!", field="name")
     return name
 
 
@@ -114,7 +125,7 @@ def _profile_name(name: str | None) -> str:
 def _device_name(name: str | None) -> str:
     name = _checked_name(name, "Device")
     if len(name) > 255:
-        raise ValidationError("Device name should be at most 255 characters long")
+        raise ValidationError("Device name should be at most 255 characters long", field="name")
     return name
 
 
@@ -258,29 +269,31 @@ class Registry:
             for label, value in (("key", key), ("secret", secret)):
                 if value != value.strip() or re.search(r"[\x00-\x1f\x7f]", value):
                     raise ValidationError(f"Provision device {label} must not contain whitespace at its ends "
-                                          "or control characters")
+                                          "or control characters", field=f"provision_{label}")
             columns["provision_device_key"] = key
             columns["sealed_provision_secret"] = self.key.seal(secret, f"device_profile:{profile_id}")
         elif strategy is ProvisionType.X509_CERTIFICATE_CHAIN:
             columns.update(self._x509_chain_columns(ca_certificate_pem, cn_regex, allow_create))
         elif key or secret or ca_certificate_pem:
-            raise ValidationError("A DISABLED profile takes no provision key, secret or certificate")
+            raise ValidationError("A DISABLED profile takes no provision key, secret or certificate",
+                                  field="provision_secret")
         return columns
 
     @staticmethod
     def _x509_chain_columns(ca_pem: str | None, cn_regex: str, allow_create: bool) -> dict:
         if not ca_pem:
-            raise ValidationError("An X509_CERTIFICATE_CHAIN profile needs a CA certificate")
+            raise ValidationError("An X509_CERTIFICATE_CHAIN profile needs a CA certificate", field="ca_certificate")
         try:
             blocks = certificates.split_pem_certificates(ca_pem)
             certificates.parse_certificate(blocks[0])
         except certificates.CertificateError as e:
-            raise ValidationError(f"Invalid CA certificate: {e}") from None
+            raise ValidationError(f"Invalid CA certificate: {e}", field="ca_certificate") from None
         try:
             if re.compile(cn_regex).groups < 1:
-                raise ValidationError("The CN regex needs a capture group for the device name, e.g. (.*)")
+                raise ValidationError("The CN regex needs a capture group for the device name, e.g. (.*)",
+                                      field="cn_regex")
         except re.error as e:
-            raise ValidationError(f"Invalid CN regex: {e}") from None
+            raise ValidationError(f"Invalid CN regex: {e}", field="cn_regex") from None
         normalised = "\n".join(blocks)
         return {"provision_device_key": sha3_hash(blocks[0]), "ca_certificate_pem": normalised,
                 "certificate_regex": cn_regex, "allow_create_by_x509": int(bool(allow_create))}
@@ -375,7 +388,7 @@ class Registry:
                 **self._credentials_columns(credentials_id, credentials),
             })
         except IntegrityError as e:
-            raise ValidationError(_integrity_message(e)) from None
+            raise _integrity_error(e) from None
         return device_id
 
     def save_device(
@@ -406,7 +419,7 @@ class Registry:
                         "name": _device_name(name), "profile_id": profile_row["id"], "label": label,
                         "additional_info": json.dumps(additional_info or {})})
                 except IntegrityError as e:
-                    raise ValidationError(_integrity_message(e)) from None
+                    raise _integrity_error(e) from None
                 if credentials is not None:
                     self._replace_credentials(self.store.credentials(device_id), credentials)
             return self._device_by_id(device_id)
@@ -415,7 +428,7 @@ class Registry:
         if profile_id:
             row = self.store.profile(id=profile_id)
             if row is None:
-                raise ValidationError("Device is referencing non existing device profile!")
+                raise ValidationError("Device is referencing non existing device profile!", field="profile")
             return row
         if profile_type and profile_type.strip():
             name = _profile_name(profile_type)
@@ -477,7 +490,7 @@ class Registry:
     def _credentials_columns(self, credentials_row_id: str, creds: NewCredentials) -> dict:
         for reserved in (APPLICATION_USERNAME_PREFIX, SERVICE_USERNAME_PREFIX):
             if creds.credentials_id.startswith(reserved):
-                raise ValidationError(f"Device credentials must not start with {reserved!r}")
+                raise ValidationError(f"Device credentials must not start with {reserved!r}", field="credentials")
         context = f"device_credentials:{credentials_row_id}"
         columns = {
             "credentials_type": creds.credentials_type.value,
@@ -584,7 +597,7 @@ class Registry:
         with self.store.transaction():
             row = self.store.credentials(self._device_row(device_id, by_id=True)["id"])
             if record_id is None or record_id != row["id"]:
-                raise ValidationError("Unable to update non-existent device credentials!")
+                raise ValidationError("Unable to update non-existent device credentials!", field="credentials")
             self._replace_credentials(row, credentials)
             return self._reveal(self.store.credentials(row["device_id"]))
 
@@ -592,7 +605,7 @@ class Registry:
         try:
             self.store.update_credentials(row["device_id"], self._credentials_columns(row["id"], credentials))
         except IntegrityError as e:
-            raise ValidationError(_integrity_message(e)) from None
+            raise _integrity_error(e) from None
 
     # --- watching for changes made elsewhere ---------------------------------------------------
 
@@ -930,7 +943,8 @@ class Registry:
         shown this once and only its digest is kept."""
         name = (name or "").strip()
         if not name or re.search(r"[\x00-\x20\x7f/#+]", name):
-            raise ValidationError("Application name must be non-empty, without spaces, control characters, / # +")
+            raise ValidationError("Application name must be non-empty, without spaces, control characters, / # +",
+                                  field="name")
         username, password = APPLICATION_USERNAME_PREFIX + name, generate_secret()
         try:
             with self.store.transaction():
@@ -970,13 +984,13 @@ class Registry:
 
     def add_admin(self, username: str, password: str) -> None:
         if len(password or "") < 8:
-            raise ValidationError("Admin password must be at least 8 characters long")
+            raise ValidationError("Admin password must be at least 8 characters long", field="password")
         try:
             with self.store.transaction():
                 self.store.insert_admin_user({"username": username.strip(), "created_time": now_ms(),
                                               "password_hash": _hash_password(password)})
         except IntegrityError as e:
-            raise ValidationError(_integrity_message(e)) from None
+            raise _integrity_error(e) from None
 
     def admin_exists(self, username: str) -> bool:
         return self.store.admin_user(username) is not None

@@ -4,8 +4,6 @@ encoding); every rule about the data is the registry's, and its refusals are sho
 field they concern."""
 from __future__ import annotations
 
-import re
-
 from flask_wtf import FlaskForm
 from flask_wtf.file import FileField
 from wtforms import (
@@ -52,29 +50,15 @@ class FieldError(Exception):
         self.message = message
 
 
-# Which field a registry refusal concerns, by its message (the registry's messages are
-# ThingsBoard's and name no field). Unmatched refusals are shown above the form.
-_FIELD_OF_MESSAGE = (
-    (re.compile(r"certificate already exists|CA certificate", re.IGNORECASE), "ca_certificate"),
-    (re.compile(r"provision device key", re.IGNORECASE), "key"),
-    (re.compile(r"provision device secret|DISABLED profile", re.IGNORECASE), "secret"),
-    (re.compile(r"CN regex", re.IGNORECASE), "cn_regex"),
-    (re.compile(r"credentials", re.IGNORECASE), "credentials_type"),
-    (re.compile(r"non existing device profile", re.IGNORECASE), "profile"),
-    (re.compile(r"\bname\b", re.IGNORECASE), "name"),
-)
-
-
-def refusal_field(message: str, form: FlaskForm) -> str | None:
-    for pattern, field in _FIELD_OF_MESSAGE:
-        if pattern.search(message) and field in form:
-            return field
-    return None
+# The form field for each input a registry refusal names (ValidationError.field); a refusal that
+# names none, or one this form lacks, is shown above the form.
+_FORM_FIELDS = {"name": "name", "profile": "profile", "credentials": "credentials_type", "provision_key": "key",
+                "provision_secret": "secret", "ca_certificate": "ca_certificate", "cn_regex": "cn_regex"}
 
 
 def show_error(form: FlaskForm, error: Exception) -> None:
     """Put a refusal next to its field, or in the form's own errors."""
-    field = error.field if isinstance(error, FieldError) else refusal_field(str(error), form)
+    field = error.field if isinstance(error, FieldError) else _FORM_FIELDS.get(getattr(error, "field", None))
     message = error.message if isinstance(error, FieldError) else str(error)
     if field is not None and field in form:
         form[field].errors = [*form[field].errors, message]
