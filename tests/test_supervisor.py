@@ -94,9 +94,10 @@ def test_up_runs_the_whole_system_and_stops_it_on_sigterm(tmp_path):
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         lines = []
-        while not (any(line.startswith("MQTTS listening on") for line in lines)
-                   and any("connected to the broker" in line for line in lines)
-                   and any(line.startswith("COAP  listening on") for line in lines)):
+        ready = ("MQTTS listening on", "HTTP  listening on", "COAP  listening on")
+        # Each process prints its own lines: the sidecar may log its broker link before it prints where it listens.
+        while not (all(any(line.startswith(start) for line in lines) for start in ready)
+                   and any("connected to the broker" in line for line in lines)):
             line = proc.stdout.readline()
             assert line, "gatehouse up ended early:\n" + "".join(lines)
             lines.append(line)
