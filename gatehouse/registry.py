@@ -77,29 +77,21 @@ DEFAULT_CN_REGEX = "(.*)"
 TELEMETRY_RETENTION_DAYS = 30
 KEY_SECRET_STRATEGIES = (ProvisionType.ALLOW_CREATE_NEW_DEVICES, ProvisionType.CHECK_PRE_PROVISIONED_DEVICES)
 
-# ThingsBoard's messages for the uniqueness rules, keyed by the constraint SQLite reports.
-_CONSTRAINT_MESSAGES = {
-    "device_profile.name": "Device profile with such name already exists!",
-    "device_profile.provision_device_key": "Device profile with such provision device key already exists!",
-    "device.name": "Device with such name already exists!",
-    "device_credentials.lookup_digest": "Device credentials are already assigned to another device!",
-    "admin_user.username": "User with such username already exists!",
-}
-
-
-# Which input each uniqueness rule concerns (ValidationError.field).
-_CONSTRAINT_FIELDS = {
-    "device_profile.name": "name",
-    "device_profile.provision_device_key": "provision_key",
-    "device.name": "name",
-    "device_credentials.lookup_digest": "credentials",
-    "admin_user.username": "username",
+# The uniqueness rules, keyed by the constraint SQLite reports: ThingsBoard's message for each, and
+# the input it concerns (ValidationError.field).
+_CONSTRAINTS = {
+    "device_profile.name": ("Device profile with such name already exists!", "name"),
+    "device_profile.provision_device_key": ("Device profile with such provision device key already exists!",
+                                            "provision_key"),
+    "device.name": ("Device with such name already exists!", "name"),
+    "device_credentials.lookup_digest": ("Device credentials are already assigned to another device!", "credentials"),
+    "admin_user.username": ("User with such username already exists!", "username"),
 }
 
 
 def _integrity_error(error: IntegrityError) -> ValidationError:
-    return ValidationError(_CONSTRAINT_MESSAGES.get(error.constraint, f"Constraint violated: {error.constraint}"),
-                           field=_CONSTRAINT_FIELDS.get(error.constraint))
+    message, field = _CONSTRAINTS.get(error.constraint, (f"Constraint violated: {error.constraint}", None))
+    return ValidationError(message, field=field)
 
 
 def _profile_clash(error: IntegrityError, strategy: ProvisionType) -> ValidationError:
