@@ -5,7 +5,6 @@ line on stderr and a non-zero exit, with nothing changed.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from .errors import GatehouseError, ValidationError
 from .models import Device, DeviceCredentials, DeviceProfile, ProvisionType
 from .registry import Registry
 from .server_key import ServerKeyError
+from .store import utc_text
 from .supervisor import Settings, components, supervise
 
 STRATEGIES = {
@@ -192,9 +192,8 @@ def _activity_text(activity: dict) -> str:
     """`active: yes, last activity 2026-11-29 19:40:01 UTC` (never: the device was not seen yet)."""
     if ACTIVE not in activity:
         return "  active:      never seen"
-    last = activity.get(LAST_ACTIVITY_TIME)
-    when = "" if last is None else datetime.datetime.fromtimestamp(last / 1000, datetime.UTC).strftime(
-        ", last activity %Y-%m-%d %H:%M:%S UTC")
+    last = utc_text(activity.get(LAST_ACTIVITY_TIME))
+    when = "" if last is None else f", last activity {last}"
     return f"  active:      {'yes' if activity[ACTIVE] else 'no'}{when}"
 
 

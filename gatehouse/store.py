@@ -11,6 +11,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -31,6 +32,17 @@ DEVICE_ORDER = {"name": "d.name", "created_time": "d.created_time", "label": "d.
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def utc_text(ms) -> str | None:
+    """A ms-since-epoch time as `2026-11-29 19:40:01 UTC` (the CLI's and the web UI's); None
+    when it is not a time."""
+    if isinstance(ms, bool) or not isinstance(ms, (int, float)):
+        return None
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 class IntegrityError(Exception):

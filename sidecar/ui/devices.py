@@ -5,7 +5,6 @@ provisioning events."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 from flask import abort, flash, redirect, render_template, request, url_for
 from wtforms.fields.choices import SelectChoice
@@ -19,6 +18,7 @@ from gatehouse.errors import ValidationError
 from gatehouse.models import AttributeScope, CredentialsType, Device
 from gatehouse.payloads import PayloadError, parse_attributes
 from gatehouse.provisioning import PROVISION_STATE_KEY, PROVISIONED
+from gatehouse.store import utc_text
 
 from ..admin_payloads import MAX_ATTRIBUTES_BYTES
 from ..context import sidecar
@@ -42,12 +42,7 @@ def _device(device_id: str) -> Device:
 
 def format_ms(ms) -> str:
     """A ms-since-epoch time as UTC text; "—" when absent or not a time."""
-    if isinstance(ms, bool) or not isinstance(ms, (int, float)):
-        return "—"
-    try:
-        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, OSError, ValueError):
-        return "—"
+    return utc_text(ms) or "—"
 
 
 ui.add_app_template_filter(format_ms, "ui_time")
