@@ -79,18 +79,21 @@ from dataclasses import dataclass
 from importlib import metadata
 from types import SimpleNamespace
 
+import results  # bench/results.py, beside this file
 from aiocoap import ACK, CON, EMPTY, POST, RST, Message
 from aiocoap.numbers import ContentFormat
 from aiocoap.numbers.codes import Code
-import results  # bench/results.py, beside this file
-from machine import cpu_model, usable_cores  # bench/machine.py, beside this file
+from machine import (  # bench/machine.py, beside this file
+    cpu_model,
+    cpu_seconds,
+    usable_cores,
+)
 from mqtt import (  # bench/mqtt.py, beside this file: also puts the project root on sys.path
     OP_TIMEOUT,
     Endpoint,
     Fleet,
     Meter,
     check_stored,
-    cpu_seconds,
     prepare_data_dir,
     settle,
 )

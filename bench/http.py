@@ -86,7 +86,11 @@ from types import SimpleNamespace
 
 import aiohttp
 import results  # bench/results.py, beside this file
-from machine import cpu_model, usable_cores  # bench/machine.py, beside this file
+from machine import (  # bench/machine.py, beside this file
+    cpu_model,
+    cpu_seconds,
+    usable_cores,
+)
 from mqtt import (  # bench/mqtt.py, beside this file: also puts the project root on sys.path
     APP_FILTER,
     KEEPALIVE,
@@ -98,7 +102,6 @@ from mqtt import (  # bench/mqtt.py, beside this file: also puts the project roo
     Meter,
     Processes,
     check_stored,
-    cpu_seconds,
     open_mqtt,
     parse_publish,
     prepare_data_dir,

@@ -1,4 +1,4 @@
-"""What the benchmarks print about the machine they ran on."""
+"""What the benchmarks print about the machine they ran on, and the CPU their processes use."""
 from __future__ import annotations
 
 import os
@@ -23,3 +23,13 @@ def usable_cores() -> str:
     except (AttributeError, OSError):
         return str(total)
     return str(total) if usable == total else f"{usable} usable of {total}"
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS

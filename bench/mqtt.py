@@ -85,10 +85,10 @@ if _PROJECT_ROOT not in sys.path:
 sys.path.sort(key=lambda entry: entry == str(Path(__file__).resolve().parent))
 
 import mqtt5
+import results  # noqa: E402  (bench/results.py, beside this file)
 from amqtt.codecs_amqtt import encode_data_with_length  # noqa: E402
 from amqtt.mqtt.packet import MQTTFixedHeader  # noqa: E402
-import results  # noqa: E402  (bench/results.py, beside this file)
-from machine import cpu_model, usable_cores  # noqa: E402  (bench/machine.py, beside this file)
+from machine import cpu_model, cpu_seconds, usable_cores  # noqa: E402  (bench/machine.py, beside this file)
 
 from tests.async_mqtt import read_packet  # noqa: E402  (the tests' raw MQTT client reads packets the same way)
 from tests.load_generators import rss_kib  # noqa: E402
@@ -110,16 +110,6 @@ KEEPALIVE = 600  # idle connections must outlive every phase
 def amqtt_version() -> str:
     from importlib import metadata
     return metadata.version("amqtt")
-
-
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 # --- MQTT 3.1.1 (protocol level 4) and MQTT 5 on the wire -----------------------------------

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import platform
 import resource
 import signal
@@ -48,23 +47,17 @@ if _PROJECT_ROOT not in sys.path:
 # This directory goes last: bench/http.py would shadow the standard library's `http` (aiohttp imports it).
 sys.path.sort(key=lambda entry: entry == str(Path(__file__).resolve().parent))
 
-from machine import cpu_model, usable_cores  # bench/machine.py, beside this file
+from machine import (  # bench/machine.py, beside this file
+    cpu_model,
+    cpu_seconds,
+    usable_cores,
+)
 
 from tests import async_mqtt, load_generators
 from tests.conftest import CHILD_ENV, start_broker, start_sidecar
 from tests.devices import stored_values, token_devices
 
 STEADY_CONCURRENCY = 20
-_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process, all its threads."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
 async def steady_logins(port: int, tokens: dict[str, str]) -> tuple[int, float]:
     """The same logins `STEADY_CONCURRENCY` at a time, each connection closed after its CONNACK:
     (accepted, seconds)."""
