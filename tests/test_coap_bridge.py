@@ -525,11 +525,14 @@ def test_a_feed_runs_while_observed_and_its_task_ends_with_the_last_observer():
             for observation in observations:
                 if not observation.observation.cancelled:
                     observation.observation.cancel()  # the server learns it from the next notification's RST
-            for _ in range(100):
-                if api.feed_count() == 0:
+            def feed_tasks() -> list[asyncio.Task]:
+                return [t for t in asyncio.all_tasks() - before if "coap-feed" in t.get_name()]
+
+            for _ in range(100):  # a feed is forgotten first, its cancelled task ends a moment later
+                if api.feed_count() == 0 and not feed_tasks():
                     break
                 await asyncio.sleep(0.05)
-            return api.feed_count(), [t for t in asyncio.all_tasks() - before if "coap-feed" in t.get_name()]
+            return api.feed_count(), feed_tasks()
         finally:
             await client.shutdown()
             await api.close()
