@@ -103,6 +103,7 @@ class HardenedBroker(Broker):
             accepted = await super()._authenticate(incoming, None)
         except Exception:
             self.logger.exception("auth plugin failed")
+            incoming.attributes[LOGIN_REFUSAL] = LoginRefusal.SERVER_UNAVAILABLE  # not the device's fault
             accepted = False
         if not accepted:
             refusal = incoming.attributes.get(LOGIN_REFUSAL, LoginRefusal.NOT_AUTHORIZED)

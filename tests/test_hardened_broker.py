@@ -5,16 +5,20 @@ present flags, a socket that stays silent).
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from amqtt.plugins.base import BaseAuthPlugin
 
 from gatehouse.credentials import AccessToken
 from gatehouse.registry import Registry
@@ -427,15 +431,13 @@ def test_busy_port_exits_non_zero_promptly_with_one_clear_line(broker_factory):
     assert "Traceback" not in output, output
 
 
-def test_hardened_broker_without_the_gatehouse_plugin_still_acknowledges_and_routes():
-    """The hardened broker defers every QoS 1 PUBACK to its publish processor; with none
-    installed (any other plugin set) it must route and acknowledge like amqtt."""
-    import asyncio
-    import threading
-
+@contextlib.contextmanager
+def in_process_broker(plugins: dict):
+    """A HardenedBroker with `plugins` on a loopback port, run on its own event loop thread;
+    yields the port."""
     from broker_plugin.hardened_broker import HardenedBroker
 
-    from .mqtt_client import close_all, connect
+    from .mqtt_client import close_all
 
     started, stop = threading.Event(), None
     ports = {}
@@ -443,10 +445,8 @@ def test_hardened_broker_without_the_gatehouse_plugin_still_acknowledges_and_rou
     async def serve():
         nonlocal stop
         stop = asyncio.Event()
-        broker = HardenedBroker({
-            "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-        })
+        broker = HardenedBroker({"listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
+                                 "plugins": plugins})
         await broker.start()
         ports["mqtt"] = broker.listening_port("default")
         started.set()
@@ -458,13 +458,35 @@ def test_hardened_broker_without_the_gatehouse_plugin_still_acknowledges_and_rou
     thread.start()
     try:
         assert started.wait(10)
-        subscriber = connect(ports["mqtt"], "subscriber")
-        subscriber.subscribe("plain/topic", 1)
-        publisher = connect(ports["mqtt"], "publisher")
-        assert publisher.publish("plain/topic", "routed", qos=1)
-        assert subscriber.next_message().payload == b"routed"
+        yield ports["mqtt"]
     finally:
         close_all()
         loop.call_soon_threadsafe(stop.set)
         thread.join(15)
         loop.close()
+
+
+def test_hardened_broker_without_the_gatehouse_plugin_still_acknowledges_and_routes():
+    """The hardened broker defers every QoS 1 PUBACK to its publish processor; with none
+    installed (any other plugin set) it must route and acknowledge like amqtt."""
+    with in_process_broker({"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}) as port:
+        subscriber = connect(port, "subscriber")
+        subscriber.subscribe("plain/topic", 1)
+        publisher = connect(port, "publisher")
+        assert publisher.publish("plain/topic", "routed", qos=1)
+        assert subscriber.next_message().payload == b"routed"
+
+
+class FailingAuthPlugin(BaseAuthPlugin):
+    """An auth plugin whose lookup breaks, as a database error would break ours."""
+
+    async def authenticate(self, *, session) -> bool:
+        raise RuntimeError("the credentials store is unreachable")
+
+
+def test_g4_an_auth_plugin_that_raises_refuses_with_server_unavailable_and_the_broker_keeps_serving():
+    with in_process_broker({f"{__name__}.FailingAuthPlugin": {}}) as port:
+        for _ in range(2):
+            code, connection = login(port, unique("c"), "any-token")
+            assert code == connack(SERVER_UNAVAILABLE)  # 0x03: try again later, not "bad credentials"
+            assert connection.closed_by_server(2)
