@@ -494,9 +494,20 @@ def two_devices(broker, clients):
     pair = []
     for prefix in ("iso-a", "iso-b"):
         device, client = device_client(broker, clients, prefix)
-        assert subscribe_many(client, [("v1/devices/me/attributes", 1), ("v1/devices/me/rpc/request/+", 1)]) == [1, 1]
+        # Every topic an answer to the other device could be sent on, too.
+        assert subscribe_many(client, [("v1/devices/me/attributes", 1), ("v1/devices/me/rpc/request/+", 1),
+                                       ("v1/devices/me/attributes/response/+", 1),
+                                       ("v1/devices/me/rpc/response/+", 1)]) == [1, 1, 1, 1]
         pair.append((device, client))
     return pair
+
+
+def test_an_attribute_response_reaches_only_the_device_that_asked(broker, clients, two_devices):
+    (a, client_a), (_b, client_b) = two_devices
+    save_attributes(broker, a.id, AttributeScope.SHARED, {"forA": 1})
+    assert client_a.publish("v1/devices/me/attributes/request/3", '{"sharedKeys": "forA"}')
+    assert body(next_on(client_a, "v1/devices/me/attributes/response/3")) == {"shared": {"forA": 1}}
+    assert nothing_on(client_b) == []
 
 
 def test_shared_attribute_update_for_one_device_reaches_only_that_device(broker, clients, two_devices):

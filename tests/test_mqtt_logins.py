@@ -502,9 +502,11 @@ def test_concurrent_provisioning_clients_with_client_id_provision_all_get_their_
 def test_provisioning_waits_for_a_write_lock_held_by_another_process(gh):
     """The broker provisions on its event loop's own connection only while nobody holds the
     database's write lock; held elsewhere (the CLI, the sidecar), the request waits its turn on
-    the database thread and still succeeds."""
+    the database thread and still succeeds. Logins and attribute requests only read, so they
+    are answered meanwhile."""
     key, secret = allow_profile(gh)
-    name = unique("locked")
+    name, token = unique("locked"), unique("TOKEN")
+    create_device(gh, unique("reader"), AccessToken(token))
     client = provision_client(gh)
     blocker = sqlite3.connect(gh.data_dir / "gatehouse.db", isolation_level=None)
     try:
@@ -514,6 +516,10 @@ def test_provisioning_waits_for_a_write_lock_held_by_another_process(gh):
         assert client.no_message(1.0)  # waiting for the lock, not refused
         assert not acknowledged(info)
         provision_client(gh)  # meanwhile the event loop serves other clients
+        device = connect(gh.mqtt_port, unique("c"), token)
+        assert device.connack == 0
+        assert device.publish("v1/devices/me/attributes/request/1", "{}", qos=1)
+        assert json.loads(device.next_message(5).payload) == {}
         blocker.execute("COMMIT")
         response = json.loads(client.next_message(5).payload)
         assert wait_until(lambda: acknowledged(info))
