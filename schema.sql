@@ -27,6 +27,13 @@ CREATE TABLE device_profile (
     ca_certificate_pem        TEXT,
     certificate_regex         TEXT,
     allow_create_by_x509      INTEGER CHECK (allow_create_by_x509 IN (0, 1)),
+    -- MQTT transport settings (SPEC §2.8, gatehouse/mqtt_transport.py; migration 0005): all
+    -- NULL is ThingsBoard's DEFAULT transport, JSON on the v1/devices/me/... topics; the registry
+    -- sets all four or none (no table CHECK: a migration cannot add one to older files).
+    mqtt_telemetry_topic      TEXT,
+    mqtt_attributes_topic     TEXT,
+    mqtt_attributes_subscribe_topic TEXT,
+    mqtt_send_ack_on_validation_exception INTEGER CHECK (mqtt_send_ack_on_validation_exception IN (0, 1)),
     CHECK (provision_type = 'DISABLED' OR provision_device_key IS NOT NULL),
     CHECK (provision_type NOT IN ('ALLOW_CREATE_NEW_DEVICES', 'CHECK_PRE_PROVISIONED_DEVICES')
            OR sealed_provision_secret IS NOT NULL),

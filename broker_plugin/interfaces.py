@@ -67,6 +67,8 @@ class PublishVerdict(enum.Enum):
     NO_ACK = "NO_ACK"  # processed; no PUBACK at all (ThingsBoard's answer on the gateway API)
     TOPIC_NAME_INVALID = "TOPIC_NAME_INVALID"  # dropped; the connection stays
     PAYLOAD_FORMAT_INVALID = "PAYLOAD_FORMAT_INVALID"  # not stored
+    # Not stored, and the profile says to acknowledge it (sendAckOnValidationException, SPEC §2.8).
+    PAYLOAD_FORMAT_INVALID_ACKED = "PAYLOAD_FORMAT_INVALID_ACKED"
     NOT_ALLOWED = "NOT_ALLOWED"  # a topic this kind of session may not use: closed (provisioning)
     PACKET_TOO_LARGE = "PACKET_TOO_LARGE"
     FAILED = "FAILED"  # an internal error: closed
@@ -82,9 +84,11 @@ class PublishVerdict(enum.Enum):
             return None, None
         if self is PublishVerdict.TOPIC_NAME_INVALID:
             return ((0x90 if protocol_level == MQTT_5 else 0x00) if qos == 1 else None), None
-        if self is PublishVerdict.PAYLOAD_FORMAT_INVALID:
+        if self in (PublishVerdict.PAYLOAD_FORMAT_INVALID, PublishVerdict.PAYLOAD_FORMAT_INVALID_ACKED):
             if v5_puback:
                 return 0x99, None
+            if qos == 1 and self is PublishVerdict.PAYLOAD_FORMAT_INVALID_ACKED:
+                return 0x00, None  # 3.1.1 has no reason codes: a plain PUBACK
             return None, DisconnectReason.PAYLOAD_FORMAT_INVALID
         if self is PublishVerdict.PACKET_TOO_LARGE:  # over the payload limit: ThingsBoard's decoder
             return None, DisconnectReason.MALFORMED_PACKET  # fails, hence 0x81 (SPEC §2)

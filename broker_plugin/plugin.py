@@ -44,6 +44,7 @@ from gatehouse.login_limiter import (
     LoginLimiter,
 )
 from gatehouse.models import AttributeScope, CredentialsType, Device
+from gatehouse.mqtt_transport import MqttTransport
 from gatehouse.payloads import (
     PayloadError,
     TelemetryRecord,
@@ -138,6 +139,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         self._background: set[asyncio.Task] = set()
         self._trusted: set[str] = set()
         self._version: int | None = None  # the database's change counter last seen
+        # Each profile's MQTT transport settings (None: DEFAULT), reloaded on any change.
+        self.mqtt_transports: dict[str, MqttTransport | None] = {}
         m.gauge_function(m.CONNECTED_DEVICES, lambda: len(self.connected_devices), m.MQTT)
         m.gauge_function(m.BLOCKED_ADDRESSES, lambda: len(self.limiter.blocked_addresses()))
 
@@ -154,6 +157,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
     async def on_broker_pre_start(self) -> None:
         await self.worker.start()
         self._version = await self.worker.call(Registry.change_counter)
+        self.mqtt_transports = self.worker.reader.mqtt_transports()
         self.ready = True
 
     async def on_broker_post_start(self) -> None:
@@ -216,6 +220,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         elif result.outcome is LoginOutcome.SERVICE:
             session.attributes[ROLE] = ROLE_SERVICE
         elif result.outcome is LoginOutcome.ACCEPTED:
+            if result.device.profile_id not in self.mqtt_transports:  # a profile newer than the last reload
+                self.mqtt_transports = self.worker.reader.mqtt_transports()
             session.attributes.update({ROLE: ROLE_DEVICE, DEVICE: result.device,
                                        CREDENTIALS_VERSION: result.credentials_version, CLIENT_RPC_REPLIES: {}})
         else:
@@ -271,7 +277,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         elif role in NAMESPACE_ROLES:
             allowed = is_application_filter(topic)
         else:
-            allowed = device_subscription(topic) is not None
+            allowed = device_subscription(topic, self._transport(session)) is not None
         if allowed:
             session.attributes[SUBSCRIPTIONS][topic] = 1  # the granted QoS follows in on_..._subscribed
         return allowed
@@ -288,11 +294,15 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         if session is not None:
             session.attributes.get(SUBSCRIPTIONS, {}).pop(topic, None)
 
-    @staticmethod
-    def _push_target(session: Session, kind: SubscriptionKind) -> tuple[str, int] | None:
+    def _transport(self, session: Session) -> MqttTransport | None:
+        """The MQTT transport settings of a device session's profile."""
+        return self.mqtt_transports.get(session.attributes[DEVICE].profile_id)
+
+    def _push_target(self, session: Session, kind: SubscriptionKind) -> tuple[str, int] | None:
         """(topic or topic prefix, QoS) for server-pushed messages of `kind`, if subscribed."""
+        transport = self._transport(session)
         for topic_filter, qos in session.attributes.get(SUBSCRIPTIONS, {}).items():
-            meaning = device_subscription(topic_filter)
+            meaning = device_subscription(topic_filter, transport)
             if meaning is not None and meaning[0] is kind:
                 return meaning[1], qos
         return None
@@ -320,7 +330,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         started = time.perf_counter()
         role = session.attributes.get(ROLE)
         if role == ROLE_DEVICE:
-            publish = classify_device_publish(topic)
+            publish = classify_device_publish(topic, self._transport(session))
             _messages_in[publish.action].inc()
             self.activity.active(session.attributes[DEVICE].id, now_ms())
             try:
@@ -363,7 +373,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         if action is DeviceAction.TELEMETRY:
             records = parse_telemetry(payload, max_bytes=self.config.max_payload_size)
             if isinstance(records, PayloadError):
-                return self._invalid_payload(device, topic, records)
+                return self._invalid_payload(session, topic, records)
             stamp = now_ms()  # one server time for the stored and the republished copy
             records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
             await self.worker.write(DeviceData(device.id, telemetry=tuple(records)))
@@ -371,13 +381,13 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         elif action is DeviceAction.ATTRIBUTES:
             entries = parse_attributes(payload, max_bytes=self.config.max_payload_size)
             if isinstance(entries, PayloadError):
-                return self._invalid_payload(device, topic, entries)
+                return self._invalid_payload(session, topic, entries)
             await self.worker.write(DeviceData(device.id, attributes=entries))
             await self._republish(device_topic(device.id, "attributes"), attributes_message(entries), properties)
         elif action is DeviceAction.ATTRIBUTE_REQUEST:
             request = parse_attribute_request(payload)
             if isinstance(request, PayloadError):
-                return self._invalid_payload(device, topic, request)
+                return self._invalid_payload(session, topic, request)
             answer = self.worker.reader.device_attributes(device.id, request.client_keys, request.shared_keys)
             self._send(session, publish.reply_topic, json_bytes(answer), self._reply_qos(session, publish.reply_topic),
                        kind="attributes_response")
@@ -387,7 +397,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         elif action is DeviceAction.RPC_REQUEST:
             rpc = parse_rpc_request(payload)
             if isinstance(rpc, PayloadError):
-                return self._invalid_payload(device, topic, rpc)
+                return self._invalid_payload(session, topic, rpc)
             if rpc.method == "getSessionLimits":
                 self._send(session, publish.reply_topic, json_bytes(self._session_limits(device)),
                            self._reply_qos(session, publish.reply_topic), kind="rpc_reply")
@@ -397,8 +407,11 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                                       rpc_request_message(rpc.method, rpc.params), properties)
         return PublishVerdict.ACK
 
-    def _invalid_payload(self, device: Device, topic: str, error: PayloadError) -> PublishVerdict:
-        log.info("invalid payload from %s on %s: %s", device.name, topic, error.message)
+    def _invalid_payload(self, session: Session, topic: str, error: PayloadError) -> PublishVerdict:
+        log.info("invalid payload from %s on %s: %s", session.attributes[DEVICE].name, topic, error.message)
+        transport = self._transport(session)
+        if transport is not None and transport.send_ack_on_validation_exception:
+            return PublishVerdict.PAYLOAD_FORMAT_INVALID_ACKED
         return PublishVerdict.PAYLOAD_FORMAT_INVALID
 
     def _session_limits(self, device: Device) -> dict:
@@ -589,6 +602,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             if version == self._version:
                 continue
             self._version = version
+            self.mqtt_transports = self.worker.reader.mqtt_transports()
             await self._logout_changed_devices()
             await self._refresh_trust_store()
 

@@ -4,12 +4,21 @@ classified without I/O. The application namespace is the domain's
 
 Every device uses the same `v1/devices/me/...` strings, so the broker never routes them
 between clients: it classifies a device publish, acts on it, and answers the one connection.
+A device whose profile has MQTT transport settings (SPEC §2.8) sends telemetry and attributes on
+its profile's topics instead of the v1 ones, and may subscribe to its profile's topic for
+attribute updates besides the usual ones.
 """
 from __future__ import annotations
 
 import enum
 import re
 from dataclasses import dataclass
+
+from gatehouse.mqtt_transport import (
+    DEFAULT_ATTRIBUTES_TOPIC,
+    DEFAULT_TELEMETRY_TOPIC,
+    MqttTransport,
+)
 
 PROVISION_REQUEST = "/provision/request"
 PROVISION_RESPONSE = "/provision/response"
@@ -33,11 +42,13 @@ class DevicePublish:
     reply_topic: str | None = None  # where the answer to this request goes
 
 
+_PROFILE_TOPICS = {  # what a profile's MQTT transport settings replace
+    DEFAULT_TELEMETRY_TOPIC: DeviceAction.TELEMETRY,
+    DEFAULT_ATTRIBUTES_TOPIC: DeviceAction.ATTRIBUTES,
+}
 _FIXED = {
-    "v1/devices/me/telemetry": DeviceAction.TELEMETRY,
     "v2/t": DeviceAction.TELEMETRY,
     "v2/t/j": DeviceAction.TELEMETRY,
-    "v1/devices/me/attributes": DeviceAction.ATTRIBUTES,
     "v2/a": DeviceAction.ATTRIBUTES,
     "v2/a/j": DeviceAction.ATTRIBUTES,
     "v1/devices/me/claim": DeviceAction.CLAIM,
@@ -57,7 +68,16 @@ _WITH_ID = (
 _REQUEST_ID = re.compile(r"\d{1,9}")
 
 
-def classify_device_publish(topic: str) -> DevicePublish:
+def classify_device_publish(topic: str, transport: MqttTransport | None = None) -> DevicePublish:
+    """`transport`: the device's profile's MQTT transport settings, None for the DEFAULT one."""
+    if transport is None:
+        action = _PROFILE_TOPICS.get(topic)
+        if action is not None:
+            return DevicePublish(action)
+    elif transport.is_attributes_topic(topic):
+        return DevicePublish(DeviceAction.ATTRIBUTES)
+    elif transport.is_telemetry_topic(topic):
+        return DevicePublish(DeviceAction.TELEMETRY)
     action = _FIXED.get(topic)
     if action is not None:
         return DevicePublish(action)
@@ -95,6 +115,11 @@ _DEVICE_SUBSCRIPTIONS = {
 }
 
 
-def device_subscription(topic_filter: str) -> tuple[SubscriptionKind, str | None] | None:
-    """What a device subscription means, or None if a device may not subscribe to it."""
+def device_subscription(topic_filter: str, transport: MqttTransport | None = None
+                        ) -> tuple[SubscriptionKind, str | None] | None:
+    """What a device subscription means, or None if a device may not subscribe to it. The
+    profile's attribute subscription topic gets its updates on the v1 attributes topic, as
+    ThingsBoard sends them."""
+    if transport is not None and transport.is_attributes_subscription(topic_filter):
+        return SubscriptionKind.ATTRIBUTE_UPDATES, DEFAULT_ATTRIBUTES_TOPIC
     return _DEVICE_SUBSCRIPTIONS.get(topic_filter)

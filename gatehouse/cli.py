@@ -18,6 +18,11 @@ from .data_dir import DEFAULT_DATA_DIR, DataDir
 from .device_activity import ACTIVE, LAST_ACTIVITY_TIME
 from .errors import GatehouseError, ValidationError
 from .models import Device, DeviceCredentials, DeviceProfile, ProvisionType
+from .mqtt_transport import (
+    DEFAULT_ATTRIBUTES_TOPIC,
+    DEFAULT_TELEMETRY_TOPIC,
+    MqttTransport,
+)
 from .registry import Registry
 from .server_key import ServerKeyError
 from .store import utc_text
@@ -91,6 +96,12 @@ def _profile_text(p: DeviceProfile) -> str:
         lines += [f"  key:       {p.provision_device_key} (SHA3 of the CA certificate)",
                   f"  CN regex:  {p.certificate_regex}",
                   f"  creates devices: {'yes' if p.allow_create_by_x509 else 'no'}"]
+    if p.mqtt_transport is not None:
+        t = p.mqtt_transport
+        lines += [f"  MQTT telemetry topic:            {t.telemetry_topic}",
+                  f"  MQTT attributes topic:           {t.attributes_topic}",
+                  f"  MQTT attributes subscribe topic: {t.attributes_subscribe_topic}",
+                  f"  acknowledges invalid payloads:   {'yes' if t.send_ack_on_validation_exception else 'no'}"]
     return "\n".join(lines)
 
 
@@ -109,13 +120,28 @@ def profile() -> None:
 @click.option("--allow-create/--no-allow-create", default=True, show_default=True,
               help="x509-chain: create devices that do not exist yet.")
 @click.option("--default", "is_default", is_flag=True, help="Make this the default profile.")
+@click.option("--mqtt-telemetry-topic", metavar="FILTER",
+              help=f"MQTT transport: the topic devices publish telemetry on [{DEFAULT_TELEMETRY_TOPIC}]; + and # allowed.")
+@click.option("--mqtt-attributes-topic", metavar="FILTER",
+              help=f"MQTT transport: the topic devices publish attributes on [{DEFAULT_ATTRIBUTES_TOPIC}].")
+@click.option("--mqtt-attributes-subscribe-topic", metavar="FILTER",
+              help=f"MQTT transport: the subscription for shared attribute updates [{DEFAULT_ATTRIBUTES_TOPIC}].")
+@click.option("--ack-invalid-payloads", is_flag=True,
+              help="MQTT transport: acknowledge an invalid QoS 1 payload instead of closing the connection.")
 @json_option
 @click.pass_context
-def profile_create(ctx, name, strategy, key, secret, ca_cert, cn_regex, allow_create, is_default, as_json) -> None:
-    """Create a device profile."""
+def profile_create(ctx, name, strategy, key, secret, ca_cert, cn_regex, allow_create, is_default, mqtt_telemetry_topic,
+                   mqtt_attributes_topic, mqtt_attributes_subscribe_topic, ack_invalid_payloads, as_json) -> None:
+    """Create a device profile. Any --mqtt-* option or --ack-invalid-payloads gives it ThingsBoard's
+    MQTT transport type; the topics not given keep their defaults."""
+    mqtt_transport = None
+    if mqtt_telemetry_topic or mqtt_attributes_topic or mqtt_attributes_subscribe_topic or ack_invalid_payloads:
+        mqtt_transport = MqttTransport(mqtt_telemetry_topic or DEFAULT_TELEMETRY_TOPIC,
+                                       mqtt_attributes_topic or DEFAULT_ATTRIBUTES_TOPIC,
+                                       mqtt_attributes_subscribe_topic or DEFAULT_ATTRIBUTES_TOPIC, ack_invalid_payloads)
     created = _registry(ctx).create_profile(
         name, STRATEGIES[strategy], key=key, secret=secret, ca_certificate_pem=ca_cert.read() if ca_cert else None,
-        cn_regex=cn_regex, allow_create=allow_create, default=is_default)
+        cn_regex=cn_regex, allow_create=allow_create, default=is_default, mqtt_transport=mqtt_transport)
     _emit(as_json, created.to_json(), _profile_text(created))
 
 

@@ -70,3 +70,15 @@ def values_without_affinity(db: sqlite_utils.Database) -> None:
         for statement in _schema_statements():
             if "CREATE INDEX" in statement and f" ON {table} (" in statement:
                 db.execute(statement)
+
+
+@MIGRATIONS(name="0005_profile_mqtt_transport")
+def profile_mqtt_transport(db: sqlite_utils.Database) -> None:
+    """The four columns of a profile's MQTT transport settings, added to an older database."""
+    present = {column.name for column in db["device_profile"].columns}
+    for definition in ("mqtt_telemetry_topic TEXT", "mqtt_attributes_topic TEXT",
+                       "mqtt_attributes_subscribe_topic TEXT",
+                       ("mqtt_send_ack_on_validation_exception INTEGER "
+                        "CHECK (mqtt_send_ack_on_validation_exception IN (0, 1))")):
+        if definition.split()[0] not in present:
+            db.execute(f"ALTER TABLE device_profile ADD COLUMN {definition}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from .mqtt_transport import MqttTransport
+
 
 class CredentialsType(str, enum.Enum):
     ACCESS_TOKEN = "ACCESS_TOKEN"
@@ -38,6 +40,11 @@ class DeviceProfile:
     provision_device_secret: str | None
     certificate_regex: str | None = None
     allow_create_by_x509: bool | None = None
+    mqtt_transport: MqttTransport | None = None  # None: ThingsBoard's DEFAULT transport
+
+    @property
+    def transport_type(self) -> str:
+        return "DEFAULT" if self.mqtt_transport is None else "MQTT"
 
     def to_json(self) -> dict:
         configuration: dict = {
@@ -54,12 +61,13 @@ class DeviceProfile:
             "description": self.description,
             "default": self.is_default,
             "type": "DEFAULT",
-            "transportType": "DEFAULT",
+            "transportType": self.transport_type,
             "provisionType": self.provision_type.value,
             "provisionDeviceKey": self.provision_device_key,
             "profileData": {
                 "configuration": {"type": "DEFAULT"},
-                "transportConfiguration": {"type": "DEFAULT"},
+                "transportConfiguration": ({"type": "DEFAULT"} if self.mqtt_transport is None
+                                           else self.mqtt_transport.to_json()),
                 "provisionConfiguration": configuration,
             },
         }

@@ -50,6 +50,7 @@ from .models import (
     DeviceProfile,
     ProvisionType,
 )
+from .mqtt_transport import MqttTransport
 from .payloads import KvEntry, TelemetryRecord, ValueKind, entry_to_json_value
 from .pki import ensure_development_pki
 from .provisioning import (
@@ -195,14 +196,16 @@ class Registry:
         allow_create: bool = True,
         description: str | None = None,
         default: bool = False,
+        mqtt_transport: MqttTransport | None = None,
     ) -> DeviceProfile:
         """Key and secret are generated when not given; an X.509 chain profile's key is the
-        SHA3 hash of its CA certificate, as in ThingsBoard."""
+        SHA3 hash of its CA certificate, as in ThingsBoard. `mqtt_transport` None is
+        ThingsBoard's DEFAULT transport."""
         strategy = ProvisionType(strategy)
         with self.store.transaction():
             profile_id = self._insert_profile(
                 name, strategy, is_default=default, key=key, secret=secret, ca_certificate_pem=ca_certificate_pem,
-                cn_regex=cn_regex, allow_create=allow_create, description=description)
+                cn_regex=cn_regex, allow_create=allow_create, description=description, mqtt_transport=mqtt_transport)
             return self._profile(self.store.profile(id=profile_id))
 
     def update_profile(
@@ -217,10 +220,12 @@ class Registry:
         cn_regex: str = DEFAULT_CN_REGEX,
         allow_create: bool = True,
         description: str | None = None,
+        mqtt_transport: MqttTransport | None = None,
     ) -> DeviceProfile:
-        """Replace a profile's name, description and provisioning settings in place (ThingsBoard's
-        save with an id); its id, devices and default flag stay. A key or secret not given keeps
-        the current one while the strategy stays a key/secret one, else is generated."""
+        """Replace a profile's name, description, provisioning and transport settings in place
+        (ThingsBoard's save with an id); its id, devices and default flag stay. A key or secret
+        not given keeps the current one while the strategy stays a key/secret one, else is
+        generated. Connected MQTT devices follow a transport change within a second."""
         strategy = ProvisionType(strategy)
         with self.store.transaction():
             row = self._profile_row(profile_id, by_id=True)
@@ -229,7 +234,8 @@ class Registry:
                 secret = secret or self.key.open(row["sealed_provision_secret"], f"device_profile:{row['id']}")
             changes = {"name": _profile_name(name), "description": description, "provision_type": strategy.value,
                        **self._provision_columns(row["id"], strategy, key, secret, ca_certificate_pem, cn_regex,
-                                                 allow_create)}
+                                                 allow_create),
+                       **_mqtt_transport_columns(mqtt_transport)}
             try:
                 self.store.update_profile(row["id"], changes)
             except IntegrityError as e:
@@ -237,12 +243,13 @@ class Registry:
             return self._profile(self.store.profile(id=row["id"]))
 
     def _insert_profile(self, name, strategy, *, is_default=False, key=None, secret=None, ca_certificate_pem=None,
-                        cn_regex=DEFAULT_CN_REGEX, allow_create=True, description=None) -> str:
+                        cn_regex=DEFAULT_CN_REGEX, allow_create=True, description=None, mqtt_transport=None) -> str:
         profile_id = str(uuid.uuid4())
         row = {"id": profile_id, "created_time": now_ms(), "name": _profile_name(name), "description": description,
                "is_default": int(is_default), "provision_type": strategy.value,
                **self._provision_columns(profile_id, strategy, key, secret, ca_certificate_pem, cn_regex,
-                                         allow_create)}
+                                         allow_create),
+               **_mqtt_transport_columns(mqtt_transport)}
         try:
             if is_default:
                 self.store.clear_default_profile()
@@ -300,7 +307,8 @@ class Registry:
             id=row["id"], created_time=row["created_time"], name=row["name"], description=row["description"],
             is_default=bool(row["is_default"]), provision_type=strategy,
             provision_device_key=row["provision_device_key"], provision_device_secret=secret,
-            certificate_regex=row["certificate_regex"], allow_create_by_x509=None if allow is None else bool(allow))
+            certificate_regex=row["certificate_regex"], allow_create_by_x509=None if allow is None else bool(allow),
+            mqtt_transport=_mqtt_transport(row))
 
     def _profile_row(self, name_or_id: str, by_id: bool = False) -> dict:
         if by_id:
@@ -324,6 +332,10 @@ class Registry:
         return [self._profile(row) for row in self.store.profiles(
             offset=offset, limit=-1 if limit is None else limit, name_contains=name_contains, order_by=order_by,
             descending=descending)]
+
+    def mqtt_transports(self) -> dict[str, MqttTransport | None]:
+        """Every profile's MQTT transport settings by profile id (None: the DEFAULT transport)."""
+        return {row["id"]: _mqtt_transport(row) for row in self.store.profile_transports()}
 
     def count_profiles(self, *, name_contains: str | None = None) -> int:
         return self.store.count_profiles(name_contains=name_contains)
@@ -991,6 +1003,22 @@ class Registry:
         row = self.store.admin_user(username)
         # Hash even for unknown users so that response time does not reveal which exist.
         return _verify_password(password, row["password_hash"] if row else _dummy_hash()) and row is not None
+
+
+def _mqtt_transport_columns(transport: MqttTransport | None) -> dict:
+    if transport is None:
+        return dict.fromkeys(("mqtt_telemetry_topic", "mqtt_attributes_topic", "mqtt_attributes_subscribe_topic",
+                              "mqtt_send_ack_on_validation_exception"))
+    return {"mqtt_telemetry_topic": transport.telemetry_topic, "mqtt_attributes_topic": transport.attributes_topic,
+            "mqtt_attributes_subscribe_topic": transport.attributes_subscribe_topic,
+            "mqtt_send_ack_on_validation_exception": int(transport.send_ack_on_validation_exception)}
+
+
+def _mqtt_transport(row: dict) -> MqttTransport | None:
+    if row["mqtt_telemetry_topic"] is None:
+        return None
+    return MqttTransport(row["mqtt_telemetry_topic"], row["mqtt_attributes_topic"],
+                         row["mqtt_attributes_subscribe_topic"], bool(row["mqtt_send_ack_on_validation_exception"]))
 
 
 def _db_value(entry: KvEntry):

@@ -182,6 +182,10 @@ class Store:
                              if v is not None)
         return self._one(f"SELECT * FROM device_profile WHERE {column} = ?", [value])
 
+    def profile_transports(self) -> list[dict]:
+        return self._all("SELECT id, mqtt_telemetry_topic, mqtt_attributes_topic, mqtt_attributes_subscribe_topic, "
+                         "mqtt_send_ack_on_validation_exception FROM device_profile")
+
     def default_profile(self) -> dict | None:
         return self._one("SELECT * FROM device_profile WHERE is_default = 1")
 

@@ -14,7 +14,9 @@ from flask import request
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from gatehouse.credentials import NewCredentials, X509Certificate, credentials_from_json
+from gatehouse.errors import ValidationError
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
+from gatehouse.mqtt_transport import MqttTransport
 
 JAVA_INT_MAX = 2**31 - 1  # ThingsBoard's page parameters are Java ints
 TENANT_DEVICES_PAGE_SIZE = 10  # GET /api/tenant/devices without deviceName or pageSize
@@ -25,7 +27,8 @@ SORT_ORDERS = {"ASC": False, "DESC": True}
 DEVICE_SORT = {"createdTime": "created_time", "name": "name", "label": "label", "deviceProfileName": "profile_name",
                "type": "profile_name"}
 PROFILE_SORT = {"createdTime": "created_time", "name": "name", "description": "description"}
-SUPPORTED_TRANSPORT = "DEFAULT"
+PROFILE_TYPE = "DEFAULT"  # ThingsBoard's only profile type
+TRANSPORT_TYPES = ("DEFAULT", "MQTT")
 
 
 def body_bytes(limit: int = MAX_BODY_BYTES) -> bytes:
@@ -182,6 +185,7 @@ class ProfileFields:
     ca_certificate_pem: str | None
     cn_regex: str | None
     allow_create: bool | None
+    mqtt_transport: MqttTransport | None
 
 
 def _provision_type(value: object, field: str) -> ProvisionType | None:
@@ -196,15 +200,16 @@ def _provision_type(value: object, field: str) -> ProvisionType | None:
 def profile_fields(body: dict) -> ProfileFields:
     """A DeviceProfile (SPEC §7.1): the key at the top, the secret (or an X.509 chain profile's
     CA certificate) in profileData.provisionConfiguration; both provision types, where given,
-    must agree. `default` is read-only here (POST /api/deviceProfile/{id}/default moves it)."""
+    must agree, and so must transportType and profileData.transportConfiguration.type. `default`
+    is read-only here (POST /api/deviceProfile/{id}/default moves it)."""
     profile_id = entity_id(body, "id", "DEVICE_PROFILE")
     for field in ("name", "description", "provisionDeviceKey", "image"):
         _typed(body, field, str)
     _typed(body, "default", bool)
-    for field in ("type", "transportType"):
-        if _typed(body, field, str) not in (None, SUPPORTED_TRANSPORT):
-            raise BadRequest(f"{field} {str(body[field])[:32]!r} is not supported: Gatehouse profiles are DEFAULT")
+    if _typed(body, "type", str) not in (None, PROFILE_TYPE):
+        raise BadRequest(f"type {str(body['type'])[:32]!r} is not supported: Gatehouse profiles are DEFAULT")
     data = _typed(body, "profileData", dict) or {}
+    mqtt_transport = _mqtt_transport(body, data)
     config = _typed(data, "provisionConfiguration", dict, where="profileData.") or {}
     where = "profileData.provisionConfiguration."
     for field in ("type", "provisionDeviceSecret", "certificateRegExPattern"):
@@ -221,7 +226,25 @@ def profile_fields(body: dict) -> ProfileFields:
     elif strategy is ProvisionType.DISABLED:
         key = secret = None  # ThingsBoard keeps them, unused; a DISABLED Gatehouse profile has none
     return ProfileFields(profile_id, body.get("name"), body.get("description"), strategy, key or None, secret or None,
-                         ca_pem, config.get("certificateRegExPattern"), config.get("allowCreateNewDevicesByX509Certificate"))
+                         ca_pem, config.get("certificateRegExPattern"), config.get("allowCreateNewDevicesByX509Certificate"),
+                         mqtt_transport)
+
+
+def _mqtt_transport(body: dict, data: dict) -> MqttTransport | None:
+    """The profile's transport: DEFAULT (None) or MQTT with its topics (SPEC §2.8)."""
+    config = _typed(data, "transportConfiguration", dict, where="profileData.") or {}
+    top, inner = _typed(body, "transportType", str), _typed(config, "type", str, where="profileData.transportConfiguration.")
+    for field, value in (("transportType", top), ("profileData.transportConfiguration.type", inner)):
+        if value is not None and value not in TRANSPORT_TYPES:
+            raise BadRequest(f"{field} {value[:32]!r} is not supported: Gatehouse profiles are DEFAULT or MQTT")
+    if top is not None and inner is not None and top != inner:
+        raise BadRequest("transportType and profileData.transportConfiguration.type must agree")
+    if (top or inner or "DEFAULT") == "DEFAULT":
+        return None
+    try:
+        return MqttTransport.from_json(config)
+    except ValidationError as e:  # a 400 like the other shape errors, before anything is stored
+        raise BadRequest(str(e)) from None
 
 
 # --- devices and credentials -------------------------------------------------------------------

@@ -22,6 +22,7 @@ from .admin_payloads import (
     MAX_PUBLIC_BODY_BYTES,
     PROFILE_SORT,
     TENANT_DEVICES_PAGE_SIZE,
+    TRANSPORT_TYPES,
 )
 
 # Names as the registry takes them: something besides whitespace, and no NUL character.
@@ -90,16 +91,31 @@ SCHEMAS = {
             description="The secret; for X509_CERTIFICATE_CHAIN the CA certificate (PEM)")),
         "certificateRegExPattern": _nullable(_string()),
         "allowCreateNewDevicesByX509Certificate": _nullable({"type": "boolean"})}},
+    "TransportConfiguration": {
+        "type": "object",
+        "description": "DEFAULT: JSON on the v1/devices/me topics. MQTT (SPEC §2.8): the topics (filters, with "
+                       "MQTT wildcards) a device publishes telemetry and attributes on and subscribes to for "
+                       "attribute updates, blank meaning the default; sendAckOnValidationException acknowledges "
+                       "an invalid QoS 1 payload instead of closing the connection. Only JSON payloads; no "
+                       "Sparkplug.",
+        "properties": {
+            "type": _string(enum=list(TRANSPORT_TYPES)),
+            "deviceTelemetryTopic": _nullable(_string()), "deviceAttributesTopic": _nullable(_string()),
+            "deviceAttributesSubscribeTopic": _nullable(_string()),
+            "transportPayloadTypeConfiguration": _nullable({"type": "object", "properties": {
+                "transportPayloadType": _string(enum=["JSON"])}}),
+            "sparkplug": _nullable({"type": "boolean"}),
+            "sendAckOnValidationException": _nullable({"type": "boolean"})}},
     "DeviceProfile": {"type": "object", "required": [
         "id", "createdTime", "name", "default", "type", "transportType", "provisionType", "profileData"],
         "properties": {
             "id": _entity_id("DEVICE_PROFILE"), "createdTime": {"type": "integer"}, "name": _string(),
             "description": _nullable(_string()), "default": {"type": "boolean"}, "type": _string(enum=["DEFAULT"]),
-            "transportType": _string(enum=["DEFAULT"]), "provisionType": _string(enum=PROVISION_TYPES),
+            "transportType": _string(enum=list(TRANSPORT_TYPES)), "provisionType": _string(enum=PROVISION_TYPES),
             "provisionDeviceKey": _nullable(_string(
                 description="Globally unique; for X509_CERTIFICATE_CHAIN the SHA3 hash of the CA certificate")),
             "profileData": {"type": "object", "required": ["provisionConfiguration"], "properties": {
-                "configuration": {"type": "object"}, "transportConfiguration": {"type": "object"},
+                "configuration": {"type": "object"}, "transportConfiguration": _ref("TransportConfiguration"),
                 "provisionConfiguration": _ref("ProvisionConfiguration")}}}},
     "DeviceProfileRequest": {
         "type": "object", "required": ["name"],
@@ -110,10 +126,11 @@ SCHEMAS = {
         "properties": {
             "id": _entity_id_input("DEVICE_PROFILE"), "name": NAME, "description": _nullable(_string()),
             "image": _nullable(_string()), "default": _nullable({"type": "boolean"}),
-            "type": _nullable(_string(enum=["DEFAULT"])), "transportType": _nullable(_string(enum=["DEFAULT"])),
+            "type": _nullable(_string(enum=["DEFAULT"])), "transportType": _nullable(_string(enum=list(TRANSPORT_TYPES))),
             "provisionType": _nullable(_string(enum=PROVISION_TYPES)),
             "provisionDeviceKey": _nullable(_string()),
             "profileData": _nullable({"type": "object", "properties": {
+                "transportConfiguration": _nullable(_ref("TransportConfiguration")),
                 "provisionConfiguration": _nullable({"type": "object", "properties": {
                     "type": _nullable(_string(enum=PROVISION_TYPES)),
                     "provisionDeviceSecret": _nullable(_string()),
@@ -123,7 +140,7 @@ SCHEMAS = {
                           "properties": {
                               "id": _entity_id("DEVICE_PROFILE"), "tenantId": _entity_id("TENANT"), "name": _string(),
                               "image": _nullable(_string()), "defaultDashboardId": _nullable({"type": "object"}),
-                              "type": _string(enum=["DEFAULT"]), "transportType": _string(enum=["DEFAULT"])}},
+                              "type": _string(enum=["DEFAULT"]), "transportType": _string(enum=list(TRANSPORT_TYPES))}},
     "Device": {"type": "object", "required": [
         "id", "createdTime", "name", "type", "deviceProfileId", "additionalInfo"], "properties": {
         "id": _entity_id("DEVICE"), "createdTime": {"type": "integer"}, "name": _string(),

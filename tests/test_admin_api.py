@@ -489,17 +489,39 @@ def test_an_x509_chain_profile_is_keyed_by_its_ca_certificate(api):
     ({"provisionType": "ALLOW_CREATE_NEW_DEVICES", "profileData": {"provisionConfiguration": {
         "type": "CHECK_PRE_PROVISIONED_DEVICES"}}}, "provisionType and profileData.provisionConfiguration.type must agree"),
     ({"provisionType": "EVERYONE_WELCOME"}, None),
-    ({"transportType": "MQTT"}, None),
+    ({"transportType": "COAP"}, "transportType 'COAP' is not supported: Gatehouse profiles are DEFAULT or MQTT"),
+    ({"transportType": "MQTT", "profileData": {"transportConfiguration": {"type": "DEFAULT"}}},
+     "transportType and profileData.transportConfiguration.type must agree"),
+    ({"profileData": {"transportConfiguration": {"type": "MQTT", "transportPayloadTypeConfiguration": {
+        "transportPayloadType": "PROTOBUF"}}}},
+     "MQTT payload type 'PROTOBUF' is not supported: Gatehouse devices send JSON"),
+    ({"profileData": {"transportConfiguration": {"type": "MQTT", "deviceTelemetryTopic": "a/#/b"}}},
+     "The telemetry topic may have '#' only as its whole last level"),
     ({"type": "CUSTOM"}, None),
     ({"provisionType": "ALLOW_CREATE_NEW_DEVICES", "provisionDeviceKey": " padded "}, None),
     ({"name": ""}, "Device profile name should be specified!"),
     ({"name": None}, "Device profile name should be specified!"),
     ({"name": "nul\u0000byte"}, "Device profile name should not contain 0x00 symbol!"),
-], ids=["types disagree", "unknown type", "mqtt transport", "custom type", "padded key", "empty name", "null name",
-        "nul in name"])
+], ids=["types disagree", "unknown type", "coap transport", "transports disagree", "protobuf", "bad topic filter",
+        "custom type", "padded key", "empty name", "null name", "nul in name"])
 def test_profiles_gatehouse_cannot_store_as_asked_are_400(api, fields, message):
     answer = api.post("/api/deviceProfile", {"name": unique("profile"), **fields})
     expect_error(answer, 400, message)
+
+
+def test_an_mqtt_transport_profile_keeps_its_topics_and_a_default_save_drops_them(api):
+    configuration = {"type": "MQTT", "deviceTelemetryTopic": "sensors/+/data", "deviceAttributesTopic": "",
+                     "deviceAttributesSubscribeTopic": "commands/#", "sendAckOnValidationException": True,
+                     "transportPayloadTypeConfiguration": {"transportPayloadType": "JSON"}, "sparkplug": False}
+    profile = make_profile(api, transportType="MQTT", profileData={"transportConfiguration": configuration})
+    assert profile["transportType"] == "MQTT"
+    assert profile["profileData"]["transportConfiguration"] == {**configuration,
+                                                                "deviceAttributesTopic": "v1/devices/me/attributes"}
+    profile_id = profile["id"]["id"]
+    assert api.ok("GET", f"/api/deviceProfile/{profile_id}") == profile
+    saved = api.ok("POST", "/api/deviceProfile", {**profile, "transportType": "DEFAULT",
+                                                  "profileData": {"transportConfiguration": {"type": "DEFAULT"}}})
+    assert (saved["transportType"], saved["profileData"]["transportConfiguration"]) == ("DEFAULT", {"type": "DEFAULT"})
 
 
 def test_the_default_profile_moves_and_cannot_be_deleted(api):

@@ -29,6 +29,7 @@ from gatehouse.certificates import (
 )
 from gatehouse.cli import main
 from gatehouse.device_activity import ActivityTracker
+from gatehouse.login import LoginOutcome
 from gatehouse.pki import certificate_pem, create_ca
 from gatehouse.registry import Registry
 
@@ -178,6 +179,8 @@ def populated(cli):
     ("profile create chain --strategy x509-chain --ca-cert {ca_pem} --cn-regex '(unclosed'", "Invalid CN regex"),
     ("profile create chain --strategy x509-chain --ca-cert {ca_pem} --cn-regex '.*'", "capture group"),
     ("profile create plain --key k", "A DISABLED profile takes no provision key"),
+    ("profile create topics --mqtt-telemetry-topic 'a/#/b'", "The telemetry topic may have '#' only as its whole"),
+    ("app create 'two words'", "Application name must be non-empty, without spaces"),
     ("profile show nope", "not found"),
     ("profile delete nope", "not found"),
     ("profile delete default", "Deletion of Default Device Profile is prohibited!"),
@@ -392,6 +395,29 @@ def test_pki_issue_refuses_to_overwrite(cli, tmp_path):
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     assert "refusing to overwrite" in cli.fail("pki", "issue", "sensor-1", "--out", out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_profile_with_mqtt_topics_has_thingsboards_mqtt_transport(cli):
+    created = cli.json("profile", "create", "sensors", "--mqtt-telemetry-topic", "sensors/+/data",
+                       "--ack-invalid-payloads", "--json")
+    assert created["transportType"] == "MQTT"
+    assert created["profileData"]["transportConfiguration"] == {
+        "type": "MQTT", "deviceTelemetryTopic": "sensors/+/data", "deviceAttributesTopic": "v1/devices/me/attributes",
+        "deviceAttributesSubscribeTopic": "v1/devices/me/attributes", "sendAckOnValidationException": True,
+        "transportPayloadTypeConfiguration": {"transportPayloadType": "JSON"}, "sparkplug": False}
+    assert "MQTT telemetry topic:            sensors/+/data" in cli.run("profile", "show", "sensors").stdout
+    assert cli.json("profile", "create", "plain", "--json")["transportType"] == "DEFAULT"
+
+
+def test_app_create_prints_credentials_that_log_in_as_the_application(cli):
+    shown = cli.run("app", "create", "console").stdout.splitlines()
+    assert shown[0] == "console" and shown[1].startswith("  username: ") and shown[2].startswith("  password: ")
+    created = cli.json("app", "create", "dashboard", "--json")
+    username, password = created["username"], created["password"]
+    with Registry.open(cli.data_dir) as registry:
+        assert registry.login("any-client", username, password).outcome is LoginOutcome.APPLICATION
+        assert registry.login("any-client", username, "wrong").outcome is LoginOutcome.BAD_USERNAME_OR_PASSWORD
+    assert "already exists" in cli.fail("app", "create", "dashboard")
 
 
 def test_admin_add(cli):

@@ -25,7 +25,7 @@ def test_schema_is_applied_once_and_recorded(tmp_path):
     Store(tmp_path / "g.db").close()
     store = Store(tmp_path / "g.db")  # reopening applies nothing twice
     migrations = ["0001_initial", "0002_application_accounts", "0003_credentials_generation",
-                  "0004_values_without_affinity"]
+                  "0004_values_without_affinity", "0005_profile_mqtt_transport"]
     assert store.schema_version() == migrations
     rows = store.conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
     assert [tuple(r) for r in rows] == [("gatehouse", name) for name in migrations]
@@ -43,6 +43,25 @@ def test_an_older_database_is_migrated_forward(tmp_path):
     store = Store(tmp_path / "old.db")
     assert "0002_application_accounts" in store.schema_version()
     assert store.conn.execute("SELECT count(*) FROM application_account").fetchone()[0] == 0
+
+
+def test_a_database_from_before_profile_mqtt_transports_gets_their_columns(tmp_path):
+    import sqlite_utils
+
+    from gatehouse.migrations import MIGRATIONS
+
+    columns = {"mqtt_telemetry_topic", "mqtt_attributes_topic", "mqtt_attributes_subscribe_topic",
+               "mqtt_send_ack_on_validation_exception"}
+    old = sqlite_utils.Database(tmp_path / "old.db")
+    MIGRATIONS.apply(old, stop_before="0005_profile_mqtt_transport")
+    for column in columns:  # what a file made before 0005 looks like
+        old.execute(f"ALTER TABLE device_profile DROP COLUMN {column}")
+    old.close()
+    store = Store(tmp_path / "old.db")
+    assert "0005_profile_mqtt_transport" in store.schema_version()
+    present = {row[1] for row in store.conn.execute("PRAGMA table_info(device_profile)")}
+    assert columns <= present
+    assert store.profile_transports() == []
 
 
 def test_a_database_from_before_the_credentials_generation_gets_its_counter_and_triggers(tmp_path):
@@ -262,7 +281,7 @@ def test_a_database_from_before_untyped_values_is_rebuilt_and_then_keeps_number_
     registry.close()
 
     with Registry.open(tmp_path / "data") as registry:
-        assert registry.store.schema_version()[-1] == "0004_values_without_affinity"
+        assert "0004_values_without_affinity" in registry.store.schema_version()
         assert registry.get_attributes(device.id, AttributeScope.CLIENT) == {"fw": "v1"}
         assert registry.latest_telemetry(device.id) == {"t": {"ts": 1000, "value": 2.5}}
         registry.save_attributes(device.id, AttributeScope.CLIENT, [KvEntry("fw", ValueKind.STRING, "1e5")])

@@ -472,6 +472,11 @@ def test_sdk_rest_client_manages_profiles_devices_and_credentials(sdk_python, br
     assert profile["profile_data"]["provision_configuration"] == {
         "type": "ALLOW_CREATE_NEW_DEVICES", "provision_device_secret": "sdk-rest-Secret"}
     assert said["profile_read"] == profile
+    mqtt_profile = said["mqtt_profile_read"]
+    assert mqtt_profile["transport_type"] == "MQTT"
+    transport = mqtt_profile["profile_data"]["transport_configuration"]
+    assert (transport["device_telemetry_topic"], transport["device_attributes_topic"],
+            transport["send_ack_on_validation_exception"]) == ("sensors/+/data", "sensors/+/state", True)
     assert [p["id"] for p in said["profiles_page"]["data"]] == [profile["id"]]
     assert said["duplicate_key"]["status"] == 400
     assert said["duplicate_key"]["body"]["message"] == "Device profile with such provision device key already exists!"

@@ -17,6 +17,7 @@ from gatehouse.credentials import AccessToken, MqttBasic
 from gatehouse.data_dir import DataDir
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
 from gatehouse.payloads import KvEntry, TelemetryRecord, ValueKind
+from gatehouse.mqtt_transport import MqttTransport
 from gatehouse.pki import DevelopmentPki, issue_device_certificate
 from gatehouse.provisioning import ProvisionRequest
 from sidecar.app import create_app
@@ -247,6 +248,24 @@ def test_editing_a_chain_profile_keeps_its_ca_unless_a_new_one_is_uploaded(ui, r
     edited = registry.get_profile(profile.id, by_id=True)
     assert (edited.name, edited.certificate_regex, edited.provision_device_key) == \
         ("factory-2", r"(.*)\.factory", profile.provision_device_key)
+
+
+def test_a_profile_takes_mqtt_topics_shows_them_again_and_keeps_them_on_regenerate(ui, registry):
+    ui.get("/ui/profiles/new")
+    mqtt = {"name": "custom-topics", "strategy": "ALLOW_CREATE_NEW_DEVICES", "transport": "MQTT",
+            "mqtt_telemetry_topic": "sensors/+/data", "mqtt_attributes_topic": "sensors/+/state",
+            "mqtt_attributes_subscribe_topic": "v1/devices/me/attributes", "mqtt_send_ack": "y"}
+    refused = ui.post("/ui/profiles/new", {**mqtt, "mqtt_telemetry_topic": "sensors/#/data"})
+    assert refused.status_code == 400
+    assert "whole last level" in _field_errors(refused.get_data(as_text=True), "mqtt_telemetry_topic")[0]
+    assert registry.find_device_by_name("custom-topics") is None
+    assert ui.post("/ui/profiles/new", mqtt).status_code == 302
+    profile = registry.get_profile("custom-topics")
+    assert profile.mqtt_transport == MqttTransport("sensors/+/data", "sensors/+/state", send_ack_on_validation_exception=True)
+    page = ui.get(f"/ui/profiles/{profile.id}").get_data(as_text=True)
+    assert 'value="sensors/+/state"' in page and '<option selected value="MQTT">' in page
+    assert ui.post(f"/ui/profiles/{profile.id}/regenerate").status_code == 302
+    assert registry.get_profile(profile.id, by_id=True).mqtt_transport == profile.mqtt_transport
 
 
 def test_the_cn_preview_applies_the_provisioning_rule(ui):

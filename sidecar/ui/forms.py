@@ -25,6 +25,7 @@ from gatehouse.credentials import (
     X509Certificate,
 )
 from gatehouse.models import CredentialsType, ProvisionType
+from gatehouse.mqtt_transport import DEFAULT_ATTRIBUTES_TOPIC, DEFAULT_TELEMETRY_TOPIC
 from gatehouse.registry import DEFAULT_CN_REGEX
 
 STRATEGY_LABELS = {
@@ -53,7 +54,10 @@ class FieldError(Exception):
 # The form field for each input a registry refusal names (ValidationError.field); a refusal that
 # names none, or one this form lacks, is shown above the form.
 _FORM_FIELDS = {"name": "name", "profile": "profile", "credentials": "credentials_type", "provision_key": "key",
-                "provision_secret": "secret", "ca_certificate": "ca_certificate", "cn_regex": "cn_regex"}
+                "provision_secret": "secret", "ca_certificate": "ca_certificate", "cn_regex": "cn_regex",
+                "mqtt_transport": "transport", "mqtt_telemetry_topic": "mqtt_telemetry_topic",
+                "mqtt_attributes_topic": "mqtt_attributes_topic",
+                "mqtt_attributes_subscribe_topic": "mqtt_attributes_subscribe_topic"}
 
 
 def show_error(form: FlaskForm, error: Exception) -> None:
@@ -111,6 +115,16 @@ class ProfileForm(FlaskForm):
     cn_regex = StringField("CN regex", default=DEFAULT_CN_REGEX,
                            description="Group 1 of the first match in the certificate's CN is the device name.")
     allow_create = BooleanField("Create devices for new certificates", default=True)
+    transport = SelectField("Transport", choices=[SelectChoice("DEFAULT", "Default: JSON on the v1/devices/me topics"),
+                                                  SelectChoice("MQTT", "MQTT: the profile's own topics")],
+                            default="DEFAULT")
+    mqtt_telemetry_topic = StringField("Telemetry topic", default=DEFAULT_TELEMETRY_TOPIC,
+                                       description="Wildcards: + for one level, # for all below.")
+    mqtt_attributes_topic = StringField("Attributes topic", default=DEFAULT_ATTRIBUTES_TOPIC)
+    mqtt_attributes_subscribe_topic = StringField(
+        "Attribute updates subscription", default=DEFAULT_ATTRIBUTES_TOPIC,
+        description="Devices subscribing to it get shared attribute updates (on v1/devices/me/attributes).")
+    mqtt_send_ack = BooleanField("Acknowledge an invalid QoS 1 payload instead of closing the connection")
 
 
 class CredentialsForm(FlaskForm):

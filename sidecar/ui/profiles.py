@@ -10,6 +10,7 @@ from flask import flash, jsonify, redirect, render_template, request, url_for
 from gatehouse.credentials import generate_secret
 from gatehouse.errors import ValidationError
 from gatehouse.models import DeviceProfile, ProvisionType
+from gatehouse.mqtt_transport import MqttTransport
 from gatehouse.provisioning import device_name_from_common_name
 from gatehouse.registry import DEFAULT_CN_REGEX, KEY_SECRET_STRATEGIES
 
@@ -28,7 +29,8 @@ def _settings(form: ProfileForm, current: DeviceProfile | None) -> dict:
     uploaded)."""
     strategy = ProvisionType(form.strategy.data)
     settings = {"key": None, "secret": None, "ca_certificate_pem": None, "cn_regex": DEFAULT_CN_REGEX,
-                "allow_create": True, "description": form.description.data or None}
+                "allow_create": True, "description": form.description.data or None,
+                "mqtt_transport": _mqtt_transport(form)}
     if strategy in KEY_SECRET_STRATEGIES:
         settings.update(key=form.key.data or None, secret=form.secret.data or None)
     elif strategy is ProvisionType.X509_CERTIFICATE_CHAIN:
@@ -40,6 +42,13 @@ def _settings(form: ProfileForm, current: DeviceProfile | None) -> dict:
         settings.update(ca_certificate_pem=ca, cn_regex=form.cn_regex.data or DEFAULT_CN_REGEX,
                         allow_create=form.allow_create.data)
     return settings
+
+
+def _mqtt_transport(form: ProfileForm) -> MqttTransport | None:
+    if form.transport.data != "MQTT":
+        return None
+    return MqttTransport(form.mqtt_telemetry_topic.data, form.mqtt_attributes_topic.data,
+                         form.mqtt_attributes_subscribe_topic.data, form.mqtt_send_ack.data)
 
 
 def _save(form: ProfileForm, current: DeviceProfile | None) -> DeviceProfile | None:
@@ -81,10 +90,15 @@ def profile(profile_id: str):
 def _form_values(profile: DeviceProfile) -> SimpleNamespace:
     """A profile's settings as the form's fields name them (key, secret and CA are not prefilled:
     left empty, an edit keeps them)."""
+    transport = profile.mqtt_transport or MqttTransport()
     return SimpleNamespace(
         name=profile.name, description=profile.description, strategy=profile.provision_type.value,
         cn_regex=profile.certificate_regex or DEFAULT_CN_REGEX,
-        allow_create=True if profile.allow_create_by_x509 is None else profile.allow_create_by_x509)
+        allow_create=True if profile.allow_create_by_x509 is None else profile.allow_create_by_x509,
+        transport=profile.transport_type, mqtt_telemetry_topic=transport.telemetry_topic,
+        mqtt_attributes_topic=transport.attributes_topic,
+        mqtt_attributes_subscribe_topic=transport.attributes_subscribe_topic,
+        mqtt_send_ack=transport.send_ack_on_validation_exception)
 
 
 def _profile_page(profile: DeviceProfile, form: ProfileForm, *, revealed: bool, status: int = 200):
@@ -106,7 +120,8 @@ def regenerate_profile_secrets(profile_id: str):
         flash("Only key and secret strategies have a key and a secret.", "error")
     else:
         registry().update_profile(current.id, current.name, current.provision_type, key=generate_secret(),
-                                   secret=generate_secret(), description=current.description)
+                                   secret=generate_secret(), description=current.description,
+                                   mqtt_transport=current.mqtt_transport)
         flash("New provision key and secret generated.")
     return redirect(url_for("ui.profile", profile_id=current.id))
 

@@ -56,6 +56,16 @@ with RestClient(base_url=url) as client:
                 type="ALLOW_CREATE_NEW_DEVICES", provision_device_secret=plan["secret"]))))
     said["profile"] = model(profile)
     said["profile_read"] = model(client.get_device_profile_by_id(profile.id))
+    mqtt_profile = client.save_device_profile(DeviceProfile(
+        name="sdk-mqtt-transport-profile", type="DEFAULT", transport_type="MQTT", provision_type="DISABLED",
+        profile_data=DeviceProfileData(
+            configuration=DefaultDeviceProfileConfiguration(type="DEFAULT"),
+            transport_configuration=MqttDeviceProfileTransportConfiguration(
+                type="MQTT", device_telemetry_topic="sensors/+/data", device_attributes_topic="sensors/+/state",
+                device_attributes_subscribe_topic="v1/devices/me/attributes", send_ack_on_validation_exception=True,
+                transport_payload_type_configuration=JsonTransportPayloadConfiguration(transport_payload_type="JSON")),
+            provision_configuration=DisabledDeviceProfileProvisionConfiguration(type="DISABLED"))))
+    said["mqtt_profile_read"] = model(client.get_device_profile_by_id(mqtt_profile.id))
     said["profiles_page"] = model(client.get_device_profiles(page_size=100, page=0, text_search=plan["profile"]))
     try:
         client.save_device_profile(DeviceProfile(name=plan["profile"] + "-same-key", provision_type="ALLOW_CREATE_NEW_DEVICES",

@@ -1,0 +1,82 @@
+"""A profile's MQTT transport settings (SPEC §2.8) in the domain: ThingsBoard's topic filter
+matching, the rules a filter must follow, ThingsBoard's JSON, and the registry round trip.
+The broker's side is tests/test_mqtt_profile_topics.py."""
+from __future__ import annotations
+
+import pytest
+
+from gatehouse.errors import ValidationError
+from gatehouse.mqtt_transport import MqttTransport
+from gatehouse.registry import Registry
+
+
+@pytest.mark.parametrize("topic_filter, topic, matches", [
+    ("v1/devices/me/telemetry", "v1/devices/me/telemetry", True),
+    ("v1/devices/me/telemetry", "v1/devices/me/telemetry/", False),
+    ("sensors/+/data", "sensors/kitchen/data", True),
+    ("sensors/+/data", "sensors//data", False),  # ThingsBoard's `+` needs a non-empty level
+    ("sensors/+/data", "sensors/a/b/data", False),
+    ("plant/#", "plant", True),  # `/#` takes the parent level too
+    ("plant/#", "plant/line/3", True),
+    ("plant/#", "plantation", False),
+    ("#", "anything/at/all", True),
+    ("a.b/+", "aXb/c", False),  # only the wildcards are special, not regex characters
+    ("+/+", "x/y", True),
+])
+def test_topic_filters_match_as_thingsboard_matches_them(topic_filter, topic, matches):
+    assert MqttTransport(telemetry_topic=topic_filter).is_telemetry_topic(topic) is matches
+
+
+def test_the_subscribe_filter_is_matched_against_the_devices_subscription_string():
+    transport = MqttTransport(attributes_subscribe_topic="config/+/updates")
+    assert transport.is_attributes_subscription("config/dev1/updates")
+    assert not transport.is_attributes_subscription("config/updates")
+
+
+@pytest.mark.parametrize("topic_filter, message", [
+    ("", "must not be empty"),
+    ("a/#/b", "'#' only as its whole last level"),
+    ("a/b#", "'#' only as its whole last level"),
+    ("a/b+/c", "only as a whole level"),
+    ("a/\0", "not a valid MQTT topic filter"),
+    ("x" * 65_536, "not a valid MQTT topic filter"),
+])
+@pytest.mark.parametrize("field", ["telemetry_topic", "attributes_topic", "attributes_subscribe_topic"])
+def test_a_filter_breaking_mqtts_rules_is_refused_and_named(topic_filter, message, field):
+    with pytest.raises(ValidationError, match=message) as refused:
+        MqttTransport(**{field: topic_filter})
+    assert refused.value.field == f"mqtt_{field}"
+
+
+def test_thingsboard_json_round_trips_and_blank_topics_are_the_defaults():
+    transport = MqttTransport("t/+", "a/#", "s/x", True)
+    assert MqttTransport.from_json(transport.to_json()) == transport
+    assert MqttTransport.from_json({"type": "MQTT", "deviceTelemetryTopic": " ", "deviceAttributesTopic": None}) \
+        == MqttTransport()
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"transportPayloadTypeConfiguration": {"transportPayloadType": "PROTOBUF"}}, "PROTOBUF.* not supported"),
+    ({"sparkplug": True}, "Sparkplug is not supported"),
+    ({"deviceTelemetryTopic": 5}, "deviceTelemetryTopic must be a string"),
+    ({"sendAckOnValidationException": "yes"}, "must be a boolean"),
+    ({"deviceAttributesTopic": "x/#/y"}, "'#' only"),
+])
+def test_settings_gatehouse_cannot_honour_are_refused_from_json(data, message):
+    with pytest.raises(ValidationError, match=message):
+        MqttTransport.from_json({"type": "MQTT", **data})
+
+
+def test_a_profile_keeps_its_transport_until_saved_without_one(tmp_path):
+    with Registry.initialise(tmp_path / "data") as registry:
+        transport = MqttTransport("sensors/+/data", send_ack_on_validation_exception=True)
+        profile = registry.create_profile("custom", mqtt_transport=transport)
+        assert registry.get_profile("custom").mqtt_transport == transport
+        shown = profile.to_json()
+        assert shown["transportType"] == "MQTT"
+        assert shown["profileData"]["transportConfiguration"]["deviceTelemetryTopic"] == "sensors/+/data"
+        assert registry.mqtt_transports()[profile.id] == transport
+        registry.update_profile(profile.id, "custom")  # ThingsBoard's save replaces the whole profile
+        assert registry.get_profile("custom").mqtt_transport is None
+        assert registry.get_profile("custom").to_json()["profileData"]["transportConfiguration"] == {"type": "DEFAULT"}
+        assert registry.mqtt_transports()[registry.default_profile().id] is None
