@@ -139,7 +139,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         self._trusted: set[str] = set()
         self._version: int | None = None  # the database's change counter last seen
         m.gauge_function(m.CONNECTED_DEVICES, lambda: len(self.connected_devices), m.MQTT)
-        m.gauge_function(m.BLOCKED_ADDRESSES, lambda: len(self.limiter.blocked_addresses()))
+        m.export_blocked_addresses(self.limiter)
 
     # --- lifecycle ----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from gatehouse.registry import Registry
 from .conftest import broker_and_sidecar, start_coap_bridge
 from .devices import unique
 from .mqtt_client import connack, connect, next_on, raw_login, wait_until
+from .test_admin_api import login_from
 from .test_coap_bridge import coap
 
 MAX_FAILED_LOGINS = 3
@@ -70,8 +71,8 @@ def mqtt_provision(port: int, request: dict) -> dict:
 
 @pytest.fixture
 def gh(tmp_path):
-    with broker_and_sidecar(tmp_path, "--max-failed-logins", str(MAX_FAILED_LOGINS),
-                            "--block-seconds", "600") as (broker, sidecar):
+    limits = ("--max-failed-logins", str(MAX_FAILED_LOGINS), "--block-seconds", "600")
+    with broker_and_sidecar(tmp_path, *limits, sidecar_options=limits) as (broker, sidecar):
         bridge = start_coap_bridge(broker.data_dir, sidecar.url, tmp_path / "coap.log")
         try:
             yield broker, sidecar, bridge
@@ -194,9 +195,13 @@ def test_sidecar_counts_devices_with_a_long_poll_or_an_observation_open_as_conne
     assert asyncio.run(observe_while_counted())
 
 
-def test_blocked_addresses_after_a_brute_force_from_another_address(gh):
-    broker, _sidecar, _bridge = gh
-    assert scrape(broker.metrics_port)["gatehouse_blocked_addresses"] == {(): 0}
+def blocked_addresses(port: int) -> float:
+    return scrape(port)["gatehouse_blocked_addresses"][()]
+
+
+def test_blocked_addresses_in_the_broker_and_the_sidecar_after_a_brute_force_from_another_address(gh):
+    broker, sidecar, _bridge = gh
+    assert (blocked_addresses(broker.metrics_port), blocked_addresses(sidecar.http_port)) == (0, 0)
     for i in range(MAX_FAILED_LOGINS):
         code, connection = raw_login(broker.mqtt_port, unique("c"), f"guess-{i}", bind_address="127.0.0.2")
         connection.close()
@@ -204,10 +209,22 @@ def test_blocked_addresses_after_a_brute_force_from_another_address(gh):
     code, connection = raw_login(broker.mqtt_port, unique("c"), "guess-again", bind_address="127.0.0.2")
     connection.close()
     assert code == connack(3)  # blocked
-    assert scrape(broker.metrics_port)["gatehouse_blocked_addresses"] == {(): 1}
+    assert blocked_addresses(broker.metrics_port) == 1
     logins = counts(broker.metrics_port, "gatehouse_logins_total")
     assert logins[("UNKNOWN", "BAD_USERNAME_OR_PASSWORD", "MQTT")] == MAX_FAILED_LOGINS
     assert logins[("UNKNOWN", "BLOCKED", "MQTT")] == 1
+
+    # The sidecar's limiter (administrators' logins) is its own: its gauge counts only its blocks.
+    assert blocked_addresses(sidecar.http_port) == 0
+    assert [login_from(sidecar, "127.0.0.3", f"guess-{i}")[0] for i in range(MAX_FAILED_LOGINS)] \
+        == [401] * MAX_FAILED_LOGINS
+    assert login_from(sidecar, "127.0.0.3", "guess-again")[0] == 429
+    assert blocked_addresses(sidecar.http_port) == 1
+    assert blocked_addresses(broker.metrics_port) == 1
+    assert counts(sidecar.http_port, "gatehouse_logins_total") == {
+        ("ADMIN", "BAD_USERNAME_OR_PASSWORD", "HTTP"): MAX_FAILED_LOGINS,
+        ("ADMIN", "BLOCKED", "HTTP"): 1,
+    }
 
 
 def test_a_busy_metrics_port_is_one_clear_line(gh):
