@@ -15,6 +15,8 @@ import pytest
 
 from gatehouse.credentials import AccessToken, MqttBasic
 from gatehouse.data_dir import DataDir
+from gatehouse.errors import NotFoundError
+from gatehouse.login import LoginOutcome
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
 from gatehouse.payloads import KvEntry, TelemetryRecord, ValueKind
 from gatehouse.pki import DevelopmentPki, issue_device_certificate
@@ -265,6 +267,21 @@ def test_a_profile_in_use_is_not_deleted(ui, registry):
     assert registry.get_profile(profile.id, by_id=True).name == "busy"
 
 
+def test_an_unused_profile_is_deleted(ui, registry):
+    profile = registry.create_profile("retired", ProvisionType.ALLOW_CREATE_NEW_DEVICES, key="RETIRED_KEY",
+                                      secret="RETIRED_SECRET")
+    before = registry.count_profiles()
+    ui.get(f"/ui/profiles/{profile.id}")
+    response = ui.post(f"/ui/profiles/{profile.id}/delete")
+    assert response.status_code == 302 and response.location == "/ui/profiles"
+    assert registry.count_profiles() == before - 1
+    with pytest.raises(NotFoundError):
+        registry.get_profile(profile.id, by_id=True)
+    assert registry.provision(ProvisionRequest("RETIRED_KEY", "RETIRED_SECRET", "late")).status.value == "NOT_FOUND"
+    page = ui.get("/ui/profiles").get_data(as_text=True)
+    assert "Profile retired deleted." in page and f"/ui/profiles/{profile.id}" not in page
+
+
 # --- devices ------------------------------------------------------------------------------------
 
 def _new_device(ui, **fields):
@@ -353,6 +370,21 @@ def test_the_device_list_searches_pages_and_shows_connection_state_when_known(ui
     row = re.search(r"valve-1</a></td>(.*?)</tr>", ui.get("/ui/devices?q=valve").get_data(as_text=True), re.DOTALL).group(1)
     assert re.findall(r'data-label="(?:Connected now|Last activity)">([^<]*)<', row) == \
         ["yes", "1970-01-01 00:00:00 UTC"]
+
+
+def test_deleting_a_device_removes_it_its_credentials_and_its_data(ui, registry):
+    device = registry.create_device("doomed", credentials=AccessToken("DOOMED_TOKEN"))
+    registry.save_attributes(device.id, AttributeScope.SHARED, [KvEntry("model", ValueKind.STRING, "T-1")])
+    registry.create_device("bystander")
+    ui.get(f"/ui/devices/{device.id}")
+    response = ui.post(f"/ui/devices/{device.id}/delete")
+    assert response.status_code == 302 and response.location == "/ui/devices"
+    assert registry.find_device_by_name("doomed") is None
+    assert registry.login("any", "DOOMED_TOKEN").outcome is not LoginOutcome.ACCEPTED
+    assert registry.get_attributes(device.id, AttributeScope.SHARED) == {}
+    assert registry.find_device_by_name("bystander") is not None
+    assert "Device doomed deleted." in ui.get("/ui/devices").get_data(as_text=True)
+    assert ui.get(f"/ui/devices/{device.id}").status_code == 404
 
 
 def test_a_shared_attribute_is_typed_as_the_admin_api_types_it_and_a_bad_one_is_not_saved(ui, registry):
