@@ -142,7 +142,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         # Each profile's MQTT transport settings (None: DEFAULT), reloaded on any change.
         self.mqtt_transports: dict[str, MqttTransport | None] = {}
         m.gauge_function(m.CONNECTED_DEVICES, lambda: len(self.connected_devices), m.MQTT)
-        m.gauge_function(m.BLOCKED_ADDRESSES, lambda: len(self.limiter.blocked_addresses()))
+        m.export_blocked_addresses(self.limiter)
 
     # --- lifecycle ----------------------------------------------------------------------------
 

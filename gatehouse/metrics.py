@@ -22,6 +22,7 @@ from .login import (
     LoginOutcome,
     LoginResult,
 )
+from .login_limiter import LoginLimiter
 
 MQTT, HTTP, COAP = "MQTT", "HTTP", "COAP"
 IN, OUT = "in", "out"
@@ -56,7 +57,8 @@ LONG_POLLS_REFUSED = Counter(
     "observations' polls) refused with 503 because every poll slot was taken: a quarter of the sidecar's threads "
     "stays for requests that return at once.", ["transport"])
 BLOCKED_ADDRESSES = Gauge(
-    "gatehouse_blocked_addresses", "Source addresses blocked now after repeated failed MQTT logins.")
+    "gatehouse_blocked_addresses", "Source addresses blocked now after repeated failed logins: devices' MQTT "
+    "logins (broker), administrators' logins to the admin API and web UI (sidecar).")
 
 
 def login_credentials_type(result: LoginResult, username: str | None, has_certificate: bool) -> str:
@@ -111,6 +113,13 @@ class Children:
 def gauge_function(gauge: Gauge, fn: Callable[[], float], *labels: str) -> None:
     """`gauge` (or its child for `labels`) reads `fn()` when scraped: nothing to keep up to date."""
     (gauge.labels(*labels) if labels else gauge).set_function(fn)
+
+
+def export_blocked_addresses(limiter: LoginLimiter) -> None:
+    """gatehouse_blocked_addresses reads `limiter` when scraped. A process has one limiter whose
+    blocks matter to its operators (the broker's for devices, the sidecar's for administrators);
+    the last one given is the one exported."""
+    gauge_function(BLOCKED_ADDRESSES, lambda: len(limiter.blocked_addresses()))
 
 
 def serve_metrics(host: str, port: int):

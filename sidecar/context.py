@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from flask import current_app
 
+from gatehouse import metrics as gm
 from gatehouse.application_namespace import attributes_message
 from gatehouse.device_activity import ActivityTracker
 from gatehouse.login_limiter import (
@@ -72,6 +73,7 @@ class Sidecar:
         self.token_logins = TokenLogins()
         self.activity = ActivityTracker()  # stored by the server's housekeeping thread
         self.admin_logins = LoginLimiter(settings.max_failed_logins, settings.block_seconds)  # admin_auth.check_login
+        gm.export_blocked_addresses(self.admin_logins)
         self._poll_slots = threading.BoundedSemaphore(long_poll_limit(settings.threads))
         self._local = threading.local()
         self._opened: list[Registry] = []

@@ -285,7 +285,7 @@ def test_login_with_wrong_credentials_is_401(api, username, password):
     expect_error(answer, 401, "Invalid username or password", 10)
 
 
-def _login_from(sidecar, address: str, password: str, forwarded_for: str | None = None) -> tuple[int, dict, str | None]:
+def login_from(sidecar, address: str, password: str, forwarded_for: str | None = None) -> tuple[int, dict, str | None]:
     """POST /api/auth/login from a chosen loopback address: (status, JSON body, Retry-After)."""
     connection = http.client.HTTPConnection("127.0.0.1", sidecar.http_port, timeout=10, source_address=(address, 0))
     headers = {"Content-Type": "application/json", **({"X-Forwarded-For": forwarded_for} if forwarded_for else {})}
@@ -303,13 +303,13 @@ def test_login_from_an_address_that_failed_too_often_is_429_while_other_addresse
     sidecar = sidecar_factory(broker, "--max-failed-logins", "3", "--block-seconds", "60")
     with Registry.open(broker.data_dir) as registry:
         registry.add_admin(ADMIN, ADMIN_PASSWORD)
-    assert _login_from(sidecar, "127.0.0.1", ADMIN_PASSWORD)[0] == 200
-    assert [_login_from(sidecar, "127.0.0.1", "wrong")[0] for _ in range(3)] == [401, 401, 401]
-    status, body, retry_after = _login_from(sidecar, "127.0.0.1", ADMIN_PASSWORD)  # the right password, too late
+    assert login_from(sidecar, "127.0.0.1", ADMIN_PASSWORD)[0] == 200
+    assert [login_from(sidecar, "127.0.0.1", "wrong")[0] for _ in range(3)] == [401, 401, 401]
+    status, body, retry_after = login_from(sidecar, "127.0.0.1", ADMIN_PASSWORD)  # the right password, too late
     assert (status, body["errorCode"], body["message"]) == (
         429, 33, "Too many failed logins from this address; try again later")
     assert 0 < int(retry_after) <= 60
-    assert _login_from(sidecar, "127.0.0.2", ADMIN_PASSWORD)[0] == 200
+    assert login_from(sidecar, "127.0.0.2", ADMIN_PASSWORD)[0] == 200
 
 
 def test_behind_a_trusted_proxy_the_forwarded_client_is_blocked_and_elsewhere_the_header_is_ignored(
@@ -320,14 +320,14 @@ def test_behind_a_trusted_proxy_the_forwarded_client_is_blocked_and_elsewhere_th
     limits = ("--max-failed-logins", "2", "--block-seconds", "60")
     behind_proxy = sidecar_factory(broker, *limits, "--trusted-proxy", "127.0.0.3")
     for _ in range(2):
-        assert _login_from(behind_proxy, "127.0.0.3", "wrong", forwarded_for="203.0.113.9")[0] == 401
-    assert _login_from(behind_proxy, "127.0.0.3", ADMIN_PASSWORD, forwarded_for="203.0.113.9")[0] == 429
-    assert _login_from(behind_proxy, "127.0.0.3", ADMIN_PASSWORD, forwarded_for="203.0.113.10")[0] == 200
+        assert login_from(behind_proxy, "127.0.0.3", "wrong", forwarded_for="203.0.113.9")[0] == 401
+    assert login_from(behind_proxy, "127.0.0.3", ADMIN_PASSWORD, forwarded_for="203.0.113.9")[0] == 429
+    assert login_from(behind_proxy, "127.0.0.3", ADMIN_PASSWORD, forwarded_for="203.0.113.10")[0] == 200
 
     exposed = sidecar_factory(broker, *limits)  # no proxy: a client cannot choose its own address
     for forwarded_for in ("203.0.113.20", "203.0.113.21"):
-        assert _login_from(exposed, "127.0.0.4", "wrong", forwarded_for=forwarded_for)[0] == 401
-    assert _login_from(exposed, "127.0.0.4", ADMIN_PASSWORD, forwarded_for="203.0.113.22")[0] == 429
+        assert login_from(exposed, "127.0.0.4", "wrong", forwarded_for=forwarded_for)[0] == 401
+    assert login_from(exposed, "127.0.0.4", ADMIN_PASSWORD, forwarded_for="203.0.113.22")[0] == 429
 
 
 @pytest.mark.parametrize("raw", [b"", b"not json", b"[]", b'{"username": "a"}', b'{"username": 1, "password": "x"}'],

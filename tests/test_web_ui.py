@@ -12,9 +12,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import requests
+from flask import Response
 
 from gatehouse.credentials import AccessToken, MqttBasic
 from gatehouse.data_dir import DataDir
+from gatehouse.errors import NotFoundError
+from gatehouse.login import LoginOutcome
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
 from gatehouse.payloads import KvEntry, TelemetryRecord, ValueKind
 from gatehouse.mqtt_transport import MqttTransport
@@ -27,12 +31,37 @@ ADMIN, PASSWORD = "operator@gatehouse.test", "operator-Password-7"
 CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
 
 
+class HttpClient:
+    """What Ui uses of Flask's test client, over HTTP to a running sidecar: for tests that need
+    the real process (its logs). It keeps the cookie; answers are werkzeug responses, read as
+    the test client's are."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.session = requests.Session()
+
+    def get(self, path: str, query_string: dict | None = None):
+        return self._response(self.session.get(self.url + path, params=query_string, allow_redirects=False,
+                                               timeout=30))
+
+    def post(self, path: str, data: dict, content_type: str | None = None):
+        # The test client's form values are text, or (stream, file name) for an upload.
+        files = {key: (value[1], value[0]) for key, value in data.items() if isinstance(value, tuple)}
+        fields = {key: value for key, value in data.items() if key not in files}
+        return self._response(self.session.post(self.url + path, data=fields, files=files or None,
+                                                allow_redirects=False, timeout=30))
+
+    @staticmethod
+    def _response(answer: requests.Response) -> Response:
+        return Response(answer.content, status=answer.status_code, headers=list(answer.headers.items()))
+
+
 class Ui:
     """A browser-like client of the UI: it keeps the session cookie and sends the CSRF token of
-    the last page it read."""
+    the last page it read. Flask's test client on `app`, or an HttpClient."""
 
-    def __init__(self, app):
-        self.client = app.test_client()
+    def __init__(self, app=None, *, client: HttpClient | None = None):
+        self.client = client if client is not None else app.test_client()
         self.token: str | None = None
 
     def get(self, path: str, **kwargs):
@@ -75,7 +104,7 @@ def ui(app) -> Ui:
     return client
 
 
-def _file(text: str, name: str = "file.pem"):
+def upload(text: str, name: str = "file.pem"):
     return (io.BytesIO(text.encode()), name)
 
 
@@ -203,10 +232,10 @@ def test_profile_refusals_are_shown_next_to_their_field_and_nothing_is_saved(ui,
         ({"name": "taken", "strategy": "DISABLED"}, "name", "Device profile with such name already exists!"),
         ({"name": "  ", "strategy": "DISABLED"}, "name", "Device profile name should be specified!"),
         ({"name": "chain", "strategy": "X509_CERTIFICATE_CHAIN"}, "ca_certificate", "Upload the CA certificate"),
-        ({"name": "chain", "strategy": "X509_CERTIFICATE_CHAIN", "ca_certificate": _file("not a certificate"),
+        ({"name": "chain", "strategy": "X509_CERTIFICATE_CHAIN", "ca_certificate": upload("not a certificate"),
           "cn_regex": "(.*)"}, "ca_certificate", "Invalid CA certificate"),
         ({"name": "chain", "strategy": "X509_CERTIFICATE_CHAIN", "cn_regex": "no-group",
-          "ca_certificate": _file((data_dir / "pki" / "ca.pem").read_text())}, "cn_regex", "capture group"),
+          "ca_certificate": upload((data_dir / "pki" / "ca.pem").read_text())}, "cn_regex", "capture group"),
         ({"name": "keys", "strategy": "ALLOW_CREATE_NEW_DEVICES", "key": " padded "}, "key", "whitespace"),
     ]
     for data, field, message in cases:
@@ -284,9 +313,24 @@ def test_a_profile_in_use_is_not_deleted(ui, registry):
     assert registry.get_profile(profile.id, by_id=True).name == "busy"
 
 
+def test_an_unused_profile_is_deleted(ui, registry):
+    profile = registry.create_profile("retired", ProvisionType.ALLOW_CREATE_NEW_DEVICES, key="RETIRED_KEY",
+                                      secret="RETIRED_SECRET")
+    before = registry.count_profiles()
+    ui.get(f"/ui/profiles/{profile.id}")
+    response = ui.post(f"/ui/profiles/{profile.id}/delete")
+    assert response.status_code == 302 and response.location == "/ui/profiles"
+    assert registry.count_profiles() == before - 1
+    with pytest.raises(NotFoundError):
+        registry.get_profile(profile.id, by_id=True)
+    assert registry.provision(ProvisionRequest("RETIRED_KEY", "RETIRED_SECRET", "late")).status.value == "NOT_FOUND"
+    page = ui.get("/ui/profiles").get_data(as_text=True)
+    assert "Profile retired deleted." in page and f"/ui/profiles/{profile.id}" not in page
+
+
 # --- devices ------------------------------------------------------------------------------------
 
-def _new_device(ui, **fields):
+def new_device(ui, **fields):
     ui.get("/ui/devices/new")
     return ui.post("/ui/devices/new", {"credentials_type": "ACCESS_TOKEN", **fields})
 
@@ -303,12 +347,12 @@ def test_device_refusals_are_shown_next_to_their_field_and_nothing_is_saved(ui, 
          "Password cannot be specified along with client id"),
         ({"name": "basic", "credentials_type": "MQTT_BASIC"}, "client_id",
          "Both mqtt client id and user name are empty"),
-        ({"name": "cert", "credentials_type": "X509_CERTIFICATE", "certificate": _file("garbage")}, "certificate",
+        ({"name": "cert", "credentials_type": "X509_CERTIFICATE", "certificate": upload("garbage")}, "certificate",
          "Invalid certificate"),
         ({"name": "cert", "credentials_type": "X509_CERTIFICATE"}, "certificate", "certificate file"),
     ]
     for data, field, message in cases:
-        response = _new_device(ui, profile=profile_id, **data)
+        response = new_device(ui, profile=profile_id, **data)
         assert response.status_code == 400, data
         errors = _field_errors(response.get_data(as_text=True), field)
         assert len(errors) == 1 and message in errors[0], (data, errors)
@@ -317,13 +361,13 @@ def test_device_refusals_are_shown_next_to_their_field_and_nothing_is_saved(ui, 
 
 def test_devices_are_created_with_each_credentials_type(ui, registry, data_dir, tmp_path):
     profile_id = registry.create_profile("meters").id
-    assert _new_device(ui, name="tok", profile=profile_id, token="MY_TOKEN_1").status_code == 302
-    assert _new_device(ui, name="gen", profile=profile_id).status_code == 302
-    assert _new_device(ui, name="mqtt", profile=profile_id, credentials_type="MQTT_BASIC", client_id="c-1",
+    assert new_device(ui, name="tok", profile=profile_id, token="MY_TOKEN_1").status_code == 302
+    assert new_device(ui, name="gen", profile=profile_id).status_code == 302
+    assert new_device(ui, name="mqtt", profile=profile_id, credentials_type="MQTT_BASIC", client_id="c-1",
                        user_name="u-1", password="p-1").status_code == 302
     cert, _ = issue_device_certificate(DevelopmentPki.in_directory(data_dir / "pki"), "cam-1", tmp_path)
-    assert _new_device(ui, name="cam", profile=profile_id, credentials_type="X509_CERTIFICATE",
-                       certificate=_file(cert.read_text())).status_code == 302
+    assert new_device(ui, name="cam", profile=profile_id, credentials_type="X509_CERTIFICATE",
+                       certificate=upload(cert.read_text())).status_code == 302
     assert registry.login("any", "MY_TOKEN_1").device.name == "tok"
     assert registry.login("c-1", "u-1", "p-1").device.name == "mqtt"
     assert registry.get_credentials("gen").credentials_type is CredentialsType.ACCESS_TOKEN
@@ -374,6 +418,21 @@ def test_the_device_list_searches_pages_and_shows_connection_state_when_known(ui
         ["yes", "1970-01-01 00:00:00 UTC"]
 
 
+def test_deleting_a_device_removes_it_its_credentials_and_its_data(ui, registry):
+    device = registry.create_device("doomed", credentials=AccessToken("DOOMED_TOKEN"))
+    registry.save_attributes(device.id, AttributeScope.SHARED, [KvEntry("model", ValueKind.STRING, "T-1")])
+    registry.create_device("bystander")
+    ui.get(f"/ui/devices/{device.id}")
+    response = ui.post(f"/ui/devices/{device.id}/delete")
+    assert response.status_code == 302 and response.location == "/ui/devices"
+    assert registry.find_device_by_name("doomed") is None
+    assert registry.login("any", "DOOMED_TOKEN").outcome is not LoginOutcome.ACCEPTED
+    assert registry.get_attributes(device.id, AttributeScope.SHARED) == {}
+    assert registry.find_device_by_name("bystander") is not None
+    assert "Device doomed deleted." in ui.get("/ui/devices").get_data(as_text=True)
+    assert ui.get(f"/ui/devices/{device.id}").status_code == 404
+
+
 def test_a_shared_attribute_is_typed_as_the_admin_api_types_it_and_a_bad_one_is_not_saved(ui, registry):
     device = registry.create_device("attrs")
     ui.get(f"/ui/devices/{device.id}")
@@ -397,7 +456,7 @@ def test_an_unknown_device_is_a_404_page(ui):
 
 # --- bulk import --------------------------------------------------------------------------------
 
-def _wait_for_import(ui, location: str) -> dict:
+def wait_for_import(ui, location: str) -> dict:
     status_path = location + "/status"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -414,9 +473,9 @@ def test_a_csv_import_keeps_the_good_lines_and_reports_the_bad_one(ui, registry)
                 "imp-2,imported,IMP_TOKEN_1,T-2\n"  # the same token twice
                 "imp-3,imported,,T-3\n")
     ui.get("/ui/import")
-    response = ui.post("/ui/import", {"file": _file(csv_text, "devices.csv"), "delimiter": ",", "update": "y"})
+    response = ui.post("/ui/import", {"file": upload(csv_text, "devices.csv"), "delimiter": ",", "update": "y"})
     assert response.status_code == 302
-    status = _wait_for_import(ui, response.location)
+    status = wait_for_import(ui, response.location)
     assert (status["total"], status["done"], status["created"], status["errors"]) == (3, 3, 2, 1)
     assert status["errorsList"] == ["Line 3: Device credentials are already assigned to another device!"]
     assert registry.find_device_by_name("imp-2") is None
@@ -431,24 +490,24 @@ def test_a_csv_import_updating_a_shared_attribute_reaches_a_device_polling_for_u
         poll = pool.submit(app.test_client().get, "/api/v1/POLLING_TOKEN/attributes/updates?timeout=10000")
         time.sleep(0.5)  # the poll is open
         ui.get("/ui/import")
-        response = ui.post("/ui/import", {"file": _file("NAME,SHARED_ATTRIBUTE:firmware\npolling,v2\n", "fw.csv"),
+        response = ui.post("/ui/import", {"file": upload("NAME,SHARED_ATTRIBUTE:firmware\npolling,v2\n", "fw.csv"),
                                           "delimiter": ",", "update": "y"})
-        assert _wait_for_import(ui, response.location)["updated"] == 1
+        assert wait_for_import(ui, response.location)["updated"] == 1
         answer = poll.result(timeout=15)
     assert (answer.status_code, answer.get_json()) == (200, {"firmware": "v2"})
 
 
 def test_a_csv_without_a_name_column_is_refused_next_to_the_file(ui, registry):
     ui.get("/ui/import")
-    response = ui.post("/ui/import", {"file": _file("TYPE,LABEL\nx,y\n", "bad.csv"), "delimiter": ","})
+    response = ui.post("/ui/import", {"file": upload("TYPE,LABEL\nx,y\n", "bad.csv"), "delimiter": ","})
     assert response.status_code == 400
     assert "NAME column" in _field_errors(response.get_data(as_text=True), "file")[0]
 
 
 def test_an_import_is_seen_by_its_administrator_only(ui, app, registry):
     ui.get("/ui/import")
-    location = ui.post("/ui/import", {"file": _file("NAME\nsolo-1\n", "one.csv"), "delimiter": ","}).location
-    _wait_for_import(ui, location)
+    location = ui.post("/ui/import", {"file": upload("NAME\nsolo-1\n", "one.csv"), "delimiter": ","}).location
+    wait_for_import(ui, location)
     registry.add_admin("second@gatehouse.test", "second-Password-1")
     other = Ui(app)
     other.login("second@gatehouse.test", "second-Password-1")
@@ -492,7 +551,7 @@ def test_a_device_page_shows_its_telemetry_attributes_and_provisioning_events(ui
 
 def test_a_refused_form_does_not_send_typed_secrets_back(ui, registry):
     registry.create_device("taken-name")
-    response = _new_device(ui, name="taken-name", profile=registry.default_profile().id,
+    response = new_device(ui, name="taken-name", profile=registry.default_profile().id,
                            credentials_type="MQTT_BASIC", client_id="cid", user_name="user", password="TYPED_PASSWORD")
     assert response.status_code == 400 and "TYPED_PASSWORD" not in response.get_data(as_text=True)
     ui.get("/ui/profiles/new")

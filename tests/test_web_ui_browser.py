@@ -134,6 +134,7 @@ def test_an_x509_chain_profile_takes_a_ca_upload_and_previews_the_device_name(pa
     page.fill("#cn_regex", r"(.*)\.factory\.example")
     page.fill("#sample_cn", "meter-9.factory.example")
     expect(page.locator("#cn-preview-result")).to_have_text("meter-9")
+    page.screenshot(path=ARTIFACTS / "profile-x509-chain-form.png", full_page=True)
     page.fill("#sample_cn", "meter-9.elsewhere")
     expect(page.locator("#cn-preview-result")).to_contain_text("no match")
     page.click("button:has-text('Create profile')")  # no CA yet: refused next to the field
@@ -152,11 +153,13 @@ def test_devices_are_created_with_each_credentials_type_and_log_in(page: Page, g
     prefix = unique("kind")
     token = unique("TOKEN")
 
-    def create(name: str, kind: str, fill) -> None:
+    def create(name: str, kind: str, fill, screenshot: str | None = None) -> None:
         page.goto("/ui/devices/new")
         page.fill("#name", name)
         page.check(f"input[name=credentials_type][value={kind}]")
         fill()
+        if screenshot:
+            page.screenshot(path=ARTIFACTS / screenshot, full_page=True)
         page.click("button:has-text('Create device')")
         expect(page.locator("h1")).to_have_text(name)
 
@@ -164,7 +167,7 @@ def test_devices_are_created_with_each_credentials_type_and_log_in(page: Page, g
     create(f"{prefix}-generated", "ACCESS_TOKEN", lambda: None)
     create(f"{prefix}-basic", "MQTT_BASIC", lambda: (page.fill("#client_id", f"{prefix}-cid"),
                                                      page.fill("#user_name", f"{prefix}-user"),
-                                                     page.fill("#password", "basic-pw")))
+                                                     page.fill("#password", "basic-pw")), "device-form.png")
     cert, key = issue_device_certificate(DevelopmentPki.in_directory(broker.data_dir / "pki"), f"{prefix}-cam",
                                          tmp_path)
     create(f"{prefix}-cert", "X509_CERTIFICATE", lambda: page.set_input_files("#certificate", str(cert)))
@@ -250,6 +253,7 @@ def test_a_csv_import_shows_progress_and_the_refused_line(page: Page, gh):
     log_in(page)
     page.click("nav >> text=Import")
     page.set_input_files("#file", {"name": "devices.csv", "mimeType": "text/csv", "buffer": csv_text.encode()})
+    page.screenshot(path=ARTIFACTS / "import-upload.png", full_page=True)
     page.click("button:has-text('Import')")
     expect(page.locator("#import-summary")).to_contain_text("2 created, 0 updated, 1 refused")
     expect(page.locator("#import-progress")).to_have_attribute("value", "3")
