@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -431,6 +433,36 @@ def test_sidecar_down_is_5_03_quickly_and_back_up_works_again(tmp_path):
         for process in (bridge, sidecar, broker):
             if process.process.poll() is None:
                 process.stop()
+    assert bridge.process.returncode == 0
+    assert not [problem for problem in LOG_PROBLEMS if problem in bridge.log()], bridge.log()
+
+
+def test_a_stalled_sidecar_is_5_00_after_the_sidecar_timeout_and_then_works_again(tmp_path):
+    """SIGSTOP freezes the real sidecar with its port open: the kernel still accepts connections
+    and nothing answers them, the hang `--sidecar-timeout` bounds."""
+    with broker_and_sidecar(tmp_path) as (broker, sidecar):
+        bridge = start_coap_bridge(broker.data_dir, sidecar.url, tmp_path / "coap.log", "--sidecar-timeout", "1")
+        try:
+            stalled = Gatehouse(broker, sidecar, bridge)
+            device, token = token_device(broker)
+            _, key, secret = make_profile(stalled, ProvisionType.ALLOW_CREATE_NEW_DEVICES)
+            assert coap(stalled.uri(token, "telemetry"), Code.POST, '{"t": 1}').code == Code.CREATED
+            os.kill(sidecar.process.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                assert coap(stalled.uri(token, "telemetry"), Code.POST, '{"t": 2}').code == Code.INTERNAL_SERVER_ERROR
+                response = provision(stalled, {"deviceName": unique("stalled"), "provisionDeviceKey": key,
+                                               "provisionDeviceSecret": secret})
+                assert response.code == Code.INTERNAL_SERVER_ERROR
+                # A hang guard, not a timing requirement: the default timeout would take 20 s here.
+                assert time.monotonic() - started < 10
+            finally:
+                os.kill(sidecar.process.pid, signal.SIGCONT)
+            assert coap(stalled.uri(token, "telemetry"), Code.POST, '{"t": 3}').code == Code.CREATED
+            # The stalled request reaches the sidecar late, so wait for the last value, not just any.
+            assert wait_until(lambda: latest_telemetry(broker, device.id)["t"]["value"] == 3)
+        finally:
+            bridge.stop()
     assert bridge.process.returncode == 0
     assert not [problem for problem in LOG_PROBLEMS if problem in bridge.log()], bridge.log()
 
