@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -465,6 +466,22 @@ def test_a_stalled_sidecar_is_5_00_after_the_sidecar_timeout_and_then_works_agai
             bridge.stop()
     assert bridge.process.returncode == 0
     assert not [problem for problem in LOG_PROBLEMS if problem in bridge.log()], bridge.log()
+
+
+def test_nothing_listens_on_tcp_at_the_coap_ports(gh, tmp_path):
+    """UDP only. aiocoap's server also opens coap+tcp unless told not to, on the port it is given
+    (5683 when given 0), so this bridge is given ports that are free."""
+    coap_port, coaps_port = free_port(), free_port()
+    bridge = start_coap_bridge(gh.data_dir, gh.sidecar.url, tmp_path / "coap.log",
+                               "--coap-port", str(coap_port), "--coaps-port", str(coaps_port))
+    try:
+        assert bridge.coap_port == coap_port
+        assert coap(bridge.url("api", "v1", "no-such-token", "telemetry"), Code.POST, "{}").code == Code.UNAUTHORIZED
+        for port in (coap_port, coaps_port):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
+    finally:
+        bridge.stop()
 
 
 @needs_libcoap
