@@ -99,11 +99,12 @@ def start_broker(data_dir: Path, log_path: Path, *extra: str, timeout: float = 2
     return RunningBroker(process, data_dir, "127.0.0.1", ports["MQTT "], ports["MQTTS"], log_path, ports["METRICS"])
 
 
-def free_port() -> int:
-    """A port free right now, for a process whose port another process must be told before it
-    starts (amqtt's YAML config, the sidecar's broker under `gatehouse up`); a port-0 listener
-    is used wherever the process reports the port it got."""
-    with socket.socket() as s:
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port free right now (TCP, or UDP with SOCK_DGRAM), for a process whose port another
+    process must be told before it starts (amqtt's YAML config, the sidecar's broker under
+    `gatehouse up`) or that cannot report it (libcoap's `-p`); a port-0 listener is used wherever
+    the process reports the port it got."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

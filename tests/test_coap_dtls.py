@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import queue
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -53,12 +55,14 @@ from .conftest import (
     RunningBroker,
     RunningSidecar,
     broker_and_sidecar,
+    free_port,
 )
 from .devices import latest_telemetry, token_device, unique
 
 OPENSSL_CLIENT, GNUTLS_CLIENT = "coap-client-openssl", "coap-client-gnutls"
 needs_libcoap = pytest.mark.usefixtures("libcoap_clients")
 WAIT = 20  # seconds to wait for anything that should happen
+OBSERVE_SECONDS = 120  # longer than any test: a test stops its observer when it has seen enough
 # A response in libcoap's info-level log: "v:1 t:ACK c:2.05 i:6c45 {01} [ ... ] :: 'payload'"
 RESPONSE = re.compile(r"^v:1 t:\S+ c:([2-5]\.[0-9]{2}) .*?(?: :: '(.*)')?$", re.MULTILINE)
 
@@ -131,6 +135,9 @@ class InProcessBridge:
     def session_states(self) -> list[SessionState]:
         return self.call(lambda: [s.state for s in self.dtls.sessions])
 
+    def session_state(self, sockaddr: tuple) -> SessionState | None:
+        return self.call(lambda: getattr(self.dtls.sessions.get(sockaddr), "state", None))
+
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(WAIT)
@@ -149,6 +156,10 @@ class Gatehouse:
 
     def uri(self, *path: str) -> str:
         return f"coaps://127.0.0.1:{self.bridge.port}/" + "/".join(("api", "v1", *path))
+
+    def two_way(self, cert: Path, key: Path) -> list[str]:
+        """libcoap's options for two-way DTLS with this client certificate."""
+        return ["-R", str(self.ca), "-c", str(cert), "-j", str(key)]
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "gatehouse", "--data-dir", str(self.broker.data_dir), *args],
@@ -199,15 +210,76 @@ class Answer:
     log: str
 
 
-def coap(client: str | None, *args: str) -> Answer:
-    """Run a libcoap client. Its info-level log shows every message (its exit status is 0 even
-    when nothing was answered), so the final response is the last one logged."""
-    done = subprocess.run([client, "-v", "6", "-B", "15", *args], check=False, capture_output=True, text=True,
-                          timeout=60)
+def libcoap(client: str, *args: str) -> list[str]:
+    """A libcoap client's command line. Its info-level log shows every message (its exit status is
+    0 even when nothing was answered), so that is what tests read."""
+    return [client, "-v", "6", "-B", "15", *args]
+
+
+def coap(client: str, *args: str) -> Answer:
+    """Run a libcoap client; the final response is the last one logged."""
+    done = subprocess.run(libcoap(client, *args), check=False, capture_output=True, text=True, timeout=60)
     log = done.stdout + done.stderr
     responses = RESPONSE.findall(log)
     code, payload = responses[-1] if responses else (None, "")
     return Answer(code, payload, log)
+
+
+class Observer:
+    """A libcoap client observing a resource (`-s`) in the background, its responses read as they
+    come; the test stops it."""
+
+    def __init__(self, client: str, *args: str):
+        # stdbuf: on a pipe, libcoap's log would come only when it exits.
+        self.process = subprocess.Popen(["stdbuf", "-oL", *libcoap(client, "-s", str(OBSERVE_SECONDS), *args)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.log = ""
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name="libcoap observer", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def next_response(self, timeout: float = WAIT) -> Answer:
+        """The next response or notification (code None: none within `timeout`, or the client ended)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                self._lines.put(None)  # ended for every later call too
+                break
+            self.log += line
+            if found := RESPONSE.match(line):
+                return Answer(found[1], found[2] or "", self.log)
+        return Answer(None, "", self.log)
+
+    def stop(self, sig: signal.Signals = signal.SIGINT) -> None:
+        """SIGINT: libcoap ends its session with close_notify; SIGKILL: it vanishes."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        self.process.wait(WAIT)
+        self._reader.join(WAIT)
+        self.process.stdout.close()
+
+
+@pytest.fixture
+def observe():
+    """Start `coap-client-openssl` observers; all are stopped after the test."""
+    observers = []
+
+    def start(*args: str) -> Observer:
+        observers.append(Observer(OPENSSL_CLIENT, *args))
+        return observers[-1]
+
+    yield start
+    for observer in observers:
+        observer.stop()
 
 
 def wait_for(condition: Callable[[], bool]) -> bool:
@@ -334,6 +406,38 @@ def test_close_notify_ends_the_session(gh):
         assert coap(OPENSSL_CLIENT, "-R", str(gh.ca), "-m", "post", "-e", '{"t":1}',
                     gh.uri(token, "telemetry")).code == "2.01"
     assert wait_for(lambda: gh.bridge.session_count() == 0), gh.bridge.session_states()
+
+
+@needs_libcoap
+def test_two_certificate_devices_from_one_udp_port_in_sequence(gh):
+    """SPEC §9.7: one client port, two devices one after the other, each one's data its own."""
+    port = str(free_port(socket.SOCK_DGRAM))
+    devices = [gh.issued_device(), gh.issued_device()]
+    for seq, (_, cert, key) in enumerate(devices, start=1):
+        answer = coap(OPENSSL_CLIENT, "-p", port, *gh.two_way(cert, key), "-m", "post", "-e", f'{{"seq":{seq}}}',
+                      gh.uri("telemetry"))
+        assert answer.code == "2.01", answer.log
+        assert f"127.0.0.1:{port} <->" in answer.log  # libcoap names its session by both ends
+    assert [latest_telemetry(gh.broker, gh.device_id(name))["seq"]["value"] for name, _, _ in devices] == [1, 2]
+
+
+@needs_libcoap
+def test_a_new_handshake_from_the_address_of_an_open_session_is_served_as_the_new_certificate(gh, observe):
+    """A client that vanished without close_notify (a device reboots, another takes its port)
+    leaves its session open: the next ClientHello from that address starts a new session, and
+    the new certificate's device is the one served."""
+    port = free_port(socket.SOCK_DGRAM)
+    vanished_name, cert, key = gh.issued_device()
+    vanished = observe("-p", str(port), *gh.two_way(cert, key), gh.uri("rpc"))
+    assert vanished.next_response().code == "2.03", vanished.log
+    vanished.stop(signal.SIGKILL)
+    assert gh.bridge.session_state(("127.0.0.1", port)) is SessionState.OPEN
+    name, cert, key = gh.issued_device()
+    answer = coap(OPENSSL_CLIENT, "-p", str(port), *gh.two_way(cert, key), "-m", "post", "-e", '{"seq":3}',
+                  gh.uri("telemetry"))
+    assert answer.code == "2.01", answer.log
+    assert latest_telemetry(gh.broker, gh.device_id(name))["seq"]["value"] == 3
+    assert latest_telemetry(gh.broker, gh.device_id(vanished_name)) == {}
 
 
 # --- a scripted client for what libcoap does not show --------------------------------------------
