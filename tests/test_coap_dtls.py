@@ -58,6 +58,8 @@ from .conftest import (
     free_port,
 )
 from .devices import latest_telemetry, token_device, unique
+from .test_admin_api import Api
+from .test_mqtt_device_api import app_client
 
 OPENSSL_CLIENT, GNUTLS_CLIENT = "coap-client-openssl", "coap-client-gnutls"
 needs_libcoap = pytest.mark.usefixtures("libcoap_clients")
@@ -209,6 +211,9 @@ class Answer:
     payload: str
     log: str
 
+    def json(self):
+        return json.loads(self.payload.encode().decode("unicode_escape"))  # libcoap escapes what it prints
+
 
 def libcoap(client: str, *args: str) -> list[str]:
     """A libcoap client's command line. Its info-level log shows every message (its exit status is
@@ -323,7 +328,7 @@ def test_two_way_dtls_with_a_certificate_the_ca_issued(gh):
     answer = coap(OPENSSL_CLIENT, "-R", str(gh.ca), "-c", str(cert), "-j", str(key), "-m", "get",
                   gh.uri("attributes") + "?clientKeys=fw")
     assert answer.code == "2.05", answer.log
-    assert json.loads(answer.payload.encode().decode("unicode_escape")) == {"client": {"fw": "v1.2"}}
+    assert answer.json() == {"client": {"fw": "v1.2"}}
 
 
 @needs_libcoap
@@ -438,6 +443,66 @@ def test_a_new_handshake_from_the_address_of_an_open_session_is_served_as_the_ne
     assert answer.code == "2.01", answer.log
     assert latest_telemetry(gh.broker, gh.device_id(name))["seq"]["value"] == 3
     assert latest_telemetry(gh.broker, gh.device_id(vanished_name)) == {}
+
+
+@pytest.fixture(scope="module")
+def admin(gh) -> Api:
+    """The admin REST API, logged in: how an operator changes a device's shared attributes."""
+    username, password = unique("admin") + "@gatehouse.test", "coaps-Admin-pass1"
+    with Registry.open(gh.broker.data_dir) as registry:
+        registry.add_admin(username, password)
+    api = Api(gh.sidecar.url)
+    api.token = api.ok("POST", "/api/auth/login", {"username": username, "password": password})["token"]
+    return api
+
+
+@needs_libcoap
+def test_observe_shared_attributes_over_two_way_dtls_without_a_token(gh, admin, observe):
+    name, cert, key = gh.issued_device()
+    shared = f"/api/plugins/telemetry/DEVICE/{gh.device_id(name)}/attributes/SHARED_SCOPE"
+    admin.ok("POST", shared, {"fw": "v1"})
+    observer = observe(*gh.two_way(cert, key), gh.uri("attributes"))
+    first = observer.next_response()
+    assert (first.code, first.json()) == ("2.05", {"fw": "v1"}), first.log
+    # The sidecar hands a change only to a long poll open at that moment, and the bridge opens its
+    # first one just after this answer: repeat the change until it is notified.
+    deadline = time.monotonic() + WAIT
+    notification = Answer(None, "", "")
+    while notification.code is None and time.monotonic() < deadline:
+        admin.ok("POST", shared, {"fw": "v2"})
+        notification = observer.next_response(timeout=1.0)
+    assert (notification.code, notification.json()) == ("2.05", {"fw": "v2"}), observer.log
+
+
+@needs_libcoap
+def test_server_side_rpc_over_two_way_dtls_without_a_token(gh, observe, clients):
+    """Observe `/api/v1/rpc` (2.03 first), the call as a notification, the reply on
+    `/api/v1/rpc/{id}`: all for the device of the client certificate."""
+    name, cert, key = gh.issued_device()
+    device_id = gh.device_id(name)
+    app = app_client(gh.broker, clients, f"gatehouse/devices/{device_id}/rpc/response/+")
+    observer = observe(*gh.two_way(cert, key), gh.uri("rpc"))
+    assert observer.next_response().code == "2.03", observer.log
+    assert app.publish(f"gatehouse/devices/{device_id}/rpc/call/77", '{"method": "setGpio", "params": {"pin": 4}}')
+    call = observer.next_response()
+    assert (call.code, call.json()) == ("2.05", {"id": 77, "method": "setGpio", "params": {"pin": 4}}), call.log
+    reply = coap(OPENSSL_CLIENT, *gh.two_way(cert, key), "-m", "post", "-e", '{"pin":4,"value":true}',
+                 gh.uri("rpc", "77"))
+    assert reply.code == "2.01", reply.log
+    message = app.next_message(timeout=WAIT)
+    assert (message.topic, json.loads(message.payload)) == (f"gatehouse/devices/{device_id}/rpc/response/77",
+                                                            {"pin": 4, "value": True})
+
+
+@needs_libcoap
+def test_claim_over_two_way_dtls_without_a_token(gh):
+    _, cert, key = gh.issued_device()
+    claim = ["-m", "post", gh.uri("claim"), "-e"]
+    assert coap(OPENSSL_CLIENT, *gh.two_way(cert, key), *claim, '{"secretKey":"s","durationMs":60000}').code == "2.01"
+    # The sidecar judged the claim as that device's: a malformed one is refused, not the certificate.
+    assert coap(OPENSSL_CLIENT, *gh.two_way(cert, key), *claim, "[1]").code == "4.00"
+    _, stranger, stranger_key = gh.self_signed(register=False)
+    assert coap(OPENSSL_CLIENT, *gh.two_way(stranger, stranger_key), *claim, '{"secretKey":"s"}').code == "4.01"
 
 
 # --- a scripted client for what libcoap does not show --------------------------------------------
