@@ -56,6 +56,8 @@ from .conftest import (
     RunningSidecar,
     broker_and_sidecar,
     free_port,
+    operator_certificate,
+    start_coap_bridge,
 )
 from .devices import latest_telemetry, token_device, unique
 from .test_admin_api import Api
@@ -503,6 +505,25 @@ def test_claim_over_two_way_dtls_without_a_token(gh):
     assert coap(OPENSSL_CLIENT, *gh.two_way(cert, key), *claim, "[1]").code == "4.00"
     _, stranger, stranger_key = gh.self_signed(register=False)
     assert coap(OPENSSL_CLIENT, *gh.two_way(stranger, stranger_key), *claim, '{"secretKey":"s"}').code == "4.01"
+
+
+@needs_libcoap
+def test_the_bridge_serves_the_operators_own_certificate_given_by_tls_cert(gh, tmp_path):
+    """`gatehouse coap --tls-cert/--tls-key`: clients trusting the operator's CA get through, and
+    the development CA no longer vouches for the coaps port."""
+    operator_ca, cert, key = operator_certificate(tmp_path)
+    bridge = start_coap_bridge(gh.broker.data_dir, gh.sidecar.url, tmp_path / "coap.log",
+                               "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        device, token = token_device(gh.broker, "own-cert")
+        telemetry = ["-m", "post", "-e", '{"own":1}', bridge.secure_url("api", "v1", token, "telemetry")]
+        answer = coap(OPENSSL_CLIENT, "-R", str(operator_ca), *telemetry)
+        assert answer.code == "2.01", answer.log
+        assert latest_telemetry(gh.broker, device.id)["own"]["value"] == 1
+        answer = coap(OPENSSL_CLIENT, "-R", str(gh.ca), *telemetry)
+        assert answer.code is None, answer.log
+    finally:
+        bridge.stop()
 
 
 # --- a scripted client for what libcoap does not show --------------------------------------------
