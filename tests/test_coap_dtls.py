@@ -301,9 +301,10 @@ def wait_for(condition: Callable[[], bool]) -> bool:
 # --- libcoap clients through the bridge ---------------------------------------------------------
 
 @needs_libcoap
-def test_one_way_dtls_with_the_token_in_the_path(gh):
+@pytest.mark.parametrize("client", [OPENSSL_CLIENT, GNUTLS_CLIENT], ids=["openssl", "gnutls"])
+def test_one_way_dtls_with_the_token_in_the_path(gh, client):
     device, token = token_device(gh.broker, "coaps")
-    answer = coap(OPENSSL_CLIENT, "-R", str(gh.ca), "-m", "post", "-t", "json", "-e", '{"temperature":25}',
+    answer = coap(client, "-R", str(gh.ca), "-m", "post", "-t", "json", "-e", '{"temperature":25}',
                   gh.uri(token, "telemetry"))
     assert answer.code == "2.01", answer.log
     assert latest_telemetry(gh.broker, device.id)["temperature"]["value"] == 25
