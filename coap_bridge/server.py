@@ -21,7 +21,7 @@ from gatehouse.pki import DevelopmentPki
 from gatehouse.registry import Registry
 
 from .dtls import add_dtls_listener
-from .forwarding import HttpForwarder
+from .forwarding import DEFAULT_TIMEOUT, HttpForwarder
 from .resources import ApiV1, ApiV1WithoutFeature
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class CoapSettings:
     coap_port: int = 5683
     coaps_port: int = 5684
     sidecar_url: str = "http://127.0.0.1:8080"
+    sidecar_timeout: float = DEFAULT_TIMEOUT  # seconds for the sidecar's answer to a device request
     tls_cert: Path | None = None  # default: the development server certificate in the data dir
     tls_key: Path | None = None
     metrics_port: int | None = 9884  # Prometheus /metrics; 0: any free port, None: not served
@@ -107,7 +108,7 @@ async def start(settings: CoapSettings, api: ApiV1) -> tuple[aiocoap.Context, re
 async def serve(settings: CoapSettings, announce=announce) -> None:
     with Registry.open(settings.data_dir) as registry:  # read once: a clear error now if the data dir is not there
         credentials = registry.service_credentials(SERVICE_ACCOUNT)
-    forwarder = HttpForwarder(settings.sidecar_url, credentials)
+    forwarder = HttpForwarder(settings.sidecar_url, credentials, default_timeout=settings.sidecar_timeout)
     api = ApiV1(forwarder)
     context = metrics = None
     try:

@@ -513,11 +513,15 @@ def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_
 @click.option("--coaps-port", type=click.IntRange(0, 65535), default=5684, show_default=True, help="0: any free port.")
 @click.option("--sidecar-url", default="http://127.0.0.1:8080", show_default=True,
               help="The Gatehouse sidecar whose HTTP device API the bridge forwards to.")
+@click.option("--sidecar-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="How long a device request waits for the sidecar's answer; then the device gets 5.00. "
+                   "Observations and client-side RPC wait on their own, longer bounds.")
 @_tls_options
 @_metrics_port_option(9884)
 @log_format_option
 @click.pass_context
-def coap(ctx, host, coap_port, coaps_port, sidecar_url, tls_cert, tls_key, metrics_port, log_format) -> None:
+def coap(ctx, host, coap_port, coaps_port, sidecar_url, sidecar_timeout, tls_cert, tls_key, metrics_port,
+         log_format) -> None:
     """Run the CoAP bridge (ThingsBoard's CoAP device API, plain and over DTLS) until Ctrl-C or SIGTERM."""
     Registry.open(ctx.obj).close()
     from coap_bridge.server import (  # components load lazily: the domain imports none
@@ -526,8 +530,8 @@ def coap(ctx, host, coap_port, coaps_port, sidecar_url, tls_cert, tls_key, metri
     )
 
     ctx.exit(run(CoapSettings(data_dir=ctx.obj.resolve(), host=host, coap_port=coap_port, coaps_port=coaps_port,
-                              sidecar_url=sidecar_url, tls_cert=tls_cert, tls_key=tls_key, metrics_port=metrics_port,
-                              log_format=log_format)))
+                              sidecar_url=sidecar_url, sidecar_timeout=sidecar_timeout, tls_cert=tls_cert,
+                              tls_key=tls_key, metrics_port=metrics_port, log_format=log_format)))
 
 
 @main.command()

@@ -99,11 +99,27 @@ def start_broker(data_dir: Path, log_path: Path, *extra: str, timeout: float = 2
     return RunningBroker(process, data_dir, "127.0.0.1", ports["MQTT "], ports["MQTTS"], log_path, ports["METRICS"])
 
 
-def free_port() -> int:
-    """A port free right now, for a process whose port another process must be told before it
-    starts (amqtt's YAML config, the sidecar's broker under `gatehouse up`); a port-0 listener
-    is used wherever the process reports the port it got."""
-    with socket.socket() as s:
+def operator_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """An operator's own server certificate for `--tls-cert/--tls-key`, from a CA of its own
+    rather than the data dir's development CA: (CA, certificate, key) files in `directory`."""
+    from gatehouse import pki
+
+    ca, ca_key = pki.create_ca("Operator CA")
+    server, server_key = pki.issue_certificate(ca, ca_key, "gatehouse.example", client=False,
+                                               server_names=["localhost", "127.0.0.1"])
+    ca_file, cert_file, key_file = directory / "operator-ca.pem", directory / "operator.pem", directory / "operator.key"
+    ca_file.write_text(pki.certificate_pem(ca))
+    cert_file.write_text(pki.certificate_pem(server))
+    pki.write_private_file(key_file, pki.private_key_pem(server_key))
+    return ca_file, cert_file, key_file
+
+
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+    """A port free right now (TCP, or UDP with SOCK_DGRAM), for a process whose port another
+    process must be told before it starts (amqtt's YAML config, the sidecar's broker under
+    `gatehouse up`) or that cannot report it (libcoap's `-p`); a port-0 listener is used wherever
+    the process reports the port it got."""
+    with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

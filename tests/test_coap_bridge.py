@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -433,6 +436,52 @@ def test_sidecar_down_is_5_03_quickly_and_back_up_works_again(tmp_path):
                 process.stop()
     assert bridge.process.returncode == 0
     assert not [problem for problem in LOG_PROBLEMS if problem in bridge.log()], bridge.log()
+
+
+def test_a_stalled_sidecar_is_5_00_after_the_sidecar_timeout_and_then_works_again(tmp_path):
+    """SIGSTOP freezes the real sidecar with its port open: the kernel still accepts connections
+    and nothing answers them, the hang `--sidecar-timeout` bounds."""
+    with broker_and_sidecar(tmp_path) as (broker, sidecar):
+        bridge = start_coap_bridge(broker.data_dir, sidecar.url, tmp_path / "coap.log", "--sidecar-timeout", "1")
+        try:
+            stalled = Gatehouse(broker, sidecar, bridge)
+            device, token = token_device(broker)
+            _, key, secret = make_profile(stalled, ProvisionType.ALLOW_CREATE_NEW_DEVICES)
+            assert coap(stalled.uri(token, "telemetry"), Code.POST, '{"t": 1}').code == Code.CREATED
+            os.kill(sidecar.process.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                assert coap(stalled.uri(token, "telemetry"), Code.POST, '{"t": 2}').code == Code.INTERNAL_SERVER_ERROR
+                response = provision(stalled, {"deviceName": unique("stalled"), "provisionDeviceKey": key,
+                                               "provisionDeviceSecret": secret})
+                assert response.code == Code.INTERNAL_SERVER_ERROR
+                # A hang guard, not a timing requirement: the default timeout would take 20 s here.
+                assert time.monotonic() - started < 10
+            finally:
+                os.kill(sidecar.process.pid, signal.SIGCONT)
+            assert coap(stalled.uri(token, "telemetry"), Code.POST, '{"t": 3}').code == Code.CREATED
+            # The stalled request reaches the sidecar late, so wait for the last value, not just any.
+            assert wait_until(lambda: latest_telemetry(broker, device.id)["t"]["value"] == 3)
+        finally:
+            bridge.stop()
+    assert bridge.process.returncode == 0
+    assert not [problem for problem in LOG_PROBLEMS if problem in bridge.log()], bridge.log()
+
+
+def test_nothing_listens_on_tcp_at_the_coap_ports(gh, tmp_path):
+    """UDP only. aiocoap's server also opens coap+tcp unless told not to, on the port it is given
+    (5683 when given 0), so this bridge is given ports that are free."""
+    coap_port, coaps_port = free_port(), free_port()
+    bridge = start_coap_bridge(gh.data_dir, gh.sidecar.url, tmp_path / "coap.log",
+                               "--coap-port", str(coap_port), "--coaps-port", str(coaps_port))
+    try:
+        assert bridge.coap_port == coap_port
+        assert coap(bridge.url("api", "v1", "no-such-token", "telemetry"), Code.POST, "{}").code == Code.UNAUTHORIZED
+        for port in (coap_port, coaps_port):
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", port), timeout=WAIT).close()
+    finally:
+        bridge.stop()
 
 
 @needs_libcoap

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import queue
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -53,12 +55,18 @@ from .conftest import (
     RunningBroker,
     RunningSidecar,
     broker_and_sidecar,
+    free_port,
+    operator_certificate,
+    start_coap_bridge,
 )
 from .devices import latest_telemetry, token_device, unique
+from .test_admin_api import Api
+from .test_mqtt_device_api import app_client
 
 OPENSSL_CLIENT, GNUTLS_CLIENT = "coap-client-openssl", "coap-client-gnutls"
 needs_libcoap = pytest.mark.usefixtures("libcoap_clients")
 WAIT = 20  # seconds to wait for anything that should happen
+OBSERVE_SECONDS = 120  # longer than any test: a test stops its observer when it has seen enough
 # A response in libcoap's info-level log: "v:1 t:ACK c:2.05 i:6c45 {01} [ ... ] :: 'payload'"
 RESPONSE = re.compile(r"^v:1 t:\S+ c:([2-5]\.[0-9]{2}) .*?(?: :: '(.*)')?$", re.MULTILINE)
 
@@ -131,6 +139,9 @@ class InProcessBridge:
     def session_states(self) -> list[SessionState]:
         return self.call(lambda: [s.state for s in self.dtls.sessions])
 
+    def session_state(self, sockaddr: tuple) -> SessionState | None:
+        return self.call(lambda: getattr(self.dtls.sessions.get(sockaddr), "state", None))
+
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(WAIT)
@@ -149,6 +160,10 @@ class Gatehouse:
 
     def uri(self, *path: str) -> str:
         return f"coaps://127.0.0.1:{self.bridge.port}/" + "/".join(("api", "v1", *path))
+
+    def two_way(self, cert: Path, key: Path) -> list[str]:
+        """libcoap's options for two-way DTLS with this client certificate."""
+        return ["-R", str(self.ca), "-c", str(cert), "-j", str(key)]
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "gatehouse", "--data-dir", str(self.broker.data_dir), *args],
@@ -198,16 +213,80 @@ class Answer:
     payload: str
     log: str
 
+    def json(self):
+        return json.loads(self.payload.encode().decode("unicode_escape"))  # libcoap escapes what it prints
 
-def coap(client: str | None, *args: str) -> Answer:
-    """Run a libcoap client. Its info-level log shows every message (its exit status is 0 even
-    when nothing was answered), so the final response is the last one logged."""
-    done = subprocess.run([client, "-v", "6", "-B", "15", *args], check=False, capture_output=True, text=True,
-                          timeout=60)
+
+def libcoap(client: str, *args: str) -> list[str]:
+    """A libcoap client's command line. Its info-level log shows every message (its exit status is
+    0 even when nothing was answered), so that is what tests read."""
+    return [client, "-v", "6", "-B", "15", *args]
+
+
+def coap(client: str, *args: str) -> Answer:
+    """Run a libcoap client; the final response is the last one logged."""
+    done = subprocess.run(libcoap(client, *args), check=False, capture_output=True, text=True, timeout=60)
     log = done.stdout + done.stderr
     responses = RESPONSE.findall(log)
     code, payload = responses[-1] if responses else (None, "")
     return Answer(code, payload, log)
+
+
+class Observer:
+    """A libcoap client observing a resource (`-s`) in the background, its responses read as they
+    come; the test stops it."""
+
+    def __init__(self, client: str, *args: str):
+        # stdbuf: on a pipe, libcoap's log would come only when it exits.
+        self.process = subprocess.Popen(["stdbuf", "-oL", *libcoap(client, "-s", str(OBSERVE_SECONDS), *args)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.log = ""
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, name="libcoap observer", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def next_response(self, timeout: float = WAIT) -> Answer:
+        """The next response or notification (code None: none within `timeout`, or the client ended)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                self._lines.put(None)  # ended for every later call too
+                break
+            self.log += line
+            if found := RESPONSE.match(line):
+                return Answer(found[1], found[2] or "", self.log)
+        return Answer(None, "", self.log)
+
+    def stop(self, sig: signal.Signals = signal.SIGINT) -> None:
+        """SIGINT: libcoap ends its session with close_notify; SIGKILL: it vanishes."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        self.process.wait(WAIT)
+        self._reader.join(WAIT)
+        self.process.stdout.close()
+
+
+@pytest.fixture
+def observe():
+    """Start `coap-client-openssl` observers; all are stopped after the test."""
+    observers = []
+
+    def start(*args: str) -> Observer:
+        observers.append(Observer(OPENSSL_CLIENT, *args))
+        return observers[-1]
+
+    yield start
+    for observer in observers:
+        observer.stop()
 
 
 def wait_for(condition: Callable[[], bool]) -> bool:
@@ -222,9 +301,10 @@ def wait_for(condition: Callable[[], bool]) -> bool:
 # --- libcoap clients through the bridge ---------------------------------------------------------
 
 @needs_libcoap
-def test_one_way_dtls_with_the_token_in_the_path(gh):
+@pytest.mark.parametrize("client", [OPENSSL_CLIENT, GNUTLS_CLIENT], ids=["openssl", "gnutls"])
+def test_one_way_dtls_with_the_token_in_the_path(gh, client):
     device, token = token_device(gh.broker, "coaps")
-    answer = coap(OPENSSL_CLIENT, "-R", str(gh.ca), "-m", "post", "-t", "json", "-e", '{"temperature":25}',
+    answer = coap(client, "-R", str(gh.ca), "-m", "post", "-t", "json", "-e", '{"temperature":25}',
                   gh.uri(token, "telemetry"))
     assert answer.code == "2.01", answer.log
     assert latest_telemetry(gh.broker, device.id)["temperature"]["value"] == 25
@@ -251,7 +331,7 @@ def test_two_way_dtls_with_a_certificate_the_ca_issued(gh):
     answer = coap(OPENSSL_CLIENT, "-R", str(gh.ca), "-c", str(cert), "-j", str(key), "-m", "get",
                   gh.uri("attributes") + "?clientKeys=fw")
     assert answer.code == "2.05", answer.log
-    assert json.loads(answer.payload.encode().decode("unicode_escape")) == {"client": {"fw": "v1.2"}}
+    assert answer.json() == {"client": {"fw": "v1.2"}}
 
 
 @needs_libcoap
@@ -334,6 +414,117 @@ def test_close_notify_ends_the_session(gh):
         assert coap(OPENSSL_CLIENT, "-R", str(gh.ca), "-m", "post", "-e", '{"t":1}',
                     gh.uri(token, "telemetry")).code == "2.01"
     assert wait_for(lambda: gh.bridge.session_count() == 0), gh.bridge.session_states()
+
+
+@needs_libcoap
+def test_two_certificate_devices_from_one_udp_port_in_sequence(gh):
+    """SPEC §9.7: one client port, two devices one after the other, each one's data its own."""
+    port = str(free_port(socket.SOCK_DGRAM))
+    devices = [gh.issued_device(), gh.issued_device()]
+    for seq, (_, cert, key) in enumerate(devices, start=1):
+        answer = coap(OPENSSL_CLIENT, "-p", port, *gh.two_way(cert, key), "-m", "post", "-e", f'{{"seq":{seq}}}',
+                      gh.uri("telemetry"))
+        assert answer.code == "2.01", answer.log
+        assert f"127.0.0.1:{port} <->" in answer.log  # libcoap names its session by both ends
+    assert [latest_telemetry(gh.broker, gh.device_id(name))["seq"]["value"] for name, _, _ in devices] == [1, 2]
+
+
+@needs_libcoap
+def test_a_new_handshake_from_the_address_of_an_open_session_is_served_as_the_new_certificate(gh, observe):
+    """A client that vanished without close_notify (a device reboots, another takes its port)
+    leaves its session open: the next ClientHello from that address starts a new session, and
+    the new certificate's device is the one served."""
+    port = free_port(socket.SOCK_DGRAM)
+    vanished_name, cert, key = gh.issued_device()
+    vanished = observe("-p", str(port), *gh.two_way(cert, key), gh.uri("rpc"))
+    assert vanished.next_response().code == "2.03", vanished.log
+    vanished.stop(signal.SIGKILL)
+    assert gh.bridge.session_state(("127.0.0.1", port)) is SessionState.OPEN
+    name, cert, key = gh.issued_device()
+    answer = coap(OPENSSL_CLIENT, "-p", str(port), *gh.two_way(cert, key), "-m", "post", "-e", '{"seq":3}',
+                  gh.uri("telemetry"))
+    assert answer.code == "2.01", answer.log
+    assert latest_telemetry(gh.broker, gh.device_id(name))["seq"]["value"] == 3
+    assert latest_telemetry(gh.broker, gh.device_id(vanished_name)) == {}
+
+
+@pytest.fixture(scope="module")
+def admin(gh) -> Api:
+    """The admin REST API, logged in: how an operator changes a device's shared attributes."""
+    username, password = unique("admin") + "@gatehouse.test", "coaps-Admin-pass1"
+    with Registry.open(gh.broker.data_dir) as registry:
+        registry.add_admin(username, password)
+    api = Api(gh.sidecar.url)
+    api.token = api.ok("POST", "/api/auth/login", {"username": username, "password": password})["token"]
+    return api
+
+
+@needs_libcoap
+def test_observe_shared_attributes_over_two_way_dtls_without_a_token(gh, admin, observe):
+    name, cert, key = gh.issued_device()
+    shared = f"/api/plugins/telemetry/DEVICE/{gh.device_id(name)}/attributes/SHARED_SCOPE"
+    admin.ok("POST", shared, {"fw": "v1"})
+    observer = observe(*gh.two_way(cert, key), gh.uri("attributes"))
+    first = observer.next_response()
+    assert (first.code, first.json()) == ("2.05", {"fw": "v1"}), first.log
+    # The sidecar hands a change only to a long poll open at that moment, and the bridge opens its
+    # first one just after this answer: repeat the change until it is notified.
+    deadline = time.monotonic() + WAIT
+    notification = Answer(None, "", "")
+    while notification.code is None and time.monotonic() < deadline:
+        admin.ok("POST", shared, {"fw": "v2"})
+        notification = observer.next_response(timeout=1.0)
+    assert (notification.code, notification.json()) == ("2.05", {"fw": "v2"}), observer.log
+
+
+@needs_libcoap
+def test_server_side_rpc_over_two_way_dtls_without_a_token(gh, observe, clients):
+    """Observe `/api/v1/rpc` (2.03 first), the call as a notification, the reply on
+    `/api/v1/rpc/{id}`: all for the device of the client certificate."""
+    name, cert, key = gh.issued_device()
+    device_id = gh.device_id(name)
+    app = app_client(gh.broker, clients, f"gatehouse/devices/{device_id}/rpc/response/+")
+    observer = observe(*gh.two_way(cert, key), gh.uri("rpc"))
+    assert observer.next_response().code == "2.03", observer.log
+    assert app.publish(f"gatehouse/devices/{device_id}/rpc/call/77", '{"method": "setGpio", "params": {"pin": 4}}')
+    call = observer.next_response()
+    assert (call.code, call.json()) == ("2.05", {"id": 77, "method": "setGpio", "params": {"pin": 4}}), call.log
+    reply = coap(OPENSSL_CLIENT, *gh.two_way(cert, key), "-m", "post", "-e", '{"pin":4,"value":true}',
+                 gh.uri("rpc", "77"))
+    assert reply.code == "2.01", reply.log
+    message = app.next_message(timeout=WAIT)
+    assert (message.topic, json.loads(message.payload)) == (f"gatehouse/devices/{device_id}/rpc/response/77",
+                                                            {"pin": 4, "value": True})
+
+
+@needs_libcoap
+def test_claim_over_two_way_dtls_without_a_token(gh):
+    _, cert, key = gh.issued_device()
+    claim = ["-m", "post", gh.uri("claim"), "-e"]
+    assert coap(OPENSSL_CLIENT, *gh.two_way(cert, key), *claim, '{"secretKey":"s","durationMs":60000}').code == "2.01"
+    # The sidecar judged the claim as that device's: a malformed one is refused, not the certificate.
+    assert coap(OPENSSL_CLIENT, *gh.two_way(cert, key), *claim, "[1]").code == "4.00"
+    _, stranger, stranger_key = gh.self_signed(register=False)
+    assert coap(OPENSSL_CLIENT, *gh.two_way(stranger, stranger_key), *claim, '{"secretKey":"s"}').code == "4.01"
+
+
+@needs_libcoap
+def test_the_bridge_serves_the_operators_own_certificate_given_by_tls_cert(gh, tmp_path):
+    """`gatehouse coap --tls-cert/--tls-key`: clients trusting the operator's CA get through, and
+    the development CA no longer vouches for the coaps port."""
+    operator_ca, cert, key = operator_certificate(tmp_path)
+    bridge = start_coap_bridge(gh.broker.data_dir, gh.sidecar.url, tmp_path / "coap.log",
+                               "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        device, token = token_device(gh.broker, "own-cert")
+        telemetry = ["-m", "post", "-e", '{"own":1}', bridge.secure_url("api", "v1", token, "telemetry")]
+        answer = coap(OPENSSL_CLIENT, "-R", str(operator_ca), *telemetry)
+        assert answer.code == "2.01", answer.log
+        assert latest_telemetry(gh.broker, device.id)["own"]["value"] == 1
+        answer = coap(OPENSSL_CLIENT, "-R", str(gh.ca), *telemetry)
+        assert answer.code is None, answer.log
+    finally:
+        bridge.stop()
 
 
 # --- a scripted client for what libcoap does not show --------------------------------------------

@@ -18,7 +18,7 @@ from gatehouse.credentials import AccessToken
 from gatehouse.models import AttributeScope
 from gatehouse.registry import Registry
 
-from .conftest import start_broker
+from .conftest import operator_certificate, start_broker
 from .devices import latest_telemetry, token_device, unique
 from .mqtt_client import connect, wait_until
 
@@ -167,19 +167,11 @@ def test_thingsboard_docs_plain_mosquitto_pub_example_stores_telemetry(broker):
 
 
 def test_an_operators_own_server_certificate_is_served_on_8883(tmp_path, broker_factory):
-    from gatehouse import pki
-
-    ca, ca_key = pki.create_ca("Operator CA")
-    server, server_key = pki.issue_certificate(ca, ca_key, "broker.example", client=False,
-                                               server_names=["localhost", "127.0.0.1"])
-    (tmp_path / "op-ca.pem").write_text(pki.certificate_pem(ca))
-    (tmp_path / "op.pem").write_text(pki.certificate_pem(server))
-    pki.write_private_file(tmp_path / "op.key", pki.private_key_pem(server_key))
-    running = broker_factory("--tls-cert", str(tmp_path / "op.pem"), "--tls-key", str(tmp_path / "op.key"),
-                             data_dir=tmp_path / "own-cert-data")
+    operator_ca, cert, key = operator_certificate(tmp_path)
+    running = broker_factory("--tls-cert", str(cert), "--tls-key", str(key), data_dir=tmp_path / "own-cert-data")
     with Registry.open(running.data_dir) as registry:
         registry.create_device("own-cert", credentials=AccessToken("OWN_CERT_TOKEN"))
     # Trusting the operator's CA works; the development CA no longer vouches for the listener.
-    assert connect(running.mqtts_port, "c", "OWN_CERT_TOKEN", ca_cert=tmp_path / "op-ca.pem").return_code == 0
+    assert connect(running.mqtts_port, "c", "OWN_CERT_TOKEN", ca_cert=operator_ca).return_code == 0
     with pytest.raises(OSError):
         connect(running.mqtts_port, "c2", "OWN_CERT_TOKEN", ca_cert=running.ca_cert)
