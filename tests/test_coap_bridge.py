@@ -167,6 +167,18 @@ def test_block_wise_upload_is_reassembled_and_stored(gh, tmp_path):
     assert {key: entry["value"] for key, entry in stored.items()} == values
 
 
+@needs_libcoap
+def test_a_large_attribute_answer_is_sent_block_wise_to_a_client_asking_for_small_blocks(gh):
+    device, token = token_device(gh.broker)
+    values = {f"setting{i:03}": f"value-{i}" for i in range(100)}
+    with gh.registry() as registry:
+        registry.save_attributes(device.id, AttributeScope.SHARED, kv_entries(values))
+    # -b 64: Block2 of 64 bytes; the answer is about 2.5 KB, so about 40 blocks reassembled by libcoap.
+    done = coap_client("-m", "get", "-b", "64", gh.uri(token, "attributes") + "?sharedKeys=")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"shared": values}
+
+
 # --- codes (SPEC §6) ------------------------------------------------------------------------
 
 
