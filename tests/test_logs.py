@@ -101,14 +101,19 @@ def _mqtt_provision(port: int, request: dict) -> dict:
     return answer
 
 
+class Secrets(list):
+    """Every secret a test used, for the logs to be searched for."""
+
+    def new(self, prefix: str) -> str:
+        value = unique(prefix)
+        self.append(value)
+        return value
+
+
 @pytest.mark.parametrize("log_format", ["json", "text"])
 def test_no_secret_is_ever_logged(tmp_path, log_format):
-    secrets: list[str] = []
-
-    def secret(prefix: str) -> str:
-        value = unique(prefix)
-        secrets.append(value)
-        return value
+    secrets = Secrets()
+    secret = secrets.new
 
     token, wrong_token = secret("TOKEN"), secret("WRONGTOKEN")
     client_id, username, password, wrong_password = secret("cid"), secret("user"), secret("pw"), secret("badpw")
@@ -192,12 +197,8 @@ def test_no_secret_is_ever_logged(tmp_path, log_format):
 
 @pytest.mark.parametrize("log_format", ["json", "text"])
 def test_no_secret_typed_in_the_web_ui_or_imported_with_the_cli_is_ever_logged(tmp_path, log_format):
-    secrets: list[str] = []
-
-    def secret(prefix: str) -> str:
-        value = unique(prefix)
-        secrets.append(value)
-        return value
+    secrets = Secrets()
+    secret = secrets.new
 
     admin, admin_password, wrong_password = unique("admin"), secret("adminpw"), secret("badpw")
     key, provision_secret = secret("pkey"), secret("psecret")
