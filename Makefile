@@ -47,7 +47,8 @@ debian-test-packages:
 test: $(VENV)/.installed-test $(SDK_VENV)/.installed debian-test-packages
 	$(BIN)/pytest
 
-# Every benchmark, full size, one after another; writes bench/RESULTS.md.
+# Every benchmark, full size, one after another, the soak included (about 24 minutes); writes
+# bench/RESULTS.md.
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/report.py
 

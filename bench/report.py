@@ -1,9 +1,12 @@
-"""Run every Gatehouse benchmark (registry, MQTT, HTTP, CoAP) one after another and write
-bench/RESULTS.md: each headline figure with the baseline measured in the same run and their
-ratio, the machine it ran on, the commands, and each benchmark's full output.
+"""Run every Gatehouse benchmark (registry, MQTT, HTTP, CoAP, and the soak: reconnect storm,
+memory over time, telemetry beside an import) one after another and write bench/RESULTS.md: each
+headline figure with the baseline measured in the same run and their ratio, the machine it ran
+on, the commands, and each benchmark's full output.
 
-    python bench/report.py            # the full runs (about 12 minutes on 2 cores)
-    python bench/report.py --quick    # short runs, to check that everything works
+    python bench/report.py                     # the full runs (about 24 minutes on 2 cores)
+    python bench/report.py --skip soak.py      # all but the 10-minute soak (about 12 minutes)
+    python bench/report.py --only soak.py      # the soak alone (about 12 minutes)
+    python bench/report.py --quick             # short runs, to check that everything works
 
 Each benchmark runs in its own process with `--json` (bench/results.py); what it prints goes to
 this terminal as it runs and into the report. A benchmark that fails is reported as failed, with
@@ -29,7 +32,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 # (script, its arguments for a quick run); the registry benchmark's quick run is a smaller registry.
 BENCHMARKS = (("registry.py", ["--devices", "10000", "--seconds", "0.5", "--keys", "10000"]),
-              ("mqtt.py", ["--quick"]), ("http.py", ["--quick"]), ("coap.py", ["--quick"]))
+              ("mqtt.py", ["--quick"]), ("http.py", ["--quick"]), ("coap.py", ["--quick"]),
+              ("soak.py", ["--quick"]))
 
 
 @dataclass
@@ -97,14 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs of each benchmark (a few minutes in all)")
     parser.add_argument("--output", type=Path, default=BENCH_DIR / "RESULTS.md", help="where the report goes")
-    parser.add_argument("--only", action="append", choices=[script for script, _ in BENCHMARKS],
-                        help="run only this benchmark (repeatable)")
+    scripts = [script for script, _ in BENCHMARKS]
+    parser.add_argument("--only", action="append", choices=scripts, help="run only this benchmark (repeatable)")
+    parser.add_argument("--skip", action="append", choices=scripts, default=[],
+                        help="leave this benchmark out (repeatable); by default every one runs")
     args = parser.parse_args(argv)
     started = datetime.datetime.now(datetime.UTC)
     runs = []
     with tempfile.TemporaryDirectory(prefix="gatehouse-report-") as temp:
         for script, quick_args in BENCHMARKS:
-            if args.only and script not in args.only:
+            if (args.only and script not in args.only) or script in args.skip:
                 continue
             runs.append(run_benchmark(script, quick_args if args.quick else [], Path(temp) / f"{script}.json"))
     report_command = [str(Path(__file__).resolve().relative_to(REPO_ROOT)), *(argv if argv is not None else sys.argv[1:])]

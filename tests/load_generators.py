@@ -87,6 +87,18 @@ class MemoryCurve:
         """How much the last third's median exceeds the middle third's, as a fraction."""
         return self.third(2) / self.third(1) - 1
 
+    def stops_growing(self, ratio: float, slack_kib: float = 0) -> bool:
+        """The last third's median is at most `ratio` times the middle third's, plus `slack_kib`.
+        The first third is left out: it holds the start-up and the load's ramp."""
+        return self.third(2) <= self.third(1) * ratio + slack_kib
+
+    def verdict(self, ratio: float, slack_kib: float = 0) -> str:
+        bound = f"<= middle x {ratio:.2f}" + (f" + {slack_kib / 1024:g} MiB" if slack_kib else "")
+        return (f"{self.name} memory: last third {self.third(2) / 1024:.1f} MiB vs middle third "
+                f"{self.third(1) / 1024:.1f} MiB: {(self.third(2) - self.third(1)) / 1024:+.1f} MiB "
+                f"({100 * self.growth():+.1f} %, ratio {self.third(2) / self.third(1):.3f}); target {bound}: "
+                + ("stops growing" if self.stops_growing(ratio, slack_kib) else "STILL GROWING"))
+
     def describe(self, points: int = 10) -> str:
         step = max(1, len(self.samples) // points)
         curve = "  ".join(f"{t:5.0f}s {kib / 1024:6.1f}" for t, kib in self.samples[::step])

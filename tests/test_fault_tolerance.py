@@ -527,19 +527,29 @@ def test_sigkill_of_the_sidecar_while_the_coap_bridge_forwards_answers_every_req
 
 WRONG_TOKENS, MAX_FAILED_LOGINS = 1_000, 10
 NOT_AUTHORIZED, SERVER_UNAVAILABLE = 0x05, 0x03  # MQTT 3.1.1 CONNACK: bad credentials, blocked address
+# The last wrong tokens are sent only once the fresh login from the other address is answered, so
+# that login happens in the middle of the attack however fast the rest of it goes.
+HELD_BACK = 100
 
 
 def test_a_thousand_wrong_tokens_block_their_address_while_a_device_elsewhere_keeps_working(broker_factory):
     async_mqtt.raise_open_files_limit(4 * WRONG_TOKENS)
     broker = broker_factory("--max-failed-logins", str(MAX_FAILED_LOGINS), "--block-seconds", "60")
     device, token = token_device(broker)
+    fresh_device, fresh_token = token_device(broker)
     name = device.name
     device_ready, attack_over = asyncio.Event(), asyncio.Event()
-    acknowledged = []
+    address_blocked, fresh_login_answered = asyncio.Event(), asyncio.Event()
+    acknowledged, answered, fresh_login = [], [], {}
 
     async def wrong_login(i: int) -> int:
+        if i >= WRONG_TOKENS - HELD_BACK:
+            await fresh_login_answered.wait()
         connection = await async_mqtt.connect(broker.mqtt_port, f"attacker-{i}", unique("WRONG"))
         await connection.close()
+        answered.append(connection.return_code)
+        if len(answered) > MAX_FAILED_LOGINS:  # the block is on now (the codes say whether it worked)
+            address_blocked.set()
         return connection.return_code
 
     async def attack() -> Counter:
@@ -562,12 +572,26 @@ def test_a_thousand_wrong_tokens_block_their_address_while_a_device_elsewhere_ke
         finally:
             await connection.close()
 
+    async def fresh_legitimate_login() -> None:
+        # Another device's first connection, from the other address, once the attacker is blocked.
+        await address_blocked.wait()
+        try:
+            connection = await async_mqtt.connect(broker.mqtt_port, fresh_device.name, fresh_token,
+                                                  bind_address="127.0.0.2")
+            await connection.close()
+            fresh_login.update(code=connection.return_code, wrong_logins_answered=len(answered))
+        finally:
+            fresh_login_answered.set()
+
     async def run() -> Counter:
-        codes, _ = await asyncio.wait_for(asyncio.gather(attack(), legitimate_device()), HANG_GUARD)
+        codes, *_ = await asyncio.wait_for(asyncio.gather(attack(), legitimate_device(), fresh_legitimate_login()),
+                                           HANG_GUARD)
         return codes
 
     codes = asyncio.run(run())
     assert codes == {NOT_AUTHORIZED: MAX_FAILED_LOGINS, SERVER_UNAVAILABLE: WRONG_TOKENS - MAX_FAILED_LOGINS}
+    assert fresh_login["code"] == 0
+    assert MAX_FAILED_LOGINS < fresh_login["wrong_logins_answered"] <= WRONG_TOKENS - HELD_BACK
     assert set(acknowledged) <= stored_values(broker.data_dir, "seq") and len(acknowledged) > 1
 
     async def login_from(address: str) -> int:

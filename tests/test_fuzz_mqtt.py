@@ -4,9 +4,10 @@ oversize remaining lengths, bad UTF-8, wrong flags — sent before and after CON
 byte streams, a CONNECT flood and slow-loris partial frames.
 
 Throughout and afterwards a well-behaved paho device connects, publishes QoS 1 telemetry that is
-stored, and receives a shared-attribute update from an application. Every answer the broker
-sends a fuzz connection must be a well-formed sequence of server packets; the broker must log no
-error and store no new device or credential.
+stored, and receives a shared-attribute update from an application; a fuzz run or a CONNECT flood
+is not over until the device has gone through such a round begun after the run began. Every
+answer the broker sends a fuzz connection must be a well-formed sequence of server packets; the
+broker must log no error and store no new device or credential.
 
 The fuzz connections come from 127.0.0.2 so that the broker's failed-login blocking, which they
 trigger, does not hit the well-behaved clients on 127.0.0.1. The run is seeded: a failure prints
@@ -19,7 +20,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
@@ -40,13 +41,14 @@ from .conftest import start_broker
 from .devices import token_device, unique
 from .fuzz_budget import budget
 from .mqtt_client import TestClient as MqttClient
-from .mqtt_client import connect, connect_packet, next_on, wait_until
+from .mqtt_client import connect, connect_packet, next_on
 from .test_fuzz_payloads import row_counts
 
 FUZZ_ADDRESS = "127.0.0.2"
 CONCURRENCY = 40
 FLOOD_SIZE = 300  # connections opened at once
 ANSWER_WAIT = 0.3  # how long a fuzz connection listens for an answer before it hangs up
+HANG_GUARD = 60  # seconds for the well-behaved device to be served during a run: only a hang trips it
 SEED = int(os.environ.get("GATEHOUSE_FUZZ_SEED", random.SystemRandom().randrange(2**32)))
 REPLAY = f"replay with GATEHOUSE_FUZZ_SEED={SEED}"
 # Control packet types a server may send (MQTT 3.1.1 §2.2.1; DISCONNECT and AUTH in MQTT 5).
@@ -191,9 +193,10 @@ def server_packets_problem(answer: bytes) -> str | None:
 # --- running the cases --------------------------------------------------------------------------
 
 
-async def _run_case(port: int, writes: list[bytes], *, wait: float = ANSWER_WAIT, enough: int | None = None) -> bytes:
+async def _run_case(port: int, writes: list[bytes], *, wait: float = ANSWER_WAIT, enough: int | None = None,
+                    hold: asyncio.Event | None = None) -> bytes:
     """Send `writes` on a new connection; what the broker answered within `wait` seconds (or
-    until `enough` bytes came)."""
+    until `enough` bytes came). With `hold`, the connection is closed only once it is set."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(FUZZ_ADDRESS, 0))
     except OSError:
@@ -208,6 +211,9 @@ async def _run_case(port: int, writes: list[bytes], *, wait: float = ANSWER_WAIT
                 answer += chunk
     except (TimeoutError, ConnectionError):
         pass
+    try:
+        if hold is not None:
+            await hold.wait()
     finally:
         writer.close()
         try:
@@ -217,14 +223,15 @@ async def _run_case(port: int, writes: list[bytes], *, wait: float = ANSWER_WAIT
     return bytes(answer)
 
 
-async def _run_cases(port: int, cases: list[list[bytes]]) -> list[bytes]:
-    slots = asyncio.Semaphore(CONCURRENCY)
+async def _run_cases(port: int, cases: list[list[bytes]], hold: asyncio.Event) -> list[bytes]:
+    """The cases, CONCURRENCY at a time; the last CONCURRENCY of them stay open until `hold` is set."""
+    slots = asyncio.Semaphore(CONCURRENCY)  # first come, first served: the last cases start last
 
-    async def one(writes):
+    async def one(index, writes):
         async with slots:
-            return await _run_case(port, writes)
+            return await _run_case(port, writes, hold=hold if index >= len(cases) - CONCURRENCY else None)
 
-    return await asyncio.gather(*(one(writes) for writes in cases))
+    return await asyncio.gather(*(one(index, writes) for index, writes in enumerate(cases)))
 
 
 async def _slow_loris(port: int, prefix: bytes, partial: bytes, keep_going_for: float) -> bool:
@@ -263,10 +270,12 @@ class WellBehavedDevice:
         self.acknowledged: list[int] = []
         self.failures: list[str] = []
         self.rounds = 0
+        self.served: list[tuple[float, float]] = []  # (began, done), time.monotonic(), of each round without failure
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def round(self) -> None:
+        began, failures = time.monotonic(), len(self.failures)
         client = connect(self.broker.mqtt_port, unique("well-behaved"), self.token)
         try:
             if client.return_code != 0:
@@ -291,6 +300,21 @@ class WellBehavedDevice:
         finally:
             client.close()
             self.rounds += 1
+        if len(self.failures) == failures:
+            self.served.append((began, time.monotonic()))
+
+    def served_within(self, start: float, end: float) -> int:
+        """Rounds without failure that began at or after `start` and were done by `end`."""
+        return sum(start <= began and done <= end for began, done in list(self.served))
+
+    async def served_since(self, start: float) -> None:
+        """Returns once a round begun at or after `start` has gone through."""
+        deadline = time.monotonic() + HANG_GUARD
+        while not self.served_within(start, time.monotonic()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the well-behaved device was not served within {HANG_GUARD} s; "
+                                     f"failures: {self.failures[:5]}; {REPLAY}")
+            await asyncio.sleep(0.02)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -310,6 +334,23 @@ class WellBehavedDevice:
     def stored_sequence_numbers(self) -> set[int]:
         with Registry.open(self.broker.data_dir) as registry:
             return {row["value"] for row in registry.store.telemetry_history(self.device.id, "seq")}
+
+
+async def _serving_throughout(device: WellBehavedDevice, run: Callable[[asyncio.Event], Awaitable[list[bytes]]]
+                              ) -> tuple[list[bytes], int]:
+    """`run(hold)`'s answers, and how many of the device's rounds went through while it ran. The
+    run's last connections stay open until `hold` is set, which happens once a round of the
+    device begun after the run began has gone through: so a run is never over before the device
+    was served in its midst, however fast the run (a CONNECT flood takes a fraction of a second)."""
+    hold = asyncio.Event()
+    began = time.monotonic()
+
+    async def hold_until_served() -> None:
+        await device.served_since(began)
+        hold.set()
+
+    answers, _ = await asyncio.gather(run(hold), hold_until_served())
+    return answers, device.served_within(began, time.monotonic())
 
 
 def _devices_and_credentials(broker) -> dict[str, int]:
@@ -339,12 +380,12 @@ def test_broker_survives_malformed_packets_and_keeps_serving_a_well_behaved_devi
     device = WellBehavedDevice(broker, application)
     before = _devices_and_credentials(broker)
     with device:
-        answers = asyncio.run(_run_cases(broker.mqtt_port, cases))
-        wait_until(lambda: device.rounds >= 2, timeout=30)
+        answers, served_during = asyncio.run(_serving_throughout(
+            device, lambda hold: _run_cases(broker.mqtt_port, cases, hold)))
     device.round()  # and once more, now that the run is over
     assert broker.process.poll() is None, f"the broker died; {REPLAY}\n{broker.log()[-5000:]}"
     assert not device.failures, f"{device.failures[:5]}; {REPLAY}"
-    assert device.rounds >= 3
+    assert served_during >= 1, REPLAY
     assert set(device.acknowledged) <= device.stored_sequence_numbers(), REPLAY
     for writes, answer in zip(cases, answers):
         problem = server_packets_problem(answer)
@@ -374,12 +415,15 @@ def test_broker_serves_a_well_behaved_device_through_connect_floods(broker, appl
                 packet = connect_packet(unique("flood"), username)
                 flood.append((rng.choice(MUTATIONS)(rng, packet), None) if rng.random() < 0.3 else (packet, codes))
 
-            async def run_flood():
+            async def run_flood(hold, flood=flood):
                 # A login must be answered however long the flood takes: 4 bytes of CONNACK.
                 return await asyncio.gather(*(_run_case(broker.mqtt_port, [packet], wait=60 if codes else ANSWER_WAIT,
-                                                        enough=4 if codes else None) for packet, codes in flood))
+                                                        enough=4 if codes else None, hold=hold)
+                                              for packet, codes in flood))
 
-            for (packet, codes), answer in zip(flood, asyncio.run(run_flood())):
+            answers, served_during = asyncio.run(_serving_throughout(device, run_flood))
+            assert served_during >= 1, REPLAY
+            for (packet, codes), answer in zip(flood, answers):
                 assert server_packets_problem(answer) is None, f"{answer!r} to {packet!r}; {REPLAY}"
                 if codes is not None:
                     assert answer[:3] == b"\x20\x02\x00" and answer[3] in codes, f"{answer!r} to {packet!r}; {REPLAY}"

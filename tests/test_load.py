@@ -1,7 +1,8 @@
 """Gatehouse under load, CI-sized: a reconnect storm of 2,000 token devices after a broker
-crash, and a 30 s telemetry soak of 500 devices (MQTT and HTTP) during which the broker's and
-the sidecar's memory must stop growing. Bounds are printed (run with -s), not asserted, except
-hang guards; `make soak` runs the full-sized versions (bench/soak.py)."""
+crash, all of them connected within STORM_BOUND, and a 30 s telemetry soak of 500 devices (MQTT
+and HTTP) during which the broker's and the sidecar's memory must stop growing. The figures are
+printed (run with -s); the bounds asserted are far above them, so they catch a hang or a leak,
+not a slow machine. `make soak` runs the full-sized versions (bench/soak.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -17,10 +18,21 @@ from .test_metrics import counts
 
 HANG_GUARD = 120  # seconds
 STORM_DEVICES = 2_000
+# Every storm device has its CONNACK within this many seconds of the storm's start. Measured here
+# (2 cores): 1.8 to 2.4 s on a quiet machine, 3.8 to 5.7 s with the test pinned to one core beside
+# a busy loop; the broker's login rate (about 850/s on one core) sets it. 30 s is 5 times the
+# loaded figure, yet a storm whose clients wait out TCP's SYN retransmissions (the backlog
+# regression below: 15 s for a storm of 3 s, and more when a SYN is dropped again), or whose
+# logins queue behind a lock or a timeout, misses it.
+STORM_BOUND = 30
 SOAK_SECONDS, SOAK_MQTT_DEVICES, SOAK_HTTP_DEVICES = 30, 450, 50
-# The last third of the soak may sit this much above the middle third (allocator arenas and
-# caches settle in steps), plus a fixed slack for small processes.
-MEMORY_TOLERANCE, MEMORY_SLACK_KIB = 0.10, 4 * 1024
+# Memory that stops growing: the median RSS of the soak's last third is at most the middle
+# third's x (1 + MEMORY_TOLERANCE) + MEMORY_SLACK_KIB (allocator arenas and caches settle in
+# steps). Measured growth in 6 runs: +0.0 to +0.4 MiB (of 67 and 75 MiB), quiet or pinned to one
+# core beside a busy loop, so the bound (about 4 MiB; it was 10 % + 4 MiB, about 11 MiB) keeps a
+# tenfold margin while a leak of about 1 KiB a message (5,000 messages lie between the thirds'
+# medians) now fails it.
+MEMORY_TOLERANCE, MEMORY_SLACK_KIB = 0.03, 2 * 1024
 
 
 def test_2000_devices_reconnecting_at_once_after_a_broker_crash_all_get_in(broker_factory):
@@ -40,8 +52,9 @@ def test_2000_devices_reconnecting_at_once_after_a_broker_crash_all_get_in(broke
 
     first, again, restarted = asyncio.run(storms())
     print(f"\n{STORM_DEVICES} devices connected at once: cold broker {first.seconds:.1f} s, "
-          f"reconnecting after a crash {again.seconds:.1f} s")
+          f"reconnecting after a crash {again.seconds:.1f} s (bound {STORM_BOUND} s)")
     assert first.codes == {0: STORM_DEVICES} and again.codes == {0: STORM_DEVICES}
+    assert first.seconds < STORM_BOUND and again.seconds < STORM_BOUND
     logins = counts(restarted.metrics_port, "gatehouse_logins_total")
     assert {labels: n for labels, n in logins.items() if "ACCEPTED" not in labels} == {}
 
@@ -60,11 +73,12 @@ def test_a_30_s_telemetry_soak_of_500_devices_stores_everything_and_memory_stops
     print(f"\nsoak: {result.sent} messages sent, {len(result.acknowledged)} acknowledged, {result.refused} refused")
     for curve in result.curves:
         print(curve.describe())
+        print(curve.verdict(1 + MEMORY_TOLERANCE, MEMORY_SLACK_KIB))
 
     assert result.refused == 0 and len(result.acknowledged) == result.sent
     assert result.acknowledged <= stored_values(broker.data_dir, "seq")
     for curve in result.curves:
-        assert curve.third(2) <= curve.third(1) * (1 + MEMORY_TOLERANCE) + MEMORY_SLACK_KIB, curve.describe()
+        assert curve.stops_growing(1 + MEMORY_TOLERANCE, MEMORY_SLACK_KIB), curve.describe()
 
 
 def test_the_broker_listens_with_a_backlog_for_a_reconnect_storm(broker_factory):
