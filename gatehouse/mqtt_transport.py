@@ -61,11 +61,17 @@ class MqttTransport:
     def from_json(cls, data: dict) -> MqttTransport:
         """From a transportConfiguration of type MQTT; a blank topic is the default one, as in
         ThingsBoard. Raises ValidationError for what Gatehouse cannot honour."""
-        payload_type = (data.get("transportPayloadTypeConfiguration") or {}).get("transportPayloadType", "JSON")
+        payload = data.get("transportPayloadTypeConfiguration") or {}
+        if not isinstance(payload, dict):
+            raise ValidationError("transportPayloadTypeConfiguration must be an object", field="mqtt_transport")
+        payload_type = payload.get("transportPayloadType") or "JSON"
         if payload_type != "JSON":
             raise ValidationError(f"MQTT payload type {str(payload_type)[:32]!r} is not supported: "
                                   "Gatehouse devices send JSON", field="mqtt_transport")
-        if data.get("sparkplug"):
+        sparkplug = data.get("sparkplug", False)
+        if not isinstance(sparkplug, bool | None):
+            raise ValidationError("sparkplug must be a boolean", field="mqtt_transport")
+        if sparkplug:
             raise ValidationError("Sparkplug is not supported", field="mqtt_transport")
 
         def topic(key: str, default: str) -> str:
@@ -74,7 +80,8 @@ class MqttTransport:
                 raise ValidationError(f"{key} must be a string", field="mqtt_transport")
             return value if value and value.strip() else default
 
-        ack = data.get("sendAckOnValidationException", False)
+        ack = data.get("sendAckOnValidationException")
+        ack = False if ack is None else ack
         if not isinstance(ack, bool):
             raise ValidationError("sendAckOnValidationException must be a boolean", field="mqtt_transport")
         return cls(topic("deviceTelemetryTopic", DEFAULT_TELEMETRY_TOPIC),

@@ -233,7 +233,17 @@ def profile_fields(body: dict) -> ProfileFields:
 def _mqtt_transport(body: dict, data: dict) -> MqttTransport | None:
     """The profile's transport: DEFAULT (None) or MQTT with its topics (SPEC §2.8)."""
     config = _typed(data, "transportConfiguration", dict, where="profileData.") or {}
-    top, inner = _typed(body, "transportType", str), _typed(config, "type", str, where="profileData.transportConfiguration.")
+    where = "profileData.transportConfiguration."
+    for field in ("deviceTelemetryTopic", "deviceAttributesTopic", "deviceAttributesSubscribeTopic"):
+        _typed(config, field, str, where=where)
+    for field in ("sparkplug", "sendAckOnValidationException"):
+        _typed(config, field, bool, where=where)
+    payload = _typed(config, "transportPayloadTypeConfiguration", dict, where=where) or {}
+    if _typed(payload, "transportPayloadType", str, where=where + "transportPayloadTypeConfiguration.") \
+            not in (None, "JSON"):
+        raise BadRequest(f"MQTT payload type {payload['transportPayloadType'][:32]!r} is not supported: "
+                         "Gatehouse devices send JSON")
+    top, inner = _typed(body, "transportType", str), _typed(config, "type", str, where=where)
     for field, value in (("transportType", top), ("profileData.transportConfiguration.type", inner)):
         if value is not None and value not in TRANSPORT_TYPES:
             raise BadRequest(f"{field} {value[:32]!r} is not supported: Gatehouse profiles are DEFAULT or MQTT")

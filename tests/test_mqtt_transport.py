@@ -58,6 +58,9 @@ def test_thingsboard_json_round_trips_and_blank_topics_are_the_defaults():
 @pytest.mark.parametrize("data, message", [
     ({"transportPayloadTypeConfiguration": {"transportPayloadType": "PROTOBUF"}}, "PROTOBUF.* not supported"),
     ({"sparkplug": True}, "Sparkplug is not supported"),
+    ({"sparkplug": "no"}, "sparkplug must be a boolean"),
+    ({"transportPayloadTypeConfiguration": "JSON"}, "transportPayloadTypeConfiguration must be an object"),
+    ({"transportPayloadTypeConfiguration": {"transportPayloadType": ["JSON"]}}, "is not supported"),
     ({"deviceTelemetryTopic": 5}, "deviceTelemetryTopic must be a string"),
     ({"sendAckOnValidationException": "yes"}, "must be a boolean"),
     ({"deviceAttributesTopic": "x/#/y"}, "'#' only"),
