@@ -166,19 +166,28 @@ NO_BLOCKING = ("--max-failed-logins", "100000")
 
 
 @contextlib.contextmanager
+def module_broker(root: Path, *broker_options: str) -> Iterator[RunningBroker]:
+    """A real broker for a test module (its data dir and log in `root`), stopped after it."""
+    broker = start_broker(root / "data", root / "broker.log", *broker_options)
+    try:
+        yield broker
+    finally:
+        if broker.process.poll() is None:
+            broker.stop()
+
+
+@contextlib.contextmanager
 def broker_and_sidecar(root: Path, *broker_options: str,
                        sidecar_options: tuple[str, ...] = ()) -> Iterator[tuple[RunningBroker, RunningSidecar]]:
     """A real broker and a real sidecar linked to it, for a test module; both are stopped after
     it, and a broker whose sidecar did not start is stopped too."""
-    broker = start_broker(root / "data", root / "broker.log", *broker_options)
-    sidecar = None
-    try:
+    with module_broker(root, *broker_options) as broker:
         sidecar = start_sidecar(broker, root / "sidecar.log", *sidecar_options)
-        yield broker, sidecar
-    finally:
-        for process in (sidecar, broker):
-            if process is not None and process.process.poll() is None:
-                process.stop()
+        try:
+            yield broker, sidecar
+        finally:
+            if sidecar.process.poll() is None:
+                sidecar.stop()
 
 
 def _kill_all(started: list) -> None:

@@ -23,7 +23,7 @@ from amqtt.plugins.base import BaseAuthPlugin
 from gatehouse.credentials import AccessToken
 from gatehouse.registry import Registry
 
-from .conftest import start_broker
+from .conftest import module_broker
 from .devices import token_device, unique
 from .mqtt_client import (
     PINGREQ,
@@ -47,12 +47,9 @@ PUBACK_1 = bytes((0x40, 0x02, 0x00, 0x01))
 def gh(tmp_path_factory):
     """The shared broker; refused logins are part of most tests here, so blocking is pushed
     out of the way except in the test about it (its own broker)."""
-    root = tmp_path_factory.mktemp("hardened")
-    running = start_broker(root / "data", root / "broker.log", "--connect-timeout", str(CONNECT_TIMEOUT),
-                           "--max-failed-logins", "100000", "--provision-close-seconds", "2")
-    yield running
-    if running.process.poll() is None:
-        running.stop()
+    with module_broker(tmp_path_factory.mktemp("hardened"), "--connect-timeout", str(CONNECT_TIMEOUT),
+                       "--max-failed-logins", "100000", "--provision-close-seconds", "2") as running:
+        yield running
 
 
 _open = []

@@ -23,7 +23,7 @@ from gatehouse.models import AttributeScope, ProvisionType
 from gatehouse.pki import DevelopmentPki, issue_device_certificate
 from gatehouse.registry import Registry
 
-from .conftest import start_broker
+from .conftest import module_broker
 from .devices import token_device, unique
 from .mqtt_client import TIMEOUT, RawClient, V5Client, connect, connect5, connect_packet, next_on
 
@@ -61,12 +61,9 @@ QUIET = 1.0  # how long "nothing arrives" is watched for
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     """One broker for the whole module; refused logins on purpose must not block 127.0.0.1."""
-    root = tmp_path_factory.mktemp("mqtt5")
-    running = start_broker(root / "data", root / "broker.log", "--provision-close-seconds", "5",
-                           "--max-failed-logins", "100000")
-    yield running
-    if running.process.poll() is None:
-        running.stop()
+    with module_broker(tmp_path_factory.mktemp("mqtt5"), "--provision-close-seconds", "5",
+                       "--max-failed-logins", "100000") as running:
+        yield running
 
 
 def device5(broker, prefix: str = "v5dev", **kwargs):

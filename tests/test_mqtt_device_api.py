@@ -22,7 +22,7 @@ from gatehouse.models import AttributeScope
 from gatehouse.payloads import kv_entries
 from gatehouse.registry import Registry
 
-from .conftest import start_broker
+from .conftest import module_broker
 from .devices import latest_telemetry, token_device, unique
 from .mqtt_client import TestClient as MqttClient
 from .mqtt_client import acknowledged, connect, next_on, wait_until
@@ -36,11 +36,8 @@ QUIET = 1.0  # how long "nothing arrives" is watched for
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
     """One broker for the whole module (each test still uses fresh devices and accounts)."""
-    root = tmp_path_factory.mktemp("mqtt-device-api")
-    running = start_broker(root / "data", root / "broker.log", "--provision-close-seconds", "2")
-    yield running
-    if running.process.poll() is None:
-        running.stop()
+    with module_broker(tmp_path_factory.mktemp("mqtt-device-api"), "--provision-close-seconds", "2") as running:
+        yield running
 
 
 

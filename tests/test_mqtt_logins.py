@@ -34,7 +34,7 @@ from gatehouse.pki import (
 from gatehouse.registry import Registry
 
 from .async_mqtt import CONNACK, PUBACK, PUBLISH, read_packet
-from .conftest import start_broker
+from .conftest import module_broker
 from .devices import unique
 from .mqtt_client import (
     RawClient,
@@ -65,12 +65,9 @@ def rc(client) -> int | None:
 def gh(tmp_path_factory):
     """The shared broker. Many tests here log in wrongly on purpose, so address blocking is
     pushed out of the way (test_hardened_broker.py tests it)."""
-    root = tmp_path_factory.mktemp("logins")
-    running = start_broker(root / "data", root / "broker.log", "--provision-close-seconds",
-                           str(PROVISION_CLOSE_SECONDS), "--max-failed-logins", "100000")
-    yield running
-    if running.process.poll() is None:
-        running.stop()
+    with module_broker(tmp_path_factory.mktemp("logins"), "--provision-close-seconds",
+                       str(PROVISION_CLOSE_SECONDS), "--max-failed-logins", "100000") as running:
+        yield running
 
 
 def mqtt(port, client_id="", username=None, password=None, **kwargs):

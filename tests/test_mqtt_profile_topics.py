@@ -14,10 +14,17 @@ from gatehouse.models import AttributeScope, ProvisionType
 from gatehouse.mqtt_transport import MqttTransport
 from gatehouse.registry import Registry
 
-from .conftest import start_broker
+from .conftest import module_broker
 from .devices import latest_telemetry, unique
 from .mqtt_client import acknowledged, connect, connect5, next_on, wait_until
-from .test_mqtt_device_api import app_client, attributes, body, codes, nothing_on, publish_unacked
+from .test_mqtt_device_api import (
+    app_client,
+    attributes,
+    body,
+    codes,
+    nothing_on,
+    publish_unacked,
+)
 
 CUSTOM = MqttTransport(telemetry_topic="sensors/+/data", attributes_topic="sensors/+/state",
                        attributes_subscribe_topic="commands/settings")
@@ -25,11 +32,8 @@ CUSTOM = MqttTransport(telemetry_topic="sensors/+/data", attributes_topic="senso
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mqtt-profile-topics")
-    running = start_broker(root / "data", root / "broker.log")
-    yield running
-    if running.process.poll() is None:
-        running.stop()
+    with module_broker(tmp_path_factory.mktemp("mqtt-profile-topics")) as running:
+        yield running
 
 
 def profile_device(broker, transport: MqttTransport | None, *, profile: str | None = None):
@@ -124,7 +128,7 @@ def test_send_ack_on_validation_exception_acknowledges_an_invalid_qos1_payload_o
 
 
 def test_send_ack_on_validation_exception_still_closes_on_an_invalid_qos0_payload(broker, clients):
-    device, client, _ = device_client(broker, clients, MqttTransport(send_ack_on_validation_exception=True))
+    _device, client, _ = device_client(broker, clients, MqttTransport(send_ack_on_validation_exception=True))
     publish_unacked(client, "v1/devices/me/telemetry", "[1, 2", qos=0)
     assert client.wait_disconnected(5), "an invalid QoS 0 payload kept the connection open"
 

@@ -10,7 +10,7 @@ import pytest
 
 from gatehouse.registry import Registry
 
-from .conftest import start_broker
+from .conftest import module_broker
 from .devices import token_device, unique
 from .mqtt_client import connect, next_on
 from .test_mqtt_device_api import app_client, body, codes, device_client, nothing_on
@@ -20,11 +20,8 @@ SHARED, CALL, REPLY = "attributes/shared", "rpc/call", "rpc/reply"
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mqtt-service")
-    running = start_broker(root / "data", root / "broker.log")
-    yield running
-    if running.process.poll() is None:
-        running.stop()
+    with module_broker(tmp_path_factory.mktemp("mqtt-service")) as running:
+        yield running
 
 
 

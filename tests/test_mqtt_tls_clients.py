@@ -18,7 +18,7 @@ from gatehouse.credentials import AccessToken
 from gatehouse.models import AttributeScope
 from gatehouse.registry import Registry
 
-from .conftest import operator_certificate, start_broker
+from .conftest import module_broker, operator_certificate
 from .devices import latest_telemetry, token_device, unique
 from .mqtt_client import connect, wait_until
 
@@ -30,11 +30,8 @@ VERSIONS = ["mqttv311", "mqttv5"]
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mqtt-tls-clients")
-    running = start_broker(root / "data", root / "broker.log")
-    yield running
-    if running.process.poll() is None:
-        running.stop()
+    with module_broker(tmp_path_factory.mktemp("mqtt-tls-clients")) as running:
+        yield running
 
 
 def gatehouse_cli(broker, *args: str) -> str:
