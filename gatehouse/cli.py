@@ -134,11 +134,11 @@ def profile_create(ctx, name, strategy, key, secret, ca_cert, cn_regex, allow_cr
                    mqtt_attributes_topic, mqtt_attributes_subscribe_topic, ack_invalid_payloads, as_json) -> None:
     """Create a device profile. Any --mqtt-* option or --ack-invalid-payloads gives it ThingsBoard's
     MQTT transport type; the topics not given keep their defaults."""
-    mqtt_transport = None
-    if mqtt_telemetry_topic or mqtt_attributes_topic or mqtt_attributes_subscribe_topic or ack_invalid_payloads:
-        mqtt_transport = MqttTransport(mqtt_telemetry_topic or DEFAULT_TELEMETRY_TOPIC,
-                                       mqtt_attributes_topic or DEFAULT_ATTRIBUTES_TOPIC,
-                                       mqtt_attributes_subscribe_topic or DEFAULT_ATTRIBUTES_TOPIC, ack_invalid_payloads)
+    given = {name: value for name, value in (
+        ("telemetry_topic", mqtt_telemetry_topic), ("attributes_topic", mqtt_attributes_topic),
+        ("attributes_subscribe_topic", mqtt_attributes_subscribe_topic),
+        ("send_ack_on_validation_exception", ack_invalid_payloads)) if value}
+    mqtt_transport = MqttTransport(**given) if given else None
     created = _registry(ctx).create_profile(
         name, STRATEGIES[strategy], key=key, secret=secret, ca_certificate_pem=ca_cert.read() if ca_cert else None,
         cn_regex=cn_regex, allow_create=allow_create, default=is_default, mqtt_transport=mqtt_transport)

@@ -64,10 +64,7 @@ class MqttTransport:
         payload = data.get("transportPayloadTypeConfiguration") or {}
         if not isinstance(payload, dict):
             raise ValidationError("transportPayloadTypeConfiguration must be an object", field="mqtt_transport")
-        payload_type = payload.get("transportPayloadType") or "JSON"
-        if payload_type != "JSON":
-            raise ValidationError(f"MQTT payload type {str(payload_type)[:32]!r} is not supported: "
-                                  "Gatehouse devices send JSON", field="mqtt_transport")
+        check_payload_type(payload.get("transportPayloadType"))
         sparkplug = data.get("sparkplug", False)
         if not isinstance(sparkplug, bool | None):
             raise ValidationError("sparkplug must be a boolean", field="mqtt_transport")
@@ -87,6 +84,13 @@ class MqttTransport:
         return cls(topic("deviceTelemetryTopic", DEFAULT_TELEMETRY_TOPIC),
                    topic("deviceAttributesTopic", DEFAULT_ATTRIBUTES_TOPIC),
                    topic("deviceAttributesSubscribeTopic", DEFAULT_ATTRIBUTES_TOPIC), ack)
+
+
+def check_payload_type(payload_type: object) -> None:
+    """Only JSON payloads (a missing type is JSON); protobuf is out of scope (SPEC)."""
+    if (payload_type or "JSON") != "JSON":
+        raise ValidationError(f"MQTT payload type {str(payload_type)[:32]!r} is not supported: "
+                              "Gatehouse devices send JSON", field="mqtt_transport")
 
 
 def _check_filter(topic_filter: str, *, field: str) -> None:

@@ -16,7 +16,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from gatehouse.credentials import NewCredentials, X509Certificate, credentials_from_json
 from gatehouse.errors import ValidationError
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
-from gatehouse.mqtt_transport import MqttTransport
+from gatehouse.mqtt_transport import MqttTransport, check_payload_type
 
 JAVA_INT_MAX = 2**31 - 1  # ThingsBoard's page parameters are Java ints
 TENANT_DEVICES_PAGE_SIZE = 10  # GET /api/tenant/devices without deviceName or pageSize
@@ -239,20 +239,17 @@ def _mqtt_transport(body: dict, data: dict) -> MqttTransport | None:
     for field in ("sparkplug", "sendAckOnValidationException"):
         _typed(config, field, bool, where=where)
     payload = _typed(config, "transportPayloadTypeConfiguration", dict, where=where) or {}
-    if _typed(payload, "transportPayloadType", str, where=where + "transportPayloadTypeConfiguration.") \
-            not in (None, "JSON"):
-        raise BadRequest(f"MQTT payload type {payload['transportPayloadType'][:32]!r} is not supported: "
-                         "Gatehouse devices send JSON")
     top, inner = _typed(body, "transportType", str), _typed(config, "type", str, where=where)
     for field, value in (("transportType", top), ("profileData.transportConfiguration.type", inner)):
         if value is not None and value not in TRANSPORT_TYPES:
             raise BadRequest(f"{field} {value[:32]!r} is not supported: Gatehouse profiles are DEFAULT or MQTT")
     if top is not None and inner is not None and top != inner:
         raise BadRequest("transportType and profileData.transportConfiguration.type must agree")
-    if (top or inner or "DEFAULT") == "DEFAULT":
-        return None
     try:
-        return MqttTransport.from_json(config)
+        # Checked for a DEFAULT transport too: the document allows only JSON whatever the type.
+        check_payload_type(_typed(payload, "transportPayloadType", str,
+                                  where=where + "transportPayloadTypeConfiguration."))
+        return None if (top or inner or "DEFAULT") == "DEFAULT" else MqttTransport.from_json(config)
     except ValidationError as e:  # a 400 like the other shape errors, before anything is stored
         raise BadRequest(str(e)) from None
 

@@ -51,18 +51,20 @@ class FieldError(Exception):
         self.message = message
 
 
-# The form field for each input a registry refusal names (ValidationError.field); a refusal that
-# names none, or one this form lacks, is shown above the form.
-_FORM_FIELDS = {"name": "name", "profile": "profile", "credentials": "credentials_type", "provision_key": "key",
-                "provision_secret": "secret", "ca_certificate": "ca_certificate", "cn_regex": "cn_regex",
-                "mqtt_transport": "transport", "mqtt_telemetry_topic": "mqtt_telemetry_topic",
-                "mqtt_attributes_topic": "mqtt_attributes_topic",
-                "mqtt_attributes_subscribe_topic": "mqtt_attributes_subscribe_topic"}
+# The form field of each input a registry refusal names (ValidationError.field) where the two
+# names differ; the others are the same. A refusal that names no field of this form is shown
+# above the form.
+_FORM_FIELDS = {"credentials": "credentials_type", "provision_key": "key", "provision_secret": "secret",
+                "mqtt_transport": "transport"}
 
 
 def show_error(form: FlaskForm, error: Exception) -> None:
     """Put a refusal next to its field, or in the form's own errors."""
-    field = error.field if isinstance(error, FieldError) else _FORM_FIELDS.get(getattr(error, "field", None))
+    if isinstance(error, FieldError):
+        field = error.field
+    else:
+        field = getattr(error, "field", None)
+        field = _FORM_FIELDS.get(field, field)
     message = error.message if isinstance(error, FieldError) else str(error)
     if field is not None and field in form:
         form[field].errors = [*form[field].errors, message]
