@@ -5,6 +5,9 @@
   can neither take over a persistent session's certificate identity (G1) nor wipe another
   client's subscriptions (G2), and is never left registered (G3); an exception in a plugin is a
   refusal, not a dropped socket (G4);
+- sessions belong to identities, not client ids: each is keyed by the identity its login proved
+  (interfaces.SESSION_OWNER) and its client id, so a login resumes, replaces or ends only its
+  own identity's sessions, and a take-over ends the old connection before the new one starts;
 - the auth plugin chooses why a login is refused (G13), and the broker says so in the client's
   protocol version;
 - MQTT 5 on the same listeners (broker_plugin.mqtt5_handler), sharing sessions and plugins;
@@ -23,6 +26,7 @@ import functools
 import math
 import ssl
 import time
+import uuid
 
 import mqtt5
 from amqtt.broker import Broker
@@ -31,12 +35,13 @@ from amqtt.errors import MQTTError
 from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import ConnackPacket
 from amqtt.mqtt.constants import QOS_1
-from amqtt.utils import gen_client_id
 
 from .connect_gate import protocol_level, read_connect
 from .interfaces import (
+    CLIENT_ID,
     LOGIN_REFUSAL,
     MQTT_5,
+    SESSION_OWNER,
     DisconnectReason,
     LoginRefusal,
     PublishProcessor,
@@ -59,10 +64,21 @@ from .protocol_handler import (
 
 _PREAUTHENTICATED = "gatehouse.preauthenticated"
 KEEPALIVE_FACTOR = 1.5
+# A take-over closes the old connection and waits this long at most for its end to be handled.
+TAKE_OVER_TIMEOUT = 5.0
+TAKE_OVER_ATTEMPTS = 3
 # amqtt listens with asyncio's default backlog of 100: when 2,000 devices reconnect at once the
 # kernel drops the SYNs past it and the clients retry 1, 3 and 7 s later, which stretched a
 # reconnect storm from about 3 s to 15. The kernel caps it at net.core.somaxconn.
 LISTEN_BACKLOG = 4096
+
+
+def session_key(owner: str | None, client_id: str) -> str:
+    """The broker's key of a session: its owner's identity and the client id, so that two
+    identities using one client id (firmware with a fixed one, or an attacker) never meet."""
+    if owner is None:
+        owner = f"anonymous:{uuid.uuid4().hex}"
+    return f"{owner}|{client_id}"
 
 
 class HardenedBroker(Broker):
@@ -99,6 +115,7 @@ class HardenedBroker(Broker):
         else:
             handler, incoming = await self._open_mqtt311(connect_packet, writer)
 
+        incoming.attributes[CLIENT_ID] = incoming.client_id
         try:
             accepted = await super()._authenticate(incoming, None)
         except Exception:
@@ -116,37 +133,84 @@ class HardenedBroker(Broker):
                 await writer.close()
             raise MQTTError(f"login refused with CONNACK {code:#04x}")
 
-        session = incoming
-        existing = self._sessions.get(incoming.client_id) if incoming.client_id else None
-        # A clean session (MQTT 5: Session Expiry Interval 0) ends with its connection, even
-        # while amqtt still holds it: it is never resumed.
-        clean_start = incoming.attributes.get(CLEAN_START, incoming.clean_session)
-        if clean_start or (existing is not None and existing[0].clean_session):
-            if existing is not None:
-                if existing[0].transitions.is_connected():
-                    await existing[1].disconnect(DisconnectReason.SESSION_TAKEN_OVER)  # amqtt leaves it running
-                await self._delete_session(incoming.client_id)
-            if not incoming.client_id:
-                incoming.client_id = gen_client_id()
-            incoming.parent = 0
-        elif existing is not None:
-            # Resume the stored session with this connection's identity: nothing of the old
-            # connection (its certificate above all) may carry over.
-            session = existing[0]
-            for attr in ("clean_session", "will_flag", "will_message", "will_topic", "will_qos", "will_retain",
-                         "keep_alive", "username", "password", "ssl_object", "remote_address", "remote_port"):
-                setattr(session, attr, getattr(incoming, attr))
-            session.attributes.clear()
-            session.attributes.update(incoming.attributes)
-            session.parent = 1
-        else:
-            incoming.parent = 0
+        session = await self._admit(incoming)
         if session.keep_alive > 0:
             session.keep_alive = math.ceil(session.keep_alive * KEEPALIVE_FACTOR)
         session.attributes[_PREAUTHENTICATED] = True
         if self.publish_processor is not None:
             handler.publish_sink = functools.partial(self._accept_publish, session, handler)
         return handler, session
+
+    async def _admit(self, incoming):
+        """The session an authenticated CONNECT gets: its own stored one, resumed, or a new one.
+
+        Sessions are keyed by owner and client id (interfaces.SESSION_OWNER), so whatever happens
+        here happens only to sessions of the identity this login proved. A live connection of that
+        identity with the same client id is closed first, and its end (the plugins' disconnect
+        handling included) is over before the new connection starts: one "disconnected", then one
+        "connected", never a session shared by two connections."""
+        owner = incoming.attributes.get(SESSION_OWNER)
+        if owner is None:  # nobody may resume it, so nothing may outlive its connection
+            incoming.clean_session = True
+            incoming.attributes[CLEAN_START] = True
+        key = incoming.client_id = session_key(owner, incoming.client_id)
+        for _ in range(TAKE_OVER_ATTEMPTS):  # a third login of the same key may win the race meanwhile
+            existing = self._sessions.get(key)
+            if existing is None or not existing[0].transitions.is_connected():
+                break
+            await self._end_connection(existing[1], DisconnectReason.SESSION_TAKEN_OVER)
+        # No await from here to the return: the broker registers the connection right after it.
+        # A clean session (MQTT 5: Session Expiry Interval 0) ends with its connection, even
+        # while amqtt still holds it: it is never resumed.
+        clean_start = incoming.attributes.get(CLEAN_START, incoming.clean_session)
+        if existing is not None and (clean_start or existing[0].clean_session):
+            self._forget_session(key)
+            existing = None
+        if existing is None:
+            incoming.parent = 0
+            return incoming
+        # Resume: the same identity, with this connection's credentials, certificate and address.
+        session = existing[0]
+        for attr in ("clean_session", "will_flag", "will_message", "will_topic", "will_qos", "will_retain",
+                     "keep_alive", "username", "password", "ssl_object", "remote_address", "remote_port"):
+            setattr(session, attr, getattr(incoming, attr))
+        session.attributes.update(incoming.attributes)
+        session.parent = 1
+        return session
+
+    async def _end_connection(self, handler, reason: DisconnectReason) -> None:
+        """Close a live connection and wait (briefly) until the broker has handled its end."""
+        await handler.disconnect(reason)
+        ended = getattr(handler, "ended", None)
+        if ended is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TAKE_OVER_TIMEOUT):
+                    await ended.wait()
+
+    def _forget_session(self, key: str) -> None:
+        """amqtt's _delete_session without its awaits (it never suspends, but says it might)."""
+        session = self._sessions.pop(key)[0]
+        for topic_filter in list(self._subscriptions):
+            self._del_subscription(topic_filter, session)
+            if not self._subscriptions[topic_filter]:
+                del self._subscriptions[topic_filter]
+        session.clear_queues()
+
+    async def _client_message_loop(self, client_session, handler) -> None:
+        try:
+            await super()._client_message_loop(client_session, handler)
+        finally:
+            ended = getattr(handler, "ended", None)
+            if ended is not None:
+                ended.set()
+
+    async def _handle_disconnect(self, client_session, handler, disconnect_waiter) -> None:
+        # amqtt's, minus the will (new_session never keeps one) and with the plugins' disconnect
+        # handling awaited, so that a take-over waiting for this connection's end sees it done.
+        await self._stop_handler(handler)
+        client_session.transitions.disconnect()
+        await self.plugins_manager.fire_event(BrokerEvents.CLIENT_DISCONNECTED, wait=True,
+                                              client_id=client_session.client_id, client_session=client_session)
 
     async def _open_mqtt311(self, connect_packet: bytes, writer):
         try:

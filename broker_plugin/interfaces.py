@@ -24,6 +24,13 @@ LOGIN_REFUSAL = "gatehouse.login_refusal"
 MAX_IN_FLIGHT = 100
 # Set by the broker when the client sent an empty client id, which the broker has replaced.
 CLIENT_ID_GENERATED = "gatehouse.client_id_generated"
+# Auth plugins put the identity a login proved here ("device:<id>", "application:<name>", ...).
+# A client id is never an identity: the broker keys each session by its owner and client id
+# together, so a login resumes, replaces or ends only sessions of the identity it proved. A login
+# that names no owner (a provisioning login) gets a clean session nobody else can reach.
+SESSION_OWNER = "gatehouse.session_owner"
+# The client id as the client sent it (or as generated for it); session.client_id is the key.
+CLIENT_ID = "gatehouse.client_id"
 MQTT_311, MQTT_5 = 4, 5  # protocol levels in CONNECT
 
 

@@ -29,12 +29,14 @@ from amqtt.session import (
 )
 
 from .interfaces import (
+    CLIENT_ID,
     CLIENT_ID_GENERATED,
     MAX_IN_FLIGHT,
     MQTT_5,
     DisconnectReason,
     MessageProperties,
 )
+from .mqtt5_text import CLIENT_PACKET_TYPES, has_invalid_text
 from .protocol_handler import (
     MAX_PACKET_SIZE,
     GatehouseProtocolHandler,
@@ -53,16 +55,22 @@ _SUBACK_TOPIC_FILTER_INVALID = mqtt5.SubAckReasonCode.TOPIC_FILTER_INVALID
 
 
 def decode(frame: bytes):
+    """One whole packet from a client, decoded; MalformedPacket if it cannot be."""
+    kind = frame[0] >> 4
+    if kind not in CLIENT_PACKET_TYPES:
+        raise MalformedPacket(DisconnectReason.PROTOCOL_ERROR, f"packet type {kind} is not a client's")
+    if has_invalid_text(frame):  # the codec would panic on it (see mqtt5_text)
+        raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, "undecodable packet: a string is not UTF-8")
     try:
         packet, _size = mqtt5.read(memoryview(frame))
     except Exception as e:  # the codec raises ValueError, IndexError, ... for bad bytes
         raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, f"undecodable packet: {e}") from None
     except BaseException as e:
-        # mqtt5 0.8 panics on a string that is not UTF-8, and pyo3 raises its PanicException, a
-        # BaseException: uncaught, it ended the connection's reader and left the connection open.
+        # pyo3's PanicException is a BaseException: uncaught, it would end the connection's
+        # reader and leave the connection open. mqtt5_text keeps the known panic away.
         if type(e).__name__ != "PanicException":
             raise
-        raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, "undecodable packet: a string is not UTF-8") from None
+        raise MalformedPacket(DisconnectReason.MALFORMED_PACKET, "undecodable packet: the codec failed") from None
     return packet
 
 
@@ -117,7 +125,7 @@ class Mqtt5ProtocolHandler(GatehouseProtocolHandler):
         session = self.session
         await self._write(mqtt5.ConnAckPacket(
             session_present=bool(session.parent),
-            assigned_client_id=session.client_id if session.attributes.get(CLIENT_ID_GENERATED) else None,
+            assigned_client_id=session.attributes[CLIENT_ID] if session.attributes.get(CLIENT_ID_GENERATED) else None,
             receive_max=MAX_IN_FLIGHT, max_packet_size=MAX_PACKET_SIZE, topic_alias_max=TOPIC_ALIAS_MAXIMUM,
             max_qos=mqtt5.QoS.AT_LEAST_ONCE, retain_available=False, wildcard_subscription_available=True,
             subscription_id_available=False, shared_subscription_available=False))

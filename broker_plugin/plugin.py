@@ -68,6 +68,7 @@ from .interfaces import (
     LOGIN_REFUSAL,
     MAX_IN_FLIGHT,
     MQTT_311,
+    SESSION_OWNER,
     DisconnectReason,
     LoginRefusal,
     MessageProperties,
@@ -188,9 +189,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
     # --- logins -------------------------------------------------------------------------------
 
     async def authenticate(self, *, session: Session) -> bool:
-        for key in (ROLE, DEVICE, CREDENTIALS_VERSION, SUBSCRIPTIONS, CLIENT_RPC_REPLIES):
+        for key in (ROLE, DEVICE, CREDENTIALS_VERSION, CLIENT_RPC_REPLIES, SESSION_OWNER):
             session.attributes.pop(key, None)
-        session.attributes[SUBSCRIPTIONS] = {}
         # A will is a publish the broker would route as it is, past process_publish: a device
         # could speak for another one to applications. ThingsBoard ignores wills; so do we.
         session.will_flag, session.will_topic, session.will_message = False, None, None
@@ -210,19 +210,22 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         if result.provisioning is not None:
             _provisioning(m.provision_strategy(result.provisioning), result.provisioning.status.value).inc()
         if result.outcome is LoginOutcome.PROVISION_SESSION:
+            # It proved nothing: it owns no session (the hardened broker gives it one nobody else
+            # can reach) and it never clears its address's failed logins.
             session.attributes[ROLE] = ROLE_PROVISION
             if session.client_id == PROVISION_LOGIN:
-                # Many devices provision with client id "provision" at once; in MQTT one client
-                # id is one session, so each gets its own or they would evict each other.
+                # Under a plain amqtt, where one client id is one session, the many devices that
+                # provision with client id "provision" at once would evict each other.
                 session.client_id = f"{PROVISION_LOGIN}/{uuid.uuid4()}"
-        elif result.outcome is LoginOutcome.APPLICATION:
-            session.attributes[ROLE] = ROLE_APPLICATION
+            return True
+        if result.outcome is LoginOutcome.APPLICATION:
+            session.attributes.update({ROLE: ROLE_APPLICATION, SESSION_OWNER: f"application:{result.application}"})
         elif result.outcome is LoginOutcome.SERVICE:
-            session.attributes[ROLE] = ROLE_SERVICE
+            session.attributes.update({ROLE: ROLE_SERVICE, SESSION_OWNER: f"service:{result.application}"})
         elif result.outcome is LoginOutcome.ACCEPTED:
             if result.device.profile_id not in self.mqtt_transports:  # a profile newer than the last reload
                 self.mqtt_transports = self.worker.reader.mqtt_transports()
-            session.attributes.update({ROLE: ROLE_DEVICE, DEVICE: result.device,
+            session.attributes.update({ROLE: ROLE_DEVICE, DEVICE: result.device, SESSION_OWNER: f"device:{result.device.id}",
                                        CREDENTIALS_VERSION: result.credentials_version, CLIENT_RPC_REPLIES: {}})
         else:
             if result.outcome is not LoginOutcome.SERVER_UNAVAILABLE:
@@ -230,7 +233,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             session.attributes[LOGIN_REFUSAL] = _REFUSALS[result.outcome]
             log.info("login refused (%s) from %s", result.outcome.value, address)
             return False
-        self.limiter.succeeded(address)
+        self.limiter.succeeded(address)  # a secret (token, password, certificate) was proved
         return True
 
     async def on_broker_client_connected(self, *, client_id: str, client_session: Session) -> None:
@@ -240,12 +243,16 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         device: Device | None = client_session.attributes.get(DEVICE)
         if device is None:
             return
+        # One live session per device (ThingsBoard's rule): a login with another client id
+        # closes the older connection. Its end is told here, before the new start, because its
+        # own disconnect handling finds itself replaced and says nothing.
         previous = self.connected_devices.get(device.id)
         self.connected_devices[device.id] = client_session
         self.activity.connected(device.id, now_ms())
         if previous is not None and previous is not client_session:
             log.info("device %s connected again; closing its older session", device.name)
             await self._disconnect(previous, DisconnectReason.SESSION_TAKEN_OVER)
+            await self._publish_event(device.id, "disconnected")
         await self._publish_event(device.id, "connected")
 
     async def on_broker_client_disconnected(self, *, client_id: str, client_session: Session) -> None:
@@ -279,7 +286,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         else:
             allowed = device_subscription(topic, self._transport(session)) is not None
         if allowed:
-            session.attributes[SUBSCRIPTIONS][topic] = 1  # the granted QoS follows in on_..._subscribed
+            # Kept with the session: a resumed session's subscriptions (amqtt's) still push.
+            session.attributes.setdefault(SUBSCRIPTIONS, {})[topic] = 1  # the granted QoS follows in on_..._subscribed
         return allowed
 
     # Server-pushed messages use the QoS the client subscribed with, and stop when it

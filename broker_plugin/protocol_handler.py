@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Callable
 
@@ -47,6 +48,8 @@ from .interfaces import (
     MessageProperties,
     PublishVerdict,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_PACKET_SIZE = 65536 + 4096  # ThingsBoard's 64 KiB payload limit plus room for topic and properties
 
@@ -244,6 +247,7 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
         self._closing = False
         self._write_buffer = bytearray()
         self._write_scheduled = False
+        self.ended = asyncio.Event()  # set once the broker has handled the end of this connection
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -270,12 +274,12 @@ class GatehouseProtocolHandler(BrokerProtocolHandler):
             # Nothing for 1.5 × the client's keep-alive: it is gone (MQTT 3.1.1 §3.1.2.10).
             reason = DisconnectReason.KEEP_ALIVE_TIMEOUT
         except MalformedPacket as e:
-            self.logger.info("closing %s: %s", self.session.client_id, e)
+            log.info("closing the connection of %s: %s", self.session.client_id, e)
             reason = e.reason
         except (EOFError, asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
-            self.logger.exception("connection of %s failed", self.session.client_id)
+            log.exception("connection of %s failed", self.session.client_id)
             reason = DisconnectReason.IMPLEMENTATION_SPECIFIC_ERROR
         for task in self._flows:
             task.cancel()

@@ -13,7 +13,7 @@ from pathlib import Path
 from amqtt.errors import BrokerError
 
 from gatehouse.data_dir import DataDir
-from gatehouse.logs import announce, configure_logging
+from gatehouse.logs import RateLimit, announce, configure_logging
 from gatehouse.metrics import serve_metrics
 
 from .hardened_broker import HardenedBroker
@@ -120,7 +120,8 @@ def _stop_metrics(server) -> None:
 
 
 def run(settings: BrokerSettings) -> int:
-    configure_logging(settings.log_format)
+    # Clients can make the broker log at will (refused logins, malformed packets): rate limited.
+    configure_logging(settings.log_format, rate_limit=RateLimit())
     for noisy in ("amqtt", "transitions"):  # amqtt logs every connection at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

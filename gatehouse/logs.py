@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import sys
+import time
 from datetime import UTC, datetime
 
 FORMATS = ("text", "json")
@@ -40,12 +41,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def configure_logging(fmt: str = "text", level: int = logging.INFO, stream=None) -> None:
-    """Replace the root logger's handlers with one in format `fmt` ("text" or "json")."""
+class RateLimit(logging.Filter):
+    """Lets through at most `burst` records from one line of code per `period` seconds. The
+    first record let through after some were held back says how many.
+
+    For processes whose clients can make them log at will (a refused login, a malformed packet
+    per connection): a flood of them must not fill the disk. Keyed by where the record was made,
+    not by its text, so that the table stays as small as the code."""
+
+    def __init__(self, burst: int = 10, period: float = 10.0, clock=time.monotonic):
+        super().__init__()
+        self.burst, self.period, self._clock = burst, period, clock
+        self._windows: dict[tuple[str, int], list] = {}  # call site -> [start, passed, held back]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        key = (record.pathname, record.lineno)
+        window = self._windows.get(key)
+        if window is None or now - window[0] >= self.period:
+            held_back = window[2] if window is not None else 0
+            window = self._windows[key] = [now, 0, 0]
+            if held_back:  # (no "%" in the note: the message is a %-format string)
+                record.msg = f"{record.msg} ({held_back} more like this in {self.period:g} s were not logged)"
+        if window[1] >= self.burst:
+            window[2] += 1
+            return False
+        window[1] += 1
+        return True
+
+
+def configure_logging(fmt: str = "text", level: int = logging.INFO, stream=None, *,
+                      rate_limit: RateLimit | None = None) -> None:
+    """Replace the root logger's handlers with one in format `fmt` ("text" or "json"), with
+    `rate_limit` on it if given."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}: choose {' or '.join(FORMATS)}")
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    if rate_limit is not None:
+        handler.addFilter(rate_limit)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

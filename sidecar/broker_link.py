@@ -13,7 +13,7 @@ device (the store is the record; the application topics are a live feed), and th
 from __future__ import annotations
 
 import logging
-import re
+import secrets
 import threading
 
 import orjson
@@ -37,7 +37,6 @@ SERVICE_ACCOUNT = "sidecar"
 # What applications send to devices; the broker forwards it here for devices not on MQTT.
 INBOUND_FILTERS = ("gatehouse/devices/+/attributes/shared", "gatehouse/devices/+/rpc/call/+",
                    "gatehouse/devices/+/rpc/reply/+")
-_CLIENT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 # The broker takes no larger payload from any client (ThingsBoard's MQTT limit) and drops the
 # connection of one that sends it; paho would then send it again after every reconnect.
 MAX_PUBLISH_PAYLOAD = 65536
@@ -45,11 +44,14 @@ MAX_PUBLISH_PAYLOAD = 65536
 
 class BrokerLink:
     def __init__(self, host: str, port: int, username: str, password: str, mailboxes: DeviceMailboxes, *,
-                 client_id: str = "gatehouse-sidecar", keepalive: int = 30):
+                 keepalive: int = 30):
         self.mailboxes = mailboxes
         self.connected = threading.Event()
         self._host, self._port, self._keepalive = host, port, keepalive
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=_CLIENT_ID_UNSAFE.sub("-", client_id),
+        # Not guessable, and different for every sidecar sharing the account (the broker keys
+        # sessions by account and client id, so a guess would reach nothing anyway).
+        self.client_id = f"gatehouse-sidecar-{secrets.token_hex(8)}"
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=paho.MQTTv311, clean_session=True)
         client.username_pw_set(username, password)
         client.reconnect_delay_set(min_delay=1, max_delay=10)
@@ -76,7 +78,7 @@ class BrokerLink:
             return
         client.subscribe([(topic_filter, 1) for topic_filter in INBOUND_FILTERS])
         self.connected.set()
-        log.info("connected to the broker at %s:%s", self._host, self._port)
+        log.info("connected to the broker at %s:%s as client id %s", self._host, self._port, self.client_id)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected.is_set():

@@ -141,7 +141,7 @@ def test_g1_certificate_identity_does_not_carry_over_to_a_resumed_session_withou
     assert telemetry(gh, device.id) == {"by_cert": 1}
 
 
-def test_g1_a_token_login_resuming_a_certificate_session_acts_as_the_token_device(gh, tmp_path):
+def test_g1_a_token_login_with_a_certificate_sessions_client_id_gets_a_fresh_session_of_its_own(gh, tmp_path):
     cert_device, cert, key = x509_device(gh, tmp_path)
     token = unique("TOKEN")
     token_device = create_device(gh, unique("token-dev"), AccessToken(token))
@@ -151,11 +151,15 @@ def test_g1_a_token_login_resuming_a_certificate_session_acts_as_the_token_devic
     cert_client.send(bytes((0xE0, 0x00)))
     assert cert_client.closed_by_server(5)
     time.sleep(0.2)
+    # Another identity with the same client id: a session of its own, not the certificate's.
     code, token_client = login(gh.mqtt_port, client_id, token, clean_session=False)
-    assert code == connack(ACCEPTED, session_present=True)
+    assert code == connack(ACCEPTED, session_present=False)
     assert publish_qos1(token_client, {"who": 2}) == PUBACK_1
     assert telemetry(gh, token_device.id) == {"who": 2}
     assert telemetry(gh, cert_device.id) == {}
+    # The certificate's own session is still there for it.
+    code, _ = login(gh.mqtts_port, client_id, clean_session=False, ssl_context=tls_context(gh, cert, key))
+    assert code == connack(ACCEPTED, session_present=True)
 
 
 # --- G2: a refused CONNECT must not wipe the victim's session ---------------------------------

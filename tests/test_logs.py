@@ -9,27 +9,31 @@ import json
 import logging
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Collection
 
+import mqtt5
 import pytest
 from aiocoap import Code
 
 from gatehouse.credentials import AccessToken, MqttBasic
 from gatehouse.login import LoginOutcome
-from gatehouse.logs import announce, configure_logging, redact_token_path
+from gatehouse.logs import RateLimit, announce, configure_logging, redact_token_path
 from gatehouse.models import ProvisionType
 from gatehouse.registry import Registry
 
-from .conftest import CHILD_ENV, broker_and_sidecar, start_coap_bridge
+from .conftest import CHILD_ENV, NO_BLOCKING, broker_and_sidecar, module_broker, start_coap_bridge
 from .devices import unique
-from .mqtt_client import connect, next_on
+from .mqtt_client import RawClient, connect, next_on
 from .test_coap_bridge import coap
 from .test_web_ui import HttpClient, Ui, new_device, upload, wait_for_import
 
 LISTENING = ("MQTT  listening on ", "MQTTS listening on ", "HTTP  listening on ", "COAP  listening on ",
              "COAPS listening on ", "METRICS listening on ")
+FLOOD_ROUNDS = 100
+RATE_LIMIT_BURST, RATE_LIMIT_PERIOD = RateLimit().burst, RateLimit().period  # the broker's
 
 
 @pytest.fixture
@@ -289,3 +293,68 @@ def test_a_listening_line_is_one_write_that_no_log_line_from_another_thread_can_
     monkeypatch.setattr("sys.stdout", Stdout())
     announce("HTTP  listening on 127.0.0.1:8080")
     assert writes == ["HTTP  listening on 127.0.0.1:8080\n"]
+
+
+def _malformed_mqtt5_packets() -> list[tuple[bytes, bytes | None]]:
+    """(CONNECT, packet after it) pairs the mqtt5 codec could not decode: text fields that are
+    not UTF-8, in a CONNECT, a PUBLISH and a SUBSCRIBE (None: the CONNECT is the bad one)."""
+    def corrupt(packet: bytes, text: str) -> bytes:
+        at = packet.index(text.encode())
+        return packet[:at] + b"\xff" + packet[at + 1:]
+
+    good_connect = mqtt5.ConnectPacket(client_id=unique("flood"), username="provision").write()
+    return [
+        (corrupt(mqtt5.ConnectPacket(client_id="flood-client", username="provision").write(), "flood-client"), None),
+        (good_connect, corrupt(mqtt5.PublishPacket("/provision/request", b"{}").write(), "provision")),
+        (good_connect, corrupt(mqtt5.SubscribePacket(1, [mqtt5.TopicFilter("/provision/response")]).write(),
+                               "provision")),
+    ]
+
+
+def test_a_flood_of_malformed_mqtt5_packets_logs_json_only_and_a_bounded_number_of_lines(tmp_path):
+    """The mqtt5 codec panics on text that is not UTF-8, and a panic writes straight to stderr,
+    past logging; the broker must turn each bad packet into a log record, and a flood of them
+    into a bounded number of lines."""
+    with module_broker(tmp_path, "--log-format", "json", *NO_BLOCKING) as broker:
+        packets = _malformed_mqtt5_packets()
+        started = time.monotonic()
+        for _ in range(FLOOD_ROUNDS):
+            for connect_packet, bad in packets:
+                with RawClient(broker.mqtt_port) as raw:
+                    raw.send(connect_packet)
+                    if bad is not None:
+                        assert raw.read(2)[:1] == b"\x20"  # its CONNACK
+                        raw.send(bad)
+                    assert raw.closed_by_server(5)
+        periods = int((time.monotonic() - started) // RATE_LIMIT_PERIOD) + 1
+        good = connect(broker.mqtt_port, unique("after"), "provision")  # the broker still serves
+        assert good.return_code == 0
+        good.close()
+        broker.stop()
+        lines = [line for line in broker.log_path.read_text().splitlines() if not line.startswith(LISTENING)]
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
+    malformed = [line for line in lines if "UTF-8" in line or "malformed" in line.lower()]
+    assert malformed, "the bad packets were not logged at all"
+    # Each kind of bad packet is logged from its own line of code: a burst of each per period.
+    bound = len(packets) * RATE_LIMIT_BURST * periods + 5
+    assert len(lines) <= bound, f"{len(lines)} lines for {FLOOD_ROUNDS * len(packets)} bad packets"
+
+
+def test_rate_limit_holds_back_a_flood_from_one_call_site_and_says_how_much_it_held_back(root_logger):
+    out, now = io.StringIO(), [0.0]
+    configure_logging("text", stream=out, rate_limit=RateLimit(burst=3, period=10, clock=lambda: now[0]))
+    log = logging.getLogger("gatehouse.test")
+
+    def refused(i):
+        log.info("refused %d", i)  # one call site
+
+    for i in range(50):
+        refused(i)
+    log.info("another line")  # another call site: its own allowance
+    now[0] = 10.0
+    refused(99)
+    lines = out.getvalue().splitlines()
+    assert [line.split(": ", 1)[1] for line in lines] == [
+        "refused 0", "refused 1", "refused 2", "another line",
+        "refused 99 (47 more like this in 10 s were not logged)"]
