@@ -138,8 +138,22 @@ def _reason_and_properties(r: _Reader, skip: int) -> bool:
     return not r.more or r.properties()
 
 
+def _plain_publish(frame: bytes) -> bool:
+    """Whether a PUBLISH has an ASCII topic and no properties: nearly every telemetry message,
+    judged without the walk (which costs several times what decoding the packet does)."""
+    start = 2
+    while frame[start - 1] & 0x80:
+        start += 1
+    size = int.from_bytes(frame[start:start + 2], "big")
+    properties_at = start + 2 + size + (2 if frame[0] & 0x06 else 0)
+    return (properties_at < len(frame) and frame[properties_at] == 0
+            and frame[start + 2:start + 2 + size].isascii())
+
+
 def has_invalid_text(frame: bytes) -> bool:
     """Whether a whole packet from a client holds a UTF-8 string field that is not UTF-8."""
+    if frame[0] >> 4 == PUBLISH and len(frame) > 5 and _plain_publish(frame):
+        return False
     try:
         head = _Reader(frame, 1, len(frame))
         length = head.varint()

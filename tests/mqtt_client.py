@@ -32,6 +32,7 @@ class TestClient:
     messages: queue.Queue = field(default_factory=queue.Queue)
     disconnected: threading.Event = field(default_factory=threading.Event)
     subacks: queue.Queue = field(default_factory=queue.Queue)
+    session_present: bool | None = None  # the CONNACK's flag
 
     @property
     def return_code(self) -> int | None:
@@ -98,8 +99,9 @@ def connect(port: int, client_id: str = "", username: str | None = None, passwor
     _open_clients.append(wrapper)
     connected = threading.Event()
 
-    def on_connect(_client, _userdata, _flags, reason_code, _properties=None):
+    def on_connect(_client, _userdata, flags, reason_code, _properties=None):
         wrapper.connack = reason_code
+        wrapper.session_present = bool(flags.session_present)
         connected.set()
 
     client.on_connect = on_connect
@@ -312,7 +314,6 @@ class V5Client(TestClient):
     flag, each PUBACK's reason code, the UNSUBACKs and why the connection ended."""
 
     connack_properties: Properties | None = None
-    session_present: bool | None = None
     pubacks: dict = field(default_factory=dict)  # mid -> ReasonCode of its PUBACK
     unsubacks: queue.Queue = field(default_factory=queue.Queue)
     disconnect_reason: paho.ReasonCode | None = None  # from the broker's DISCONNECT, or paho's own verdict

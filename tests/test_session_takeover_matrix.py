@@ -40,14 +40,12 @@ from __future__ import annotations
 import json
 import queue
 import re
-import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import paho.mqtt.client as paho
 import pytest
 import requests
 
@@ -56,11 +54,10 @@ from gatehouse.credentials import AccessToken, MqttBasic, X509Certificate
 from gatehouse.data_dir import DataDir
 from gatehouse.registry import Registry
 
-from . import mqtt_client
 from .conftest import NO_BLOCKING, RunningBroker, RunningSidecar, broker_and_sidecar
 from .devices import unique
 from .mqtt_client import TestClient as MqttClient
-from .mqtt_client import V5Client, connect, connect5, wait_until
+from .mqtt_client import connect, connect5, wait_until
 
 MQTT311, MQTT5 = "3.1.1", "5"
 SESSION_EXPIRY = 300  # seconds: an MQTT 5 session that outlives its connection
@@ -118,45 +115,14 @@ class Login:
     device_id: str | None = None  # of a device identity
 
 
-@dataclass
-class Client311(MqttClient):
-    """tests/mqtt_client.TestClient plus the CONNACK's session present flag, which connect()
-    does not record (MQTT 5's V5Client does)."""
-
-    session_present: bool | None = None
-
-
-def connect311(port: int, client_id: str, username: str | None, password: str | None, *,
-               ca_cert: Path | None = None, cert: Path | None = None, key: Path | None = None,
-               clean_session: bool) -> Client311:
-    """mqtt_client.connect, recording the session present flag; closed after the test like
-    every client mqtt_client opens."""
-    client = mqtt_client._paho_client(client_id, username, password, ca_cert, cert, key, protocol=paho.MQTTv311,
-                                      clean_session=clean_session)
-    wrapper = Client311(client)
-    mqtt_client._open_clients.append(wrapper)
-    connected = threading.Event()
-
-    def on_connect(_client, _userdata, flags, reason_code, _properties=None):
-        wrapper.connack = reason_code
-        wrapper.session_present = bool(flags.session_present)
-        connected.set()
-
-    client.on_connect = on_connect
-    client.on_message = lambda _c, _u, message: wrapper.messages.put(message)
-    client.on_subscribe = lambda _c, _u, _mid, codes, _p=None: wrapper.subacks.put(list(codes))
-    client.on_disconnect = lambda *args: (wrapper.disconnected.set(), connected.set())
-    return mqtt_client._connected(wrapper, connected, "127.0.0.1", port, keepalive=60)
-
-
-def log_in(login: Login, client_id: str, protocol: str, *, persistent: bool) -> Client311 | V5Client:
+def log_in(login: Login, client_id: str, protocol: str, *, persistent: bool) -> MqttClient:
     """A connection of `login`'s identity with `client_id`; `persistent`: MQTT 3.1.1 clean
     session 0, MQTT 5 Clean Start 0 with a Session Expiry Interval (else a clean session)."""
     tls = {"ca_cert": login.ca_cert, "cert": login.cert, "key": login.key}
     if protocol == MQTT5:
         return connect5(login.port, client_id, login.username, login.password, **tls, clean_start=not persistent,
                         session_expiry=SESSION_EXPIRY if persistent else None)
-    return connect311(login.port, client_id, login.username, login.password, **tls, clean_session=not persistent)
+    return connect(login.port, client_id, login.username, login.password, **tls, clean_session=not persistent)
 
 
 def connack_text(client: MqttClient) -> str:
