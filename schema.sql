@@ -160,3 +160,13 @@ CREATE TRIGGER device_updated AFTER UPDATE ON device
 BEGIN UPDATE credentials_generation SET value = value + 1; END;
 CREATE TRIGGER device_deleted AFTER DELETE ON device
 BEGIN UPDATE credentials_generation SET value = value + 1; END;
+
+-- Who runs a periodic job that must run in one process only, when several share the database
+-- (migration 0006): a process holds a task until `expires_ms`, renewing it while it runs.
+CREATE TABLE maintenance_lease (
+    task                      TEXT PRIMARY KEY,
+    holder                    TEXT NOT NULL,
+    expires_ms                INTEGER NOT NULL
+);
+-- Audit retention deletes by age.
+CREATE INDEX provisioning_event_by_ts ON provisioning_event (ts);

@@ -61,7 +61,16 @@ from gatehouse.provisioning import (
     ProvisionStatus,
 )
 from gatehouse.registry import DeviceData, Registry
-from gatehouse.store import now_ms
+from gatehouse.retention import (
+    AUDIT_RETENTION_DAYS,
+    BATCH_PAUSE_SECONDS,
+    BATCH_ROWS,
+    LEASE_TASK,
+    TELEMETRY_RETENTION_DAYS,
+    RetentionPolicy,
+    lease_holder,
+)
+from gatehouse.store import now_ms, utc_text
 
 from .interfaces import (
     CLIENT_ID_GENERATED,
@@ -127,10 +136,14 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         activity_report_seconds: float = 1.0
         inactivity_check_seconds: float = 10.0
         max_payload_size: int = 65536
+        telemetry_retention_days: float = TELEMETRY_RETENTION_DAYS  # 0: keep everything
+        audit_retention_days: float = AUDIT_RETENTION_DAYS
+        retention_interval_seconds: float = 3600.0
+        telemetry_history: bool = True  # off: latest values only (Registry.keep_telemetry_history)
 
     def __init__(self, context):
         super().__init__(context)
-        self.worker = RegistryWorker(self.config.data_dir)
+        self.worker = RegistryWorker(self.config.data_dir, telemetry_history=self.config.telemetry_history)
         self.limiter = LoginLimiter(self.config.max_failed_logins, self.config.block_seconds)
         self.connected_devices: dict[str, Session] = {}
         self.activity = ActivityTracker()
@@ -165,6 +178,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         await self._refresh_trust_store()
         self._spawn(self._watch_for_changes())
         self._spawn(self._report_activity())
+        self._spawn(self._prune_on_schedule())
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -627,6 +641,32 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + self.config.inactivity_check_seconds
                 await self.worker.call(Registry.expire_activity, now, connected=list(self.connected_devices))
+
+    async def _prune_on_schedule(self) -> None:
+        """Retention (gatehouse.retention), once per interval, by the one process of those
+        sharing the database that holds the lease; batch by batch, so that the devices' group
+        commits run between the batches."""
+        config = self.config
+        policy = RetentionPolicy(config.telemetry_retention_days, config.audit_retention_days)
+        holder = lease_holder()
+        # Renewed every run; should this process die, another takes over when it runs out.
+        lease_seconds = 2 * config.retention_interval_seconds + 60
+        if not policy.cutoffs(0):
+            return  # everything is kept
+        while True:
+            if await self.worker.call(Registry.take_lease, LEASE_TASK, holder, lease_seconds):
+                for kind, before in policy.cutoffs(now_ms()).items():
+                    removed = 0
+                    while True:
+                        n = await self.worker.call(Registry.prune_batch, kind, before)
+                        removed += n
+                        if n < BATCH_ROWS:
+                            break
+                        await asyncio.sleep(BATCH_PAUSE_SECONDS)
+                    if removed:
+                        log.info("retention: removed %d %s recorded before %s", removed, kind.value,
+                                 utc_text(before))
+            await asyncio.sleep(config.retention_interval_seconds)
 
     async def _logout_changed_devices(self) -> None:
         """Credentials changed or device deleted (by the CLI, the sidecar, ...): ThingsBoard

@@ -29,8 +29,9 @@ GROUP_COMMIT_MAX = 1000
 
 
 class RegistryWorker:
-    def __init__(self, data_dir: Path | str):
+    def __init__(self, data_dir: Path | str, *, telemetry_history: bool = True):
         self._data_dir = data_dir
+        self._open = functools.partial(Registry.open, data_dir, telemetry_history=telemetry_history)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="gatehouse-db")
         self._registry: Registry | None = None
         self.reader: Registry | None = None  # read-only use from the event loop
@@ -40,12 +41,12 @@ class RegistryWorker:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._registry = await loop.run_in_executor(self._executor, Registry.open, self._data_dir)
+        self._registry = await loop.run_in_executor(self._executor, self._open)
         # A second connection for the event loop's own point reads (logins, attribute
         # requests): in WAL mode a reader never waits for a writer, and a 0.2 ms lookup costs
         # less than the hop to the database thread and back through a busy loop.
         self.reader = Registry.open(self._data_dir)
-        self._loop_writer = Registry.open(self._data_dir)
+        self._loop_writer = self._open()
         self._loop_writer.store.never_wait()
         self._writer_task = asyncio.create_task(self._group_commit_loop(), name="gatehouse-group-commit")
 

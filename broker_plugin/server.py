@@ -15,6 +15,7 @@ from amqtt.errors import BrokerError
 from gatehouse.data_dir import DataDir
 from gatehouse.logs import RateLimit, announce, configure_logging
 from gatehouse.metrics import serve_metrics
+from gatehouse.retention import RetentionPolicy
 
 from .hardened_broker import HardenedBroker
 from .plugin import GatehousePlugin
@@ -37,6 +38,9 @@ class BrokerSettings:
     provision_close_seconds: float = 60.0
     metrics_port: int | None = 9883  # Prometheus /metrics; 0: any free port, None: not served
     log_format: str = "text"
+    retention: RetentionPolicy = RetentionPolicy()
+    retention_interval_seconds: float = 3600.0
+    telemetry_history: bool = True
 
 
 def broker_config(settings: BrokerSettings) -> dict:
@@ -52,6 +56,10 @@ def broker_config(settings: BrokerSettings) -> dict:
         "plugins": {PLUGIN_PATH: {
             "data_dir": str(settings.data_dir), "max_failed_logins": settings.max_failed_logins,
             "block_seconds": settings.block_seconds, "provision_close_seconds": settings.provision_close_seconds,
+            "telemetry_retention_days": settings.retention.telemetry_days,
+            "audit_retention_days": settings.retention.audit_days,
+            "retention_interval_seconds": settings.retention_interval_seconds,
+            "telemetry_history": settings.telemetry_history,
         }},
     }
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from . import certificates, pki
+from . import certificates, pki, retention
 from .bulk_import import BulkImportMapping, import_rows, parse_rows, read_header
 from .credentials import AccessToken, MqttBasic, NewCredentials, X509Certificate
 from .data_dir import DEFAULT_DATA_DIR, DataDir
@@ -24,8 +24,9 @@ from .mqtt_transport import (
     MqttTransport,
 )
 from .registry import Registry
+from .retention import AUDIT_RETENTION_DAYS, TELEMETRY_RETENTION_DAYS, Prunable, RetentionPolicy
 from .server_key import ServerKeyError
-from .store import utc_text
+from .store import now_ms, utc_text
 from .supervisor import Settings, components, supervise
 
 STRATEGIES = {
@@ -346,6 +347,30 @@ def device_import(ctx, csv_file, delimiter, update, as_json) -> None:
         ctx.exit(1)
 
 
+# --- telemetry ----------------------------------------------------------------------------
+
+@main.group()
+def telemetry() -> None:
+    """Devices' telemetry history."""
+
+
+@telemetry.command("prune")
+@click.option("--older-than-days", type=click.FloatRange(0, min_open=True), default=TELEMETRY_RETENTION_DAYS,
+              show_default=True, help="Delete history points older than this (latest values stay).")
+@json_option
+@click.pass_context
+def telemetry_prune(ctx, older_than_days, as_json) -> None:
+    """Delete old telemetry history now, in small batches that leave room for the devices'
+    writes (the broker does the same on its own schedule: --telemetry-retention-days)."""
+    registry = _registry(ctx)
+    before = retention.cutoff(now_ms(), older_than_days)
+    with click.progressbar(length=registry.count_prunable(Prunable.TELEMETRY, before), label="Pruning",
+                           file=sys.stderr) as bar:
+        removed = retention.prune(registry, Prunable.TELEMETRY, before, progress=bar.update)
+    _emit(as_json, {"removed": removed, "olderThanDays": older_than_days, "before": before},
+          f"removed {removed} telemetry points recorded before {utc_text(before)}")
+
+
 # --- PKI, admin users, running -----------------------------------------------------------
 
 @main.group("pki")
@@ -415,6 +440,20 @@ def admin_add(ctx, username, password) -> None:
     click.echo(f"Added administrator {username}")
 
 
+def _retention_options(func):
+    func = click.option("--audit-retention-days", type=click.FloatRange(0), default=AUDIT_RETENTION_DAYS,
+                        show_default=True, help="Provisioning audit events older than this are deleted; 0: kept.")(func)
+    return click.option("--telemetry-retention-days", type=click.FloatRange(0), default=TELEMETRY_RETENTION_DAYS,
+                        show_default=True,
+                        help="Telemetry history older than this is deleted (latest values stay); 0: kept.")(func)
+
+
+telemetry_history_option = click.option(
+    "--telemetry-history/--no-telemetry-history", default=True, show_default=True,
+    help="Store every telemetry point, or only each key's latest value (for applications that keep the "
+         "history themselves from the gatehouse/devices/... feed).")
+
+
 log_format_option = click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
                                  show_default=True, help="Logs on stderr: readable text, or one JSON object per line.")
 
@@ -454,10 +493,15 @@ def _tls_options(func):
 @click.option("--connect-timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
               help="Connections that send no CONNECT within this time are closed.")
 @_metrics_port_option(9883)
+@_retention_options
+@click.option("--retention-interval-seconds", type=click.FloatRange(0.1), default=3600.0, show_default=True,
+              help="How often retention runs (in one broker of those sharing the database).")
+@telemetry_history_option
 @log_format_option
 @click.pass_context
 def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_logins, block_seconds,
-           provision_close_seconds, connect_timeout, metrics_port, log_format) -> None:
+           provision_close_seconds, connect_timeout, metrics_port, telemetry_retention_days, audit_retention_days,
+           retention_interval_seconds, telemetry_history, log_format) -> None:
     """Run the MQTT broker (plain and TLS listeners) until Ctrl-C or SIGTERM."""
     Registry.open(ctx.obj).close()  # a clear error now rather than a broker that cannot log anyone in
     from broker_plugin.server import (  # components load lazily: the domain imports none
@@ -469,7 +513,8 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
         data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port, tls_cert=tls_cert,
         tls_key=tls_key, max_failed_logins=max_failed_logins, block_seconds=block_seconds,
         provision_close_seconds=provision_close_seconds, connect_timeout=connect_timeout, metrics_port=metrics_port,
-        log_format=log_format)))
+        log_format=log_format, retention=RetentionPolicy(telemetry_retention_days, audit_retention_days),
+        retention_interval_seconds=retention_interval_seconds, telemetry_history=telemetry_history)))
 
 
 @main.command()
@@ -489,10 +534,11 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
 @click.option("--trusted-proxy", metavar="ADDRESS",
               help="A reverse proxy's address: its X-Forwarded-For then names the client (login limits, "
                    "audit). Without it, the header is ignored.")
+@telemetry_history_option
 @log_format_option
 @click.pass_context
 def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_seconds, ui_idle_minutes,
-            max_failed_logins, block_seconds, trusted_proxy, log_format) -> None:
+            max_failed_logins, block_seconds, trusted_proxy, telemetry_history, log_format) -> None:
     """Run the HTTP device API, the admin REST API and the web UI (and Prometheus /metrics) until Ctrl-C or
     SIGTERM."""
     Registry.open(ctx.obj).close()
@@ -504,7 +550,8 @@ def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_
     ctx.exit(run(SidecarSettings(data_dir=ctx.obj.resolve(), host=host, http_port=http_port, broker_host=broker_host,
                                  broker_port=broker_port, threads=threads, rpc_expiry_seconds=rpc_expiry_seconds,
                                  ui_session_idle_seconds=ui_idle_minutes * 60, max_failed_logins=max_failed_logins,
-                                 block_seconds=block_seconds, trusted_proxy=trusted_proxy, log_format=log_format)))
+                                 block_seconds=block_seconds, trusted_proxy=trusted_proxy, log_format=log_format,
+                                 telemetry_history=telemetry_history)))
 
 
 @main.command()
@@ -544,16 +591,20 @@ def coap(ctx, host, coap_port, coaps_port, sidecar_url, sidecar_timeout, tls_cer
 @_tls_options
 @_metrics_port_option(9883, "--broker-metrics-port", "The broker's Prometheus /metrics")
 @_metrics_port_option(9884, "--coap-metrics-port", "The CoAP bridge's Prometheus /metrics")
+@_retention_options
+@telemetry_history_option
 @log_format_option
 @click.pass_context
 def up(ctx, host, mqtt_port, mqtts_port, http_port, coap_port, coaps_port, tls_cert, tls_key, broker_metrics_port,
-       coap_metrics_port, log_format) -> None:
+       coap_metrics_port, telemetry_retention_days, audit_retention_days, telemetry_history, log_format) -> None:
     """Initialise if needed, then run and supervise every component until Ctrl-C or SIGTERM."""
     _initialise(ctx.obj)
     settings = Settings(data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port,
                         http_port=http_port, coap_port=coap_port, coaps_port=coaps_port,
                         tls_cert=tls_cert, tls_key=tls_key, broker_metrics_port=broker_metrics_port,
-                        coap_metrics_port=coap_metrics_port, log_format=log_format)
+                        coap_metrics_port=coap_metrics_port, log_format=log_format,
+                        telemetry_retention_days=telemetry_retention_days, audit_retention_days=audit_retention_days,
+                        telemetry_history=telemetry_history)
     parts = components(settings)
     if not parts:
         click.echo("No network components are installed in this build; nothing to run.")

@@ -82,3 +82,12 @@ def profile_mqtt_transport(db: sqlite_utils.Database) -> None:
                         "CHECK (mqtt_send_ack_on_validation_exception IN (0, 1))")):
         if definition.split()[0] not in present:
             db.execute(f"ALTER TABLE device_profile ADD COLUMN {definition}")
+
+
+@MIGRATIONS(name="0006_retention")
+def retention(db: sqlite_utils.Database) -> None:
+    """The lease that lets one process of several prune, and the audit trail's index by age."""
+    if not db["maintenance_lease"].exists():  # a database created from the current schema.sql
+        db.execute(_statement_creating("maintenance_lease"))
+    if "provisioning_event_by_ts" not in {index.name for index in db["provisioning_event"].indexes}:
+        db.execute("CREATE INDEX provisioning_event_by_ts ON provisioning_event (ts)")

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import certificates
+from . import certificates, retention
 from .credentials import (
     AccessToken,
     MqttBasic,
@@ -68,6 +68,7 @@ from .provisioning import (
     decide_provision,
     decide_x509_chain,
 )
+from .retention import TELEMETRY_RETENTION_DAYS, Prunable
 from .server_key import ServerKey
 from .store import DEVICE_ORDER, PROFILE_ORDER, IntegrityError, Store, now_ms
 
@@ -75,7 +76,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PROFILE_NAME = "default"
 DEFAULT_CN_REGEX = "(.*)"
-TELEMETRY_RETENTION_DAYS = 30
 KEY_SECRET_STRATEGIES = (ProvisionType.ALLOW_CREATE_NEW_DEVICES, ProvisionType.CHECK_PRE_PROVISIONED_DEVICES)
 
 # The uniqueness rules, keyed by the constraint SQLite reports: ThingsBoard's message for each, and
@@ -146,6 +146,10 @@ class UpsertedDevice:
 
 
 class Registry:
+    # Off: telemetry keeps its latest values only, for operators whose applications keep the
+    # history themselves from the gatehouse/devices/... feed (--no-telemetry-history).
+    keep_telemetry_history = True
+
     def __init__(self, database: Path | str, server_key: ServerKey):
         self.store = Store(database)
         self.key = server_key
@@ -166,12 +170,14 @@ class Registry:
         return registry
 
     @classmethod
-    def open(cls, data_dir: Path | str) -> Registry:
-        """Open a data dir made by `initialise`."""
+    def open(cls, data_dir: Path | str, *, telemetry_history: bool = True) -> Registry:
+        """Open a data dir made by `initialise`; `telemetry_history` off: see keep_telemetry_history."""
         paths = DataDir(Path(data_dir))
         if not paths.exists():
             raise NotFoundError(f"no Gatehouse data in {paths.root} (run `gatehouse init`)")
-        return cls(paths.database, ServerKey(paths.server_key.read_bytes()))
+        registry = cls(paths.database, ServerKey(paths.server_key.read_bytes()))
+        registry.keep_telemetry_history = telemetry_history
+        return registry
 
     def close(self) -> None:
         self.store.close()
@@ -874,7 +880,7 @@ class Registry:
             attributes += [(item.device_id, scope, e.key, e.kind.value, _db_value(e), ts) for e in item.attributes]
             deleted += [(item.device_id, scope, key) for key in item.deleted]
         try:
-            self.store.save_telemetry(telemetry)
+            self.store.save_telemetry(telemetry, history=self.keep_telemetry_history)
             self.store.save_attributes(attributes)
             self.store.delete_attributes(deleted)
         except IntegrityError:  # the only constraint these rows can break: their device
@@ -932,9 +938,27 @@ class Registry:
         self.save_device_data([DeviceData(device_id, telemetry=tuple(records))])
 
     def prune_telemetry(self, *, keep_days: float = TELEMETRY_RETENTION_DAYS) -> int:
-        """Delete telemetry history older than `keep_days` (latest values stay); returns rows deleted."""
+        """Delete telemetry history older than `keep_days` (latest values stay), batch by batch
+        (gatehouse.retention); returns rows deleted."""
+        return retention.prune(self, Prunable.TELEMETRY, retention.cutoff(now_ms(), keep_days))
+
+    def prune_batch(self, kind: Prunable, before_ms: int, limit: int = retention.BATCH_ROWS) -> int:
+        """One transaction deleting at most `limit` of the oldest `kind` records before `before_ms`."""
+        delete = (self.store.delete_telemetry_before if kind is Prunable.TELEMETRY
+                  else self.store.delete_provisioning_events_before)
         with self.store.transaction():
-            return self.store.delete_telemetry_before(now_ms() - int(keep_days * 86_400_000))
+            return delete(before_ms, limit)
+
+    def count_prunable(self, kind: Prunable, before_ms: int) -> int:
+        count = (self.store.count_telemetry_before if kind is Prunable.TELEMETRY
+                 else self.store.count_provisioning_events_before)
+        return count(before_ms)
+
+    def take_lease(self, task: str, holder: str, seconds: float) -> bool:
+        """Whether `holder` now holds `task` for `seconds` (taken, renewed, or another's expired)."""
+        now = now_ms()
+        with self.store.transaction():
+            return self.store.take_lease(task, holder, now, now + int(seconds * 1000))
 
     def latest_telemetry(self, device_id: str) -> dict:
         return {row["key"]: {"ts": row["ts"], "value": _json_value(row)}

@@ -355,13 +355,14 @@ class Store:
         """Rows of (device_id, scope, key)."""
         self.conn.executemany("DELETE FROM attribute WHERE device_id = ? AND scope = ? AND key = ?", rows)
 
-    def save_telemetry(self, rows: Iterable[tuple[str, str, int, str, object]]) -> None:
+    def save_telemetry(self, rows: Iterable[tuple[str, str, int, str, object]], *, history: bool = True) -> None:
         """Rows of (device_id, key, ts, kind, value), any number of devices at once: two
-        statements for a whole group commit."""
+        statements for a whole group commit (one without `history`: latest values only)."""
         rows = list(rows)
-        self._insert_rows(
-            "INSERT INTO telemetry_history (device_id, key, ts, kind, value)", 5,
-            "ON CONFLICT (device_id, key, ts) DO UPDATE SET kind = excluded.kind, value = excluded.value", rows)
+        if history:
+            self._insert_rows(
+                "INSERT INTO telemetry_history (device_id, key, ts, kind, value)", 5,
+                "ON CONFLICT (device_id, key, ts) DO UPDATE SET kind = excluded.kind, value = excluded.value", rows)
         # A late point (older ts) must not overwrite a newer latest value.
         self._insert_rows(
             "INSERT INTO telemetry_latest (device_id, key, ts, kind, value)", 5,
@@ -376,8 +377,27 @@ class Store:
         return self._all("SELECT ts, kind, value FROM telemetry_history WHERE device_id = ? AND key = ? ORDER BY ts",
                          [device_id, key])
 
-    def delete_telemetry_before(self, ts: int) -> int:
-        return self._write("DELETE FROM telemetry_history WHERE ts < ?", [ts]).rowcount
+    def delete_telemetry_before(self, ts: int, limit: int = -1) -> int:
+        """At most `limit` (-1: all) history points older than `ts`, oldest first (the ts index)."""
+        return self._write("DELETE FROM telemetry_history WHERE (device_id, key, ts) IN (SELECT device_id, key, ts "
+                           "FROM telemetry_history WHERE ts < ? ORDER BY ts LIMIT ?)", [ts, limit]).rowcount
+
+    def count_telemetry_before(self, ts: int) -> int:
+        return self.conn.execute("SELECT count(*) FROM telemetry_history WHERE ts < ?", (ts,)).fetchone()[0]
+
+    def delete_provisioning_events_before(self, ts: int, limit: int = -1) -> int:
+        return self._write("DELETE FROM provisioning_event WHERE id IN (SELECT id FROM provisioning_event "
+                           "WHERE ts < ? ORDER BY ts LIMIT ?)", [ts, limit]).rowcount
+
+    def count_provisioning_events_before(self, ts: int) -> int:
+        return self.conn.execute("SELECT count(*) FROM provisioning_event WHERE ts < ?", (ts,)).fetchone()[0]
+
+    def take_lease(self, task: str, holder: str, now: int, expires: int) -> bool:
+        """Take or renew `task` for `holder` until `expires`, unless another holder's lease runs."""
+        return self._write("INSERT INTO maintenance_lease (task, holder, expires_ms) VALUES (?, ?, ?) "
+                           "ON CONFLICT (task) DO UPDATE SET holder = excluded.holder, expires_ms = excluded.expires_ms "
+                           "WHERE maintenance_lease.holder = excluded.holder OR maintenance_lease.expires_ms <= ?",
+                           [task, holder, expires, now]).rowcount == 1
 
     # --- provisioning events and admin users ----------------------------------------------
 

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .retention import AUDIT_RETENTION_DAYS, TELEMETRY_RETENTION_DAYS
+
 STOP_GRACE_SECONDS = 10.0
 POLL_SECONDS = 0.2
 
@@ -32,6 +34,9 @@ class Settings:
     broker_metrics_port: int = 9883  # the sidecar serves its /metrics on http_port
     coap_metrics_port: int = 9884
     log_format: str = "text"
+    telemetry_retention_days: float = TELEMETRY_RETENTION_DAYS
+    audit_retention_days: float = AUDIT_RETENTION_DAYS
+    telemetry_history: bool = True
 
 
 @dataclass(frozen=True)
@@ -49,17 +54,21 @@ def components(settings: Settings) -> list[Component]:
     """The components `gatehouse up` runs."""
     tls = ["--tls-cert", str(settings.tls_cert), "--tls-key", str(settings.tls_key)] if settings.tls_cert else []
     logs = ["--log-format", settings.log_format]
+    history = [] if settings.telemetry_history else ["--no-telemetry-history"]
     return [
         Component("broker", gatehouse_command(settings, "broker", "--host", settings.host,
                                               "--mqtt-port", str(settings.mqtt_port),
                                               "--mqtts-port", str(settings.mqtts_port), *tls,
-                                              "--metrics-port", str(settings.broker_metrics_port), *logs),
+                                              "--metrics-port", str(settings.broker_metrics_port),
+                                              "--telemetry-retention-days", f"{settings.telemetry_retention_days:g}",
+                                              "--audit-retention-days", f"{settings.audit_retention_days:g}",
+                                              *history, *logs),
                   f"MQTT on {settings.host}:{settings.mqtt_port}, MQTT over TLS on {settings.host}:{settings.mqtts_port}, "
                   f"metrics on http://{settings.host}:{settings.broker_metrics_port}/metrics"),
         Component("sidecar", gatehouse_command(settings, "sidecar", "--host", settings.host,
                                                "--http-port", str(settings.http_port),
                                                "--broker-host", _loopback_of(settings.host),
-                                               "--broker-port", str(settings.mqtt_port), *logs),
+                                               "--broker-port", str(settings.mqtt_port), *history, *logs),
                   f"HTTP device API and admin REST API on http://{settings.host}:{settings.http_port}, "
                   f"metrics on http://{settings.host}:{settings.http_port}/metrics"),
         Component("coap", gatehouse_command(settings, "coap", "--host", settings.host,

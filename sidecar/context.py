@@ -54,6 +54,7 @@ class SidecarSettings:
     # from anyone else the header is dropped.
     trusted_proxy: str | None = None
     log_format: str = "text"
+    telemetry_history: bool = True  # off: latest telemetry values only (Registry.keep_telemetry_history)
 
 
 def long_poll_limit(threads: int) -> int:
@@ -85,7 +86,8 @@ class Sidecar:
         """This thread's Registry (one SQLite connection per server thread, kept open)."""
         registry = getattr(self._local, "registry", None)
         if registry is None:
-            registry = self._local.registry = Registry.open(self.settings.data_dir)
+            registry = self._local.registry = Registry.open(self.settings.data_dir,
+                                                            telemetry_history=self.settings.telemetry_history)
             with self._lock:
                 self._opened.append(registry)
         return registry

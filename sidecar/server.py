@@ -37,7 +37,7 @@ def serve(settings: SidecarSettings, announce=announce) -> int:
     mailboxes = DeviceMailboxes(rpc_expiry_seconds=settings.rpc_expiry_seconds,
                                 on_rpc_expired=lambda device_id, request_id: link.rpc_expired(device_id, request_id))
     link = BrokerLink(settings.broker_host, settings.broker_port, username, password, mailboxes)
-    writer = GroupCommitWriter(settings.data_dir)
+    writer = GroupCommitWriter(settings.data_dir, telemetry_history=settings.telemetry_history)
     app = create_app(settings, mailboxes=mailboxes, link=link, writer=writer)
     try:
         # waitress buffers a whole body before the app sees it: a body a little past the largest

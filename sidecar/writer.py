@@ -34,8 +34,9 @@ class _Write:
 
 
 class GroupCommitWriter:
-    def __init__(self, data_dir: Path | str):
+    def __init__(self, data_dir: Path | str, *, telemetry_history: bool = True):
         self._data_dir = data_dir
+        self._telemetry_history = telemetry_history
         self._queue: queue.SimpleQueue[_Write | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="gatehouse-writer", daemon=True)
         self._started = threading.Event()
@@ -71,7 +72,7 @@ class GroupCommitWriter:
 
     def _run(self) -> None:
         try:
-            registry = Registry.open(self._data_dir)
+            registry = Registry.open(self._data_dir, telemetry_history=self._telemetry_history)
         except Exception as e:  # told to start(), which raises it
             self._start_error = e
             self._started.set()

@@ -25,7 +25,7 @@ def test_schema_is_applied_once_and_recorded(tmp_path):
     Store(tmp_path / "g.db").close()
     store = Store(tmp_path / "g.db")  # reopening applies nothing twice
     migrations = ["0001_initial", "0002_application_accounts", "0003_credentials_generation",
-                  "0004_values_without_affinity", "0005_profile_mqtt_transport"]
+                  "0004_values_without_affinity", "0005_profile_mqtt_transport", "0006_retention"]
     assert store.schema_version() == migrations
     rows = store.conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
     assert [tuple(r) for r in rows] == [("gatehouse", name) for name in migrations]
@@ -62,6 +62,23 @@ def test_a_database_from_before_profile_mqtt_transports_gets_their_columns(tmp_p
     present = {row[1] for row in store.conn.execute("PRAGMA table_info(device_profile)")}
     assert columns <= present
     assert store.profile_transports() == []
+
+
+def test_a_database_from_before_retention_gets_its_lease_table_and_audit_index(tmp_path):
+    import sqlite_utils
+
+    from gatehouse.migrations import MIGRATIONS
+
+    old = sqlite_utils.Database(tmp_path / "old.db")
+    MIGRATIONS.apply(old, stop_before="0006_retention")
+    old.execute("DROP TABLE maintenance_lease")  # what a file made before 0006 looks like
+    old.execute("DROP INDEX provisioning_event_by_ts")
+    old.close()
+    store = Store(tmp_path / "old.db")
+    assert "0006_retention" in store.schema_version()
+    assert store.take_lease("retention", "me", 0, 1000)
+    indexes = {row[1] for row in store.conn.execute("PRAGMA index_list(provisioning_event)")}
+    assert "provisioning_event_by_ts" in indexes
 
 
 def test_a_database_from_before_the_credentials_generation_gets_its_counter_and_triggers(tmp_path):

@@ -163,3 +163,22 @@ def test_up_passes_metrics_ports_and_log_format_on_and_lists_the_metrics(tmp_pat
     for part in parts.values():
         argv = list(part.argv)
         assert argv[argv.index("--log-format") + 1] == "json"
+
+
+def test_up_passes_the_retention_settings_to_the_broker(tmp_path):
+    from gatehouse.supervisor import Settings, components
+
+    parts = {part.name: part for part in components(Settings(data_dir=tmp_path, telemetry_retention_days=7,
+                                                                 audit_retention_days=0))}
+    argv = list(parts["broker"].argv)
+    assert argv[argv.index("--telemetry-retention-days") + 1] == "7"
+    assert argv[argv.index("--audit-retention-days") + 1] == "0"
+
+
+def test_up_passes_no_telemetry_history_to_the_broker_and_the_sidecar(tmp_path):
+    from gatehouse.supervisor import Settings, components
+
+    parts = {part.name: part for part in components(Settings(data_dir=tmp_path, telemetry_history=False))}
+    assert "--no-telemetry-history" in parts["broker"].argv and "--no-telemetry-history" in parts["sidecar"].argv
+    parts = {part.name: part for part in components(Settings(data_dir=tmp_path))}
+    assert not any("--no-telemetry-history" in part.argv for part in parts.values())
