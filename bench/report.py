@@ -33,7 +33,7 @@ REPO_ROOT = BENCH_DIR.parent
 # (script, its arguments for a quick run); the registry benchmark's quick run is a smaller registry.
 BENCHMARKS = (("registry.py", ["--devices", "10000", "--seconds", "0.5", "--keys", "10000"]),
               ("mqtt.py", ["--quick"]), ("http.py", ["--quick"]), ("coap.py", ["--quick"]),
-              ("soak.py", ["--quick"]))
+              ("soak.py", ["--quick"]), ("retention.py", ["--quick"]))
 
 
 @dataclass

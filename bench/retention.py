@@ -45,6 +45,7 @@ DEVICES = 20
 BASELINE_SECONDS = 10.0
 OLD_DAYS = 40
 PRUNED = "retention: removed"
+LATENCY_TARGET_RATIO = 3.0
 
 
 def old_history(data_dir: Path, rows: int, devices: int = 100) -> None:
@@ -85,7 +86,8 @@ def main() -> None:
         tokens = token_devices(data_dir, "publisher", DEVICES)
         print(f"  backlog written in {time.perf_counter() - started:.1f} s")
 
-        broker = start_broker(data_dir, Path(tmp) / "baseline.log", "--telemetry-retention-days", "0")
+        broker = start_broker(data_dir, Path(tmp) / "baseline.log", "--telemetry-retention-days", "0",
+                              "--audit-retention-days", "0")
         try:
             deadline = time.perf_counter() + BASELINE_SECONDS
             alone, alone_seconds = asyncio.run(latencies(broker.mqtt_port, tokens,
@@ -115,12 +117,15 @@ def main() -> None:
                               pruning_rate / alone_rate),
                results.Figure(f"rows pruned per second, beside {DEVICES} devices' telemetry",
                               (rows - left) / pruning_seconds, "rows/s")]
-    for percentile in (50, 99):
-        value, base = percentile_ms(pruning, percentile), percentile_ms(alone, percentile)
-        figures.append(results.Figure(f"PUBACK latency p{percentile}, {beside}", value, "ms", baseline, base,
-                                      value / base))
-    figures.append(results.Figure(f"PUBACK latency max, {beside}", 1000 * max(pruning), "ms", baseline,
-                                  1000 * max(alone), max(pruning) / max(alone)))
+    latency = {"p50": (percentile_ms(pruning, 50), percentile_ms(alone, 50)),
+               "p99": (percentile_ms(pruning, 99), percentile_ms(alone, 99)),
+               "max": (1000 * max(pruning), 1000 * max(alone))}
+    for name, (value, base) in latency.items():
+        # The issue's "small factor" for the slowest PUBACKs: the same 3x as an import's.
+        target = {"target": f"<= {LATENCY_TARGET_RATIO:.2f}", "met": value / base <= LATENCY_TARGET_RATIO} \
+            if name != "p50" else {}
+        figures.append(results.Figure(f"PUBACK latency {name}, {beside}", value, "ms", baseline, base,
+                                      value / base, **target))
     for figure in figures:
         if figure.ratio is not None:
             print(f"  {figure.measurement}: ratio {figure.ratio:.2f}")

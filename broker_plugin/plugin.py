@@ -151,6 +151,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         self.connected_services: dict[str, Session] = {}
         self.ready = False
         self._background: set[asyncio.Task] = set()
+        self._lease_holder = lease_holder()  # this process, in the retention lease table
         self._trusted: set[str] = set()
         self._version: int | None = None  # the database's change counter last seen
         # Each profile's MQTT transport settings (None: DEFAULT), reloaded on any change.
@@ -186,6 +187,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         await asyncio.gather(*self._background, return_exceptions=True)
         if self.ready:
             await self.worker.call(Registry.record_activity, self.activity.take_changes(now_ms()))
+            await self.worker.call(Registry.release_lease, LEASE_TASK, self._lease_holder)
             await self.worker.close()
             self.ready = False
 
@@ -648,7 +650,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         commits run between the batches."""
         config = self.config
         policy = RetentionPolicy(config.telemetry_retention_days, config.audit_retention_days)
-        holder = lease_holder()
+        holder = self._lease_holder
         # Renewed every run; should this process die, another takes over when it runs out.
         lease_seconds = 2 * config.retention_interval_seconds + 60
         if not policy.cutoffs(0):

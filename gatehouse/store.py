@@ -399,6 +399,9 @@ class Store:
                            "WHERE maintenance_lease.holder = excluded.holder OR maintenance_lease.expires_ms <= ?",
                            [task, holder, expires, now]).rowcount == 1
 
+    def release_lease(self, task: str, holder: str) -> None:
+        self._write("DELETE FROM maintenance_lease WHERE task = ? AND holder = ?", [task, holder])
+
     # --- provisioning events and admin users ----------------------------------------------
 
     def add_provisioning_event(self, row: dict) -> None:

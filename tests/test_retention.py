@@ -143,6 +143,24 @@ def test_brokers_sharing_a_database_prune_on_schedule_and_only_one_of_them_does(
     assert pruners[0].count("retention: removed 5 telemetry points") == RACE_ROUNDS
 
 
+def test_a_broker_that_stops_gives_the_lease_up_so_the_next_one_prunes_at_once(tmp_path):
+    data_dir = tmp_path / "data"
+    Registry.initialise(data_dir).close()
+    with Registry.open(data_dir) as registry:
+        device_id = old_and_new_telemetry(registry, old=0)
+    # The audit trail's retention still takes the lease with telemetry's off; its lease would
+    # outlive this broker by two hours (2 x the default interval + 60 s) if it kept it.
+    start_broker(data_dir, tmp_path / "first.log", "--telemetry-retention-days", "0").stop()
+    with Registry.open(data_dir) as registry:
+        assert registry.store.conn.execute("SELECT count(*) FROM maintenance_lease").fetchone()[0] == 0
+        registry.save_telemetry(device_id, points([(now_ms() - 40 * DAY_MS, 7)]))
+        broker = start_broker(data_dir, tmp_path / "second.log")
+        try:
+            assert wait_until(lambda: history_size(registry, device_id) == 3, 20)
+        finally:
+            broker.stop()
+
+
 def test_a_broker_with_retention_off_keeps_everything(tmp_path):
     data_dir = tmp_path / "data"
     Registry.initialise(data_dir).close()
