@@ -264,8 +264,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="500-device storm, 30 s soak")
     parser.add_argument("--seconds", type=float, help="soak duration (default 600, --quick 30)")
     parser.add_argument("--storm-devices", type=int, help="reconnect storm size (default 2,000, --quick 500)")
+    parser.add_argument("--only", choices=("storm", "soak", "import"), action="append",
+                        help="run only this part (repeatable); by default all three")
     results.add_json_option(parser)
     args = parser.parse_args()
+    parts = args.only or ("storm", "soak", "import")
     seconds = args.seconds or (30 if args.quick else 600)
     storm_devices = args.storm_devices or (500 if args.quick else 2_000)
     import_rows = 5_000 if args.quick else 20_000
@@ -274,9 +277,11 @@ def main() -> None:
     print(f"Gatehouse soak: Python {platform.python_version()}, {cpu_model()}, {usable_cores()} cores, "
           f"open-files limit {soft} (raised to {resource.getrlimit(resource.RLIMIT_NOFILE)[0]}, hard {hard})")
     with tempfile.TemporaryDirectory(prefix="gatehouse-soak-") as tmp:
-        figures = reconnect_storm(Path(tmp), storm_devices)
-        figures += soak(Path(tmp), seconds, 450, 50)
-        figures += telemetry_beside_an_import(Path(tmp), import_rows)
+        figures = reconnect_storm(Path(tmp), storm_devices) if "storm" in parts else []
+        if "soak" in parts:
+            figures += soak(Path(tmp), seconds, 450, 50)
+        if "import" in parts:
+            figures += telemetry_beside_an_import(Path(tmp), import_rows)
     results.write(args.json, f"soak (bench/soak.py: {storm_devices:,}-device storm, {seconds:g} s soak, "
                              f"{import_rows:,}-row import)", figures)
 

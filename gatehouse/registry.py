@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import secrets
-import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,7 +33,8 @@ from .credentials import (
 )
 from .data_dir import DataDir
 from .device_activity import ACTIVE, ACTIVITY_ATTRIBUTES, INACTIVITY_TIMEOUT_MS
-from .errors import NotFoundError, ValidationError
+from .errors import GatehouseError, NotFoundError, ValidationError
+from .ids import new_id
 from .login import (
     APPLICATION_USERNAME_PREFIX,
     SERVICE_USERNAME_PREFIX,
@@ -145,6 +146,69 @@ class UpsertedDevice:
     created: bool  # False: an existing device of that name was updated
 
 
+@dataclass(frozen=True)
+class DeviceUpsert:
+    """A device to create, or to update if one of that name exists (a bulk import's row). A
+    profile named but missing is created, as ThingsBoard does."""
+
+    name: str
+    profile: str | None = None
+    label: str | None = None
+    additional_info: dict | None = None
+    credentials: NewCredentials | None = None  # None: a new device gets a generated token
+    attributes: dict[AttributeScope, tuple[KvEntry, ...]] | None = None
+    telemetry: tuple[KvEntry, ...] = ()
+    write_data_of_existing: bool = True
+
+    def device_data(self, device_id: str, ts: int) -> list[DeviceData]:
+        return ([DeviceData(device_id, attributes=tuple(entries), scope=AttributeScope(scope), ts=ts)
+                 for scope, entries in (self.attributes or {}).items()]
+                + [DeviceData(device_id, telemetry=(TelemetryRecord(ts, tuple(self.telemetry)),))])
+
+
+@dataclass(frozen=True)
+class DeviceDataRows:
+    """DeviceData as the store's rows: telemetry (device_id, key, ts, kind, value), attributes
+    (device_id, scope, key, kind, value, ts), deleted attributes (device_id, scope, key)."""
+
+    telemetry: list[tuple]
+    attributes: list[tuple]
+    deleted: list[tuple]
+
+    @classmethod
+    def concatenate(cls, parts: Iterable[DeviceDataRows]) -> DeviceDataRows:
+        telemetry, attributes, deleted = [], [], []
+        for part in parts:
+            telemetry += part.telemetry
+            attributes += part.attributes
+            deleted += part.deleted
+        return cls(telemetry, attributes, deleted)
+
+
+def _device_data_rows(items: Iterable[DeviceData]) -> DeviceDataRows:
+    telemetry, attributes, deleted = [], [], []
+    for item in items:
+        ts = item.ts if item.ts is not None else now_ms()
+        scope = item.scope.value
+        telemetry += [(item.device_id, e.key, record.ts if record.ts is not None else ts, e.kind.value,
+                       _db_value(e)) for record in item.telemetry for e in record.values]
+        attributes += [(item.device_id, scope, e.key, e.kind.value, _db_value(e), ts) for e in item.attributes]
+        deleted += [(item.device_id, scope, key) for key in item.deleted]
+    return DeviceDataRows(telemetry, attributes, deleted)
+
+
+@dataclass
+class PreparedUpsert:
+    """A DeviceUpsert with its rows as a new device (Registry.prepare_upserts), or the error
+    that refused it before any database work."""
+
+    item: DeviceUpsert
+    device: dict | None = None
+    credentials: dict | None = None
+    data: DeviceDataRows | None = None
+    error: GatehouseError | None = None
+
+
 class Registry:
     # Off: telemetry keeps its latest values only, for operators whose applications keep the
     # history themselves from the gatehouse/devices/... feed (--no-telemetry-history).
@@ -250,7 +314,7 @@ class Registry:
 
     def _insert_profile(self, name, strategy, *, is_default=False, key=None, secret=None, ca_certificate_pem=None,
                         cn_regex=DEFAULT_CN_REGEX, allow_create=True, description=None, mqtt_transport=None) -> str:
-        profile_id = str(uuid.uuid4())
+        profile_id = new_id()
         row = {"id": profile_id, "created_time": now_ms(), "name": _profile_name(name), "description": description,
                "is_default": int(is_default), "provision_type": strategy.value,
                **self._provision_columns(profile_id, strategy, key, secret, ca_certificate_pem, cn_regex,
@@ -386,13 +450,13 @@ class Registry:
 
     def _insert_device(self, name: str, profile_id: str, label: str | None, additional_info: dict | None,
                        credentials: NewCredentials) -> str:
-        device_id = str(uuid.uuid4())
+        device_id = new_id()
         try:
             self.store.insert_device({
                 "id": device_id, "created_time": now_ms(), "name": _device_name(name), "profile_id": profile_id,
                 "label": label, "additional_info": json.dumps(additional_info or {}),
             })
-            credentials_id = str(uuid.uuid4())
+            credentials_id = new_id()
             self.store.insert_credentials({
                 "id": credentials_id, "created_time": now_ms(), "device_id": device_id,
                 **self._credentials_columns(credentials_id, credentials),
@@ -446,51 +510,104 @@ class Registry:
                 id=self._insert_profile(name, ProvisionType.DISABLED))
         return self.store.default_profile()
 
-    def upsert_device(
-        self,
-        name: str,
-        *,
-        profile: str | None = None,
-        label: str | None = None,
-        additional_info: dict | None = None,
-        credentials: NewCredentials | None = None,
-        attributes: dict[AttributeScope, Iterable[KvEntry]] | None = None,
-        telemetry: Iterable[KvEntry] = (),
-        write_data_of_existing: bool = True,
-    ) -> UpsertedDevice:
-        """Create the device or update the one of that name (bulk import, SPEC §8). A profile
-        named but missing is created, as ThingsBoard does. Existing
-        devices keep what is not given (profile, label, credentials); attribute and telemetry
-        columns are written to them only with `write_data_of_existing`."""
+    def prepare_upserts(self, items: list[DeviceUpsert]) -> list[PreparedUpsert]:
+        """What `upsert_devices` can do without the database, done before it takes the write
+        lock: each item's rows as a new device (ids, credential digests, sealed secrets, data)."""
+        prepared = []
+        ts = now_ms()
+        for item in items:
+            try:
+                device, credentials = self._new_device_rows(item, ts)
+            except GatehouseError as e:
+                prepared.append(PreparedUpsert(item, error=e))
+                continue
+            data = _device_data_rows(item.device_data(device["id"], ts))
+            prepared.append(PreparedUpsert(item, device, credentials, data))
+        return prepared
+
+    def upsert_devices(self, prepared: list[PreparedUpsert]) -> list[UpsertedDevice | GatehouseError]:
+        """Create each device, or update the one of its name (bulk import, SPEC §8): one
+        transaction for them all, and each item with its own outcome.
+
+        New devices are inserted with a few statements for the whole batch, from the rows
+        `prepare_upserts` built, instead of a savepoint and eight statements per device. Should
+        one of them break a constraint (a token already in use), the batch is redone one
+        savepoint per item, so that each item's own error is reported."""
+        outcomes: list[UpsertedDevice | GatehouseError | None] = [p.error for p in prepared]
         with self.store.transaction():
-            profile_row = None
-            if profile:
-                profile_row = self.store.profile(name=profile) or self.store.profile(
-                    id=self._insert_profile(profile.strip(), ProvisionType.DISABLED))
-            existing = self.store.device(name=(name or "").strip())
-            if existing is None:
-                device_id = self._insert_device(name, (profile_row or self.store.default_profile())["id"], label,
-                                                additional_info, credentials or AccessToken(generate_secret()))
-            else:
-                # Only what the row gives changes: a file without a TYPE column must not move
-                # devices to the default profile.
-                device_id = existing["id"]
-                changes = {"additional_info": json.dumps({**json.loads(existing["additional_info"]),
-                                                          **(additional_info or {})})}
-                if profile_row is not None:
-                    changes["profile_id"] = profile_row["id"]
-                if label is not None:
-                    changes["label"] = label
-                self.store.update_device(device_id, changes)
-                if credentials is not None:
-                    self._replace_credentials(self.store.credentials(device_id), credentials)
-            if existing is None or write_data_of_existing:
-                ts = now_ms()
-                self._write_device_data(
-                    [DeviceData(device_id, attributes=tuple(entries), scope=AttributeScope(scope), ts=ts)
-                     for scope, entries in (attributes or {}).items()]
-                    + [DeviceData(device_id, telemetry=(TelemetryRecord(ts, tuple(telemetry)),))])
-            return UpsertedDevice(device_id, created=existing is None)
+            names = Counter(p.device["name"] for p in prepared if p.error is None)
+            present = self.store.device_names_present(list(names))
+            # A name twice in the batch is created by its first row and updated by the second:
+            # such rows take the per-item path, as do existing devices.
+            fresh = [i for i, p in enumerate(prepared)
+                     if p.error is None and p.device["name"] not in present and names[p.device["name"]] == 1]
+            try:
+                with self.store.transaction():
+                    self._insert_new_devices([prepared[i] for i in fresh])
+            except (IntegrityError, GatehouseError):
+                fresh = []
+            for i in fresh:
+                outcomes[i] = UpsertedDevice(prepared[i].device["id"], created=True)
+            for i, p in enumerate(prepared):
+                if outcomes[i] is None:
+                    try:
+                        with self.store.transaction():
+                            outcomes[i] = self._upsert(p.item)
+                    except GatehouseError as e:
+                        outcomes[i] = e
+        return outcomes
+
+    def _new_device_rows(self, item: DeviceUpsert, ts: int) -> tuple[dict, dict]:
+        """The device and credentials rows of `item` as a new device (profile_id still unset)."""
+        device_id, credentials_id = new_id(), new_id()
+        device = {"id": device_id, "created_time": ts, "name": _device_name(item.name), "profile_id": None,
+                  "label": item.label, "additional_info": json.dumps(item.additional_info or {})}
+        credentials = {"id": credentials_id, "created_time": ts, "device_id": device_id,
+                       **self._credentials_columns(credentials_id,
+                                                   item.credentials or AccessToken(generate_secret()))}
+        return device, credentials
+
+    def _insert_new_devices(self, prepared: list[PreparedUpsert]) -> None:
+        profile_ids: dict[str | None, str] = {}
+        for p in prepared:
+            if p.item.profile not in profile_ids:
+                profile_ids[p.item.profile] = self._upsert_profile(p.item.profile)["id"]
+            p.device["profile_id"] = profile_ids[p.item.profile]
+        self.store.insert_devices([p.device for p in prepared])
+        self.store.insert_credentials_rows([p.credentials for p in prepared])
+        self._save_device_data_rows(DeviceDataRows.concatenate([p.data for p in prepared]))
+
+    def _upsert_profile(self, name: str | None) -> dict:
+        """The profile of that name, created if missing as ThingsBoard does; None: the default."""
+        if not name:
+            return self.store.default_profile()
+        return self.store.profile(name=name) or self.store.profile(
+            id=self._insert_profile(name.strip(), ProvisionType.DISABLED))
+
+    def _upsert(self, item: DeviceUpsert) -> UpsertedDevice:
+        """Existing devices keep what is not given (profile, label, credentials); attribute and
+        telemetry columns are written to them only with `write_data_of_existing`."""
+        profile_row = self._upsert_profile(item.profile) if item.profile else None
+        existing = self.store.device(name=(item.name or "").strip())
+        if existing is None:
+            device_id = self._insert_device(item.name, (profile_row or self.store.default_profile())["id"], item.label,
+                                            item.additional_info, item.credentials or AccessToken(generate_secret()))
+        else:
+            # Only what the row gives changes: a file without a TYPE column must not move
+            # devices to the default profile.
+            device_id = existing["id"]
+            changes = {"additional_info": json.dumps({**json.loads(existing["additional_info"]),
+                                                      **(item.additional_info or {})})}
+            if profile_row is not None:
+                changes["profile_id"] = profile_row["id"]
+            if item.label is not None:
+                changes["label"] = item.label
+            self.store.update_device(device_id, changes)
+            if item.credentials is not None:
+                self._replace_credentials(self.store.credentials(device_id), item.credentials)
+        if existing is None or item.write_data_of_existing:
+            self._write_device_data(item.device_data(device_id, now_ms()))
+        return UpsertedDevice(device_id, created=existing is None)
 
     def batch(self):
         """One transaction around many calls (bulk import): far fewer commits, and each call
@@ -871,18 +988,13 @@ class Registry:
         return outcomes
 
     def _write_device_data(self, items: Iterable[DeviceData]) -> None:
-        telemetry, attributes, deleted = [], [], []
-        for item in items:
-            ts = item.ts if item.ts is not None else now_ms()
-            scope = item.scope.value
-            telemetry += [(item.device_id, e.key, record.ts if record.ts is not None else ts, e.kind.value,
-                           _db_value(e)) for record in item.telemetry for e in record.values]
-            attributes += [(item.device_id, scope, e.key, e.kind.value, _db_value(e), ts) for e in item.attributes]
-            deleted += [(item.device_id, scope, key) for key in item.deleted]
+        self._save_device_data_rows(_device_data_rows(items))
+
+    def _save_device_data_rows(self, rows: DeviceDataRows) -> None:
         try:
-            self.store.save_telemetry(telemetry, history=self.keep_telemetry_history)
-            self.store.save_attributes(attributes)
-            self.store.delete_attributes(deleted)
+            self.store.save_telemetry(rows.telemetry, history=self.keep_telemetry_history)
+            self.store.save_attributes(rows.attributes)
+            self.store.delete_attributes(rows.deleted)
         except IntegrityError:  # the only constraint these rows can break: their device
             raise NotFoundError("Device not found (deleted meanwhile?)") from None
 

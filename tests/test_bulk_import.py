@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import re
+import threading
+import time
 
 import click
 import pytest
@@ -16,9 +18,11 @@ from click.testing import CliRunner
 
 from gatehouse.bulk_import import BATCH_SIZE, BulkImportMapping, ColumnType, import_devices, read_header
 from gatehouse.cli import main
+from gatehouse.credentials import AccessToken
 from gatehouse.errors import ValidationError
 from gatehouse.models import AttributeScope
 from gatehouse.pki import certificate_pem, create_ca, issue_certificate
+from gatehouse.store import Store
 
 GENERATED = re.compile(r"[A-Za-z0-9]{20}")
 
@@ -330,6 +334,58 @@ def test_a_large_import_runs_in_batches(registry):
     assert registry.count_devices() == 1999 and registry.find_device("dev-1234") is None
     assert registry.token_login("token-1999").name == "dev-1999"
     assert attribute(registry, "dev-1500", AttributeScope.SHARED, "model") == "M1500"
+
+
+def test_a_new_device_batch_with_a_clash_is_redone_row_by_row_so_only_the_clash_fails(registry):
+    registry.create_device("existing", credentials=AccessToken("existing-token"))
+    rows = [{"name": f"dev-{i:03}", "token": f"token-{i:03}", "model": f"M{i}"} for i in range(300)]
+    rows[150]["token"] = "existing-token"  # a clash found only by the batch's insert
+    rows[200]["name"] = "dev-010"  # the same name twice in one batch: created, then updated
+    rows.append({"name": "existing", "label": "updated"})
+    result = run_import(registry, csv_text(*rows))
+
+    assert (result.created, result.updated, result.errors) == (298, 2, 1)
+    assert "Device credentials are already assigned to another device!" in result.errors_list[0]
+    assert registry.find_device("dev-150") is None and registry.get_device("existing").label == "updated"
+    assert registry.token_login("token-200").name == "dev-010"
+    assert attribute(registry, "dev-010", AttributeScope.SHARED, "model") == "M200"
+    assert registry.token_login("token-299").name == "dev-299"
+
+
+def test_an_import_gives_way_to_another_writer_with_short_batches_and_pauses(registry, tmp_path):
+    # The broker's telemetry commits from another connection all along; the import notices
+    # (data_version) and leaves it the write lock most of the time instead of 500-row batches.
+    rows = [{"name": f"dev-{i:04}", "token": f"token-{i:04}"} for i in range(3 * BATCH_SIZE)]
+    other = Store(registry.store.path)
+    other.conn.execute("CREATE TABLE IF NOT EXISTS other_writes (n)")
+    importing, commits = threading.Event(), []
+
+    def write_all_along() -> None:
+        importing.wait(10)
+        while importing.is_set():
+            with other.transaction():
+                other.conn.execute("INSERT INTO other_writes VALUES (1)")
+            commits.append(1)
+            time.sleep(0.001)
+
+    writer = threading.Thread(target=write_all_along)
+    writer.start()
+    batches = []
+
+    def progress(n: int) -> None:
+        batches.append(n)
+        importing.set()
+        time.sleep(0.02)  # the other writer is surely writing by the next batch
+
+    try:
+        result = run_import(registry, csv_text(*rows), progress=progress)
+    finally:
+        importing.clear()
+        writer.join()
+        other.close()
+    assert result.created == len(rows)
+    assert batches[0] == BATCH_SIZE and max(batches[2:]) < BATCH_SIZE / 2, batches
+    assert len(commits) > len(batches)
 
 
 # --- the CLI -----------------------------------------------------------------------------------
