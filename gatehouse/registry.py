@@ -146,7 +146,7 @@ class UpsertedDevice:
     created: bool  # False: an existing device of that name was updated
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DeviceUpsert:
     """A device to create, or to update if one of that name exists (a bulk import's row). A
     profile named but missing is created, as ThingsBoard does."""
@@ -160,10 +160,11 @@ class DeviceUpsert:
     telemetry: tuple[KvEntry, ...] = ()
     write_data_of_existing: bool = True
 
-    def device_data(self, device_id: str, ts: int) -> list[DeviceData]:
-        return ([DeviceData(device_id, attributes=tuple(entries), scope=AttributeScope(scope), ts=ts)
-                 for scope, entries in (self.attributes or {}).items()]
-                + [DeviceData(device_id, telemetry=(TelemetryRecord(ts, tuple(self.telemetry)),))])
+    def data_rows(self, device_id: str, ts: int) -> DeviceDataRows:
+        attributes = [(device_id, AttributeScope(scope).value, e.key, e.kind.value, _db_value(e), ts)
+                      for scope, entries in (self.attributes or {}).items() for e in entries]
+        telemetry = [(device_id, e.key, ts, e.kind.value, _db_value(e)) for e in self.telemetry]
+        return DeviceDataRows(telemetry, attributes, [])
 
 
 @dataclass(frozen=True)
@@ -521,8 +522,7 @@ class Registry:
             except GatehouseError as e:
                 prepared.append(PreparedUpsert(item, error=e))
                 continue
-            data = _device_data_rows(item.device_data(device["id"], ts))
-            prepared.append(PreparedUpsert(item, device, credentials, data))
+            prepared.append(PreparedUpsert(item, device, credentials, item.data_rows(device["id"], ts)))
         return prepared
 
     def upsert_devices(self, prepared: list[PreparedUpsert]) -> list[UpsertedDevice | GatehouseError]:
@@ -606,7 +606,7 @@ class Registry:
             if item.credentials is not None:
                 self._replace_credentials(self.store.credentials(device_id), item.credentials)
         if existing is None or item.write_data_of_existing:
-            self._write_device_data(item.device_data(device_id, now_ms()))
+            self._save_device_data_rows(item.data_rows(device_id, now_ms()))
         return UpsertedDevice(device_id, created=existing is None)
 
     def batch(self):
