@@ -26,8 +26,9 @@ BATCH_SIZE = 2000  # rows per transaction while the import is the only writer
 # While other connections write too (the broker's telemetry), an import gives way: it holds
 # SQLite's one write lock for at most SHARED_LOCK_SECONDS at a time and SHARED_LOCK_SHARE of
 # the time. Devices' messages wait for the lock, not the other way round: bench/soak.py.
-SHARED_LOCK_SECONDS = 0.005
-SHARED_LOCK_SHARE = 0.3
+SHARED_LOCK_SECONDS = 0.01
+SHARED_LOCK_SHARE = 0.25
+QUIET_SECONDS = 1.0
 MIN_BATCH_SIZE = 10
 
 
@@ -205,24 +206,27 @@ def import_rows(registry: Registry, rows: list[tuple[int, list[str]]], mapping: 
 
 class _LockSharing:
     """How big the next batch is and how long to pause after one: flat out while the import
-    is the only writer; while another connection commits between two batches (SQLite's
-    data_version tells), short batches and pauses that leave it the lock most of the time."""
+    is the only writer; once another connection has committed between two batches (SQLite's
+    data_version tells), and until it has been quiet for QUIET_SECONDS, short batches and
+    pauses that leave it the lock most of the time."""
 
     def __init__(self, registry: Registry):
         self._registry = registry
         self._seen = registry.change_counter()
+        self._others_wrote_at = -QUIET_SECONDS
         self.batch_size = BATCH_SIZE
 
     def written(self, rows: int, lock_seconds: float) -> None:
         """A batch of `rows` committed after holding the write lock `lock_seconds`."""
         seen, self._seen = self._seen, self._registry.change_counter()
-        if seen == self._seen:  # nobody else wrote meanwhile
+        if seen != self._seen:
+            self._others_wrote_at = time.monotonic()
+        if time.monotonic() - self._others_wrote_at >= QUIET_SECONDS:
             self.batch_size = BATCH_SIZE
             return
         per_row = lock_seconds / max(rows, 1)
         self.batch_size = max(MIN_BATCH_SIZE, min(BATCH_SIZE, int(SHARED_LOCK_SECONDS / max(per_row, 1e-6))))
         time.sleep(lock_seconds * (1 - SHARED_LOCK_SHARE) / SHARED_LOCK_SHARE)
-        self._seen = self._registry.change_counter()
 
 
 def _import_batch(registry, batch, mapping, result, pace: _LockSharing) -> list[tuple[str, tuple[KvEntry, ...]]]:
