@@ -9,12 +9,23 @@ Paths: `{token}/{feature}[/{requestId}]`, or `{feature}[/{requestId}]` for a dev
 its DTLS client certificate (`request.remote.client_certificate`, DER; plain CoAP remotes have
 no such attribute). Observe on `attributes` and `rpc` is fed by the sidecar's long polls: one
 task per observed (device, feature), running while that feed has an observer.
+
+Token guessing: the bridge, not the sidecar, limits CoAP clients, by their own UDP (DTLS) source
+address. The sidecar sees every forwarded request come from the bridge's address, and does not
+limit requests made with the bridge's service credentials, so no CoAP client's guesses can block
+another's; a header naming the client's address would have to be trusted by the sidecar, and
+observation feeds (shared by a device's observers) have no one client to name. A request whose
+token the sidecar does not know (4.01) counts as a failure of its address; --max-failed-logins of
+them block the address for --block-seconds: its device requests (even with a valid token, and
+observations) get 4.29 Too Many Requests with Max-Age, the seconds left (RFC 8516), before
+anything is forwarded. Nothing clears the count; provisioning is not limited.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import json
 import logging
 import time
@@ -24,6 +35,7 @@ from aiocoap import Code, Message, resource
 from aiocoap.numbers import ContentFormat
 
 from gatehouse import metrics as m
+from gatehouse.login_limiter import LoginLimiter, whole_seconds
 
 from .interfaces import (
     Forwarder,
@@ -37,6 +49,9 @@ log = logging.getLogger(__name__)
 
 FEATURES = frozenset({"telemetry", "attributes", "rpc", "claim", "provision"})
 _request_seconds = m.Children(m.REQUEST_SECONDS, m.COAP)
+# Only the refusals of blocked addresses: the sidecar counts the logins the bridge forwards.
+_logins = m.Children(m.LOGINS, m.COAP)
+TOO_MANY_UNKNOWN_TOKENS = b"Too many requests with unknown access tokens from this address; try again later"
 OBSERVABLE = frozenset({"attributes", "rpc"})
 CLIENT_RPC_TIMEOUT_MS = 10_000  # ThingsBoard's transport.coap.timeout for sync operations
 POLL_TIMEOUT_MS = 30_000  # each long poll an observation feed keeps open on the sidecar
@@ -93,6 +108,28 @@ def _route(uri_path: tuple[str, ...], certificate: bytes | None) -> _Target | Co
     return _Target(uri_path[0], None, uri_path[1], tuple(uri_path[2:]))
 
 
+def client_address(remote) -> str:
+    """The IP address a CoAP request came from (plain UDP or DTLS), what the limiter counts: the
+    port left out (a client gets a new one per socket), an IPv4 client on the dual-stack socket
+    as IPv4."""
+    sockaddr = getattr(remote, "sockaddr", None)
+    if not sockaddr:
+        return ""
+    host = str(sockaddr[0]).partition("%")[0]  # an IPv6 zone
+    try:
+        parsed = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    mapped = getattr(parsed, "ipv4_mapped", None)
+    return str(mapped or parsed)
+
+
+def _too_many_requests(seconds_blocked: float) -> Message:
+    """RFC 8516's 4.29: Max-Age says when to try again; the payload is a diagnostic text."""
+    return Message(code=Code.TOO_MANY_REQUESTS, max_age=whole_seconds(seconds_blocked),
+                   payload=TOO_MANY_UNKNOWN_TOKENS)
+
+
 def _response_format(request: Message) -> int:
     """ThingsBoard echoes the request's Content-Format, else JSON."""
     return request.opt.content_format if request.opt.content_format is not None else ContentFormat.JSON
@@ -140,9 +177,10 @@ class ApiV1(resource.ObservableResource, resource.PathCapable):
     """Everything under `coap://host/api/v1/`."""
 
     def __init__(self, forwarder: Forwarder, *, poll_timeout_ms: int = POLL_TIMEOUT_MS,
-                 client_rpc_timeout_ms: int = CLIENT_RPC_TIMEOUT_MS):
+                 client_rpc_timeout_ms: int = CLIENT_RPC_TIMEOUT_MS, limiter: LoginLimiter | None = None):
         super().__init__()
         self.forwarder = forwarder
+        self.limiter = limiter if limiter is not None else LoginLimiter()  # CoAP clients' unknown tokens
         self.poll_timeout_ms = poll_timeout_ms
         self.client_rpc_timeout_ms = client_rpc_timeout_ms
         self._feeds: dict[tuple, _Feed] = {}
@@ -170,12 +208,21 @@ class ApiV1(resource.ObservableResource, resource.PathCapable):
             if request.code is not Code.POST:
                 return Message(code=Code.BAD_REQUEST)
             return await self._provision(request)
+        address = client_address(request.remote)
+        seconds_blocked = self.limiter.seconds_blocked(address)
+        if seconds_blocked > 0:  # before the token is even forwarded: from here, guessing learns nothing
+            _logins(m.UNKNOWN, m.BLOCKED).inc()
+            return _too_many_requests(seconds_blocked)
         target = _route(uri_path, getattr(request.remote, "client_certificate", None))
         if isinstance(target, Code):
             return Message(code=target)
         if request.code is Code.GET:
-            return await self._get(request, target)
-        return await self._post(request, target)
+            response = await self._get(request, target)
+        else:
+            response = await self._post(request, target)
+        if target.token is not None and response.code == Code.UNAUTHORIZED:  # the sidecar knows no such token
+            self.limiter.failed(address)
+        return response
 
     async def _forward(self, method: str, target: _Target, *more: str, query=None, body: bytes = b"",
                        timeout: float | None = None) -> HttpAnswer:
@@ -245,6 +292,8 @@ class ApiV1(resource.ObservableResource, resource.PathCapable):
         serverobservation.accept(lambda: None)
         if request.code is not Code.GET or request.opt.observe != 0:
             return
+        if self.limiter.is_blocked(client_address(request.remote)):
+            return  # render answers 4.29; the device's current observer is not replaced
         target = _route(tuple(request.opt.uri_path), getattr(request.remote, "client_certificate", None))
         if isinstance(target, Code) or target.feature not in OBSERVABLE or target.rest:
             return

@@ -15,8 +15,13 @@ import aiocoap
 from aiocoap import resource
 
 from gatehouse.data_dir import DataDir
+from gatehouse.login_limiter import (
+    DEFAULT_BLOCK_SECONDS,
+    DEFAULT_MAX_FAILURES,
+    LoginLimiter,
+)
 from gatehouse.logs import announce, configure_logging
-from gatehouse.metrics import serve_metrics
+from gatehouse.metrics import export_blocked_addresses, serve_metrics
 from gatehouse.pki import DevelopmentPki
 from gatehouse.registry import Registry
 
@@ -39,6 +44,9 @@ class CoapSettings:
     tls_cert: Path | None = None  # default: the development server certificate in the data dir
     tls_key: Path | None = None
     metrics_port: int | None = 9884  # Prometheus /metrics; 0: any free port, None: not served
+    # CoAP clients' requests with unknown tokens, per UDP source address (resources.ApiV1)
+    max_failed_logins: int = DEFAULT_MAX_FAILURES
+    block_seconds: float = DEFAULT_BLOCK_SECONDS
     log_format: str = "text"
 
 
@@ -109,7 +117,9 @@ async def serve(settings: CoapSettings, announce=announce) -> None:
     with Registry.open(settings.data_dir) as registry:  # read once: a clear error now if the data dir is not there
         credentials = registry.service_credentials(SERVICE_ACCOUNT)
     forwarder = HttpForwarder(settings.sidecar_url, credentials, default_timeout=settings.sidecar_timeout)
-    api = ApiV1(forwarder)
+    limiter = LoginLimiter(settings.max_failed_logins, settings.block_seconds)
+    export_blocked_addresses(limiter)
+    api = ApiV1(forwarder, limiter=limiter)
     context = metrics = None
     try:
         if settings.metrics_port is not None:

@@ -529,7 +529,8 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
 @click.option("--ui-idle-minutes", type=click.IntRange(1), default=30, show_default=True,
               help="The web UI logs an administrator out after this long without a request.")
 @click.option("--max-failed-logins", type=click.IntRange(1), default=10, show_default=True,
-              help="Failed administrator logins (admin API and web UI) from one address before it is blocked.")
+              help="Device API requests with unknown tokens, and failed administrator logins (admin API and web "
+                   "UI), each counted on its own, from one address before it is blocked.")
 @click.option("--block-seconds", type=click.FloatRange(0), default=60.0, show_default=True)
 @click.option("--trusted-proxy", metavar="ADDRESS",
               help="A reverse proxy's address: its X-Forwarded-For then names the client (login limits, "
@@ -564,11 +565,14 @@ def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_
               help="How long a device request waits for the sidecar's answer; then the device gets 5.00. "
                    "Observations and client-side RPC wait on their own, longer bounds.")
 @_tls_options
+@click.option("--max-failed-logins", type=click.IntRange(1), default=10, show_default=True,
+              help="Requests with unknown tokens from one address (CoAP or DTLS) before it is blocked.")
+@click.option("--block-seconds", type=click.FloatRange(0), default=60.0, show_default=True)
 @_metrics_port_option(9884)
 @log_format_option
 @click.pass_context
-def coap(ctx, host, coap_port, coaps_port, sidecar_url, sidecar_timeout, tls_cert, tls_key, metrics_port,
-         log_format) -> None:
+def coap(ctx, host, coap_port, coaps_port, sidecar_url, sidecar_timeout, tls_cert, tls_key, max_failed_logins,
+         block_seconds, metrics_port, log_format) -> None:
     """Run the CoAP bridge (ThingsBoard's CoAP device API, plain and over DTLS) until Ctrl-C or SIGTERM."""
     Registry.open(ctx.obj).close()
     from coap_bridge.server import (  # components load lazily: the domain imports none
@@ -578,7 +582,8 @@ def coap(ctx, host, coap_port, coaps_port, sidecar_url, sidecar_timeout, tls_cer
 
     ctx.exit(run(CoapSettings(data_dir=ctx.obj.resolve(), host=host, coap_port=coap_port, coaps_port=coaps_port,
                               sidecar_url=sidecar_url, sidecar_timeout=sidecar_timeout, tls_cert=tls_cert,
-                              tls_key=tls_key, metrics_port=metrics_port, log_format=log_format)))
+                              tls_key=tls_key, max_failed_logins=max_failed_logins, block_seconds=block_seconds,
+                              metrics_port=metrics_port, log_format=log_format)))
 
 
 @main.command()
@@ -591,18 +596,24 @@ def coap(ctx, host, coap_port, coaps_port, sidecar_url, sidecar_timeout, tls_cer
 @_tls_options
 @_metrics_port_option(9883, "--broker-metrics-port", "The broker's Prometheus /metrics")
 @_metrics_port_option(9884, "--coap-metrics-port", "The CoAP bridge's Prometheus /metrics")
+@click.option("--max-failed-logins", type=click.IntRange(1), default=10, show_default=True,
+              help="Failed logins from one address before it is blocked: MQTT logins, HTTP and CoAP requests with "
+                   "unknown tokens, administrators' logins, each counted by its own component.")
+@click.option("--block-seconds", type=click.FloatRange(0), default=60.0, show_default=True)
 @_retention_options
 @telemetry_history_option
 @log_format_option
 @click.pass_context
 def up(ctx, host, mqtt_port, mqtts_port, http_port, coap_port, coaps_port, tls_cert, tls_key, broker_metrics_port,
-       coap_metrics_port, telemetry_retention_days, audit_retention_days, telemetry_history, log_format) -> None:
+       coap_metrics_port, max_failed_logins, block_seconds, telemetry_retention_days, audit_retention_days,
+       telemetry_history, log_format) -> None:
     """Initialise if needed, then run and supervise every component until Ctrl-C or SIGTERM."""
     _initialise(ctx.obj)
     settings = Settings(data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port,
                         http_port=http_port, coap_port=coap_port, coaps_port=coaps_port,
                         tls_cert=tls_cert, tls_key=tls_key, broker_metrics_port=broker_metrics_port,
                         coap_metrics_port=coap_metrics_port, log_format=log_format,
+                        max_failed_logins=max_failed_logins, block_seconds=block_seconds,
                         telemetry_retention_days=telemetry_retention_days, audit_retention_days=audit_retention_days,
                         telemetry_history=telemetry_history)
     parts = components(settings)

@@ -1,9 +1,12 @@
 """Blocking a source address after repeated failed logins (ThingsBoard's ip limits: 10 failures,
 then 60 s blocked). Brute-forcing tokens or passwords from one address stops; other addresses
-are unaffected. The broker limits device logins with one; the sidecar, administrators' logins
-(admin REST API and web UI). Thread-safe: the sidecar's request threads share one."""
+are unaffected. The broker limits device logins with one; the sidecar, HTTP device requests
+with unknown tokens and, with another, administrators' logins (admin REST API and web UI); the
+CoAP bridge, CoAP requests with unknown tokens. Thread-safe: the sidecar's request threads share
+one."""
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +17,12 @@ DEFAULT_BLOCK_SECONDS = 60.0
 # Addresses remembered, failing and blocked each: past it the oldest is forgotten, so that
 # failures sprayed from countless addresses (an IPv6 prefix) cannot grow the process.
 DEFAULT_MAX_TRACKED = 100_000
+
+
+def whole_seconds(seconds_blocked: float) -> int:
+    """A block's time left as HTTP's Retry-After and CoAP's Max-Age carry it: whole seconds,
+    rounded up and at least 1, so that a client that waits that long is no longer blocked."""
+    return max(1, math.ceil(seconds_blocked))
 
 
 @dataclass

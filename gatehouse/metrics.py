@@ -58,7 +58,8 @@ LONG_POLLS_REFUSED = Counter(
     "stays for requests that return at once.", ["transport"])
 BLOCKED_ADDRESSES = Gauge(
     "gatehouse_blocked_addresses", "Source addresses blocked now after repeated failed logins: devices' MQTT "
-    "logins (broker), administrators' logins to the admin API and web UI (sidecar).")
+    "logins (broker), HTTP device requests with unknown tokens and administrators' logins to the admin API and web "
+    "UI (sidecar), CoAP requests with unknown tokens (CoAP bridge).")
 
 
 def login_credentials_type(result: LoginResult, username: str | None, has_certificate: bool) -> str:
@@ -115,11 +116,11 @@ def gauge_function(gauge: Gauge, fn: Callable[[], float], *labels: str) -> None:
     (gauge.labels(*labels) if labels else gauge).set_function(fn)
 
 
-def export_blocked_addresses(limiter: LoginLimiter) -> None:
-    """gatehouse_blocked_addresses reads `limiter` when scraped. A process has one limiter whose
-    blocks matter to its operators (the broker's for devices, the sidecar's for administrators);
-    the last one given is the one exported."""
-    gauge_function(BLOCKED_ADDRESSES, lambda: len(limiter.blocked_addresses()))
+def export_blocked_addresses(*limiters: LoginLimiter) -> None:
+    """gatehouse_blocked_addresses reads `limiters` when scraped: the addresses any of them blocks,
+    each once (the sidecar has two, for device tokens and for administrators). A process exports
+    the limiters of its last call."""
+    gauge_function(BLOCKED_ADDRESSES, lambda: len({a for limiter in limiters for a in limiter.blocked_addresses()}))
 
 
 def serve_metrics(host: str, port: int):

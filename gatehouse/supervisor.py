@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES
 from .retention import AUDIT_RETENTION_DAYS, TELEMETRY_RETENTION_DAYS
 
 STOP_GRACE_SECONDS = 10.0
@@ -33,6 +34,9 @@ class Settings:
     tls_key: Path | None = None
     broker_metrics_port: int = 9883  # the sidecar serves its /metrics on http_port
     coap_metrics_port: int = 9884
+    # Every component's per-address limits on failed logins (MQTT, HTTP and CoAP unknown tokens, admins)
+    max_failed_logins: int = DEFAULT_MAX_FAILURES
+    block_seconds: float = DEFAULT_BLOCK_SECONDS
     log_format: str = "text"
     telemetry_retention_days: float = TELEMETRY_RETENTION_DAYS
     audit_retention_days: float = AUDIT_RETENTION_DAYS
@@ -54,6 +58,7 @@ def components(settings: Settings) -> list[Component]:
     """The components `gatehouse up` runs."""
     tls = ["--tls-cert", str(settings.tls_cert), "--tls-key", str(settings.tls_key)] if settings.tls_cert else []
     logs = ["--log-format", settings.log_format]
+    limits = ["--max-failed-logins", str(settings.max_failed_logins), "--block-seconds", str(settings.block_seconds)]
     history = [] if settings.telemetry_history else ["--no-telemetry-history"]
     return [
         Component("broker", gatehouse_command(settings, "broker", "--host", settings.host,
@@ -62,20 +67,21 @@ def components(settings: Settings) -> list[Component]:
                                               "--metrics-port", str(settings.broker_metrics_port),
                                               "--telemetry-retention-days", f"{settings.telemetry_retention_days:g}",
                                               "--audit-retention-days", f"{settings.audit_retention_days:g}",
-                                              *history, *logs),
+                                              *limits, *history, *logs),
                   f"MQTT on {settings.host}:{settings.mqtt_port}, MQTT over TLS on {settings.host}:{settings.mqtts_port}, "
                   f"metrics on http://{settings.host}:{settings.broker_metrics_port}/metrics"),
         Component("sidecar", gatehouse_command(settings, "sidecar", "--host", settings.host,
                                                "--http-port", str(settings.http_port),
                                                "--broker-host", _loopback_of(settings.host),
-                                               "--broker-port", str(settings.mqtt_port), *history, *logs),
+                                               "--broker-port", str(settings.mqtt_port), *limits, *history,
+                                               *logs),
                   f"HTTP device API and admin REST API on http://{settings.host}:{settings.http_port}, "
                   f"metrics on http://{settings.host}:{settings.http_port}/metrics"),
         Component("coap", gatehouse_command(settings, "coap", "--host", settings.host,
                                             "--coap-port", str(settings.coap_port),
                                             "--coaps-port", str(settings.coaps_port),
                                             "--sidecar-url", _sidecar_url(settings), *tls,
-                                            "--metrics-port", str(settings.coap_metrics_port), *logs),
+                                            "--metrics-port", str(settings.coap_metrics_port), *limits, *logs),
                   f"CoAP device API on coap://{settings.host}:{settings.coap_port}, "
                   f"CoAP over DTLS on coaps://{settings.host}:{settings.coaps_port}, "
                   f"metrics on http://{settings.host}:{settings.coap_metrics_port}/metrics"),

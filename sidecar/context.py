@@ -48,7 +48,9 @@ class SidecarSettings:
     jwt_refresh_expiry_seconds: int = 604_800  # ThingsBoard's security.jwt.refreshTokenExpTime
     rpc_expiry_seconds: float = 60.0
     ui_session_idle_seconds: int = 1_800  # the web UI logs an operator out after this long without a request
-    max_failed_logins: int = DEFAULT_MAX_FAILURES  # administrators' (admin API and web UI), per address
+    # Per address, for unknown device tokens and for administrators' failed logins (admin API and
+    # web UI), each counted on its own.
+    max_failed_logins: int = DEFAULT_MAX_FAILURES
     block_seconds: float = DEFAULT_BLOCK_SECONDS
     # A reverse proxy in front: its X-Forwarded-For names the client (address limits, audit);
     # from anyone else the header is dropped.
@@ -74,7 +76,10 @@ class Sidecar:
         self.token_logins = TokenLogins()
         self.activity = ActivityTracker()  # stored by the server's housekeeping thread
         self.admin_logins = LoginLimiter(settings.max_failed_logins, settings.block_seconds)  # admin_auth.check_login
-        gm.export_blocked_addresses(self.admin_logins)
+        # Device API requests with unknown tokens (device_api). Its own limiter: a misconfigured
+        # device behind an office's address does not lock its administrators out, nor the reverse.
+        self.device_logins = LoginLimiter(settings.max_failed_logins, settings.block_seconds)
+        gm.export_blocked_addresses(self.admin_logins, self.device_logins)
         self._poll_slots = threading.BoundedSemaphore(long_poll_limit(settings.threads))
         self._local = threading.local()
         self._opened: list[Registry] = []

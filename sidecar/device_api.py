@@ -14,6 +14,14 @@ over DTLS). The bridge passes the certificate in `X-Gatehouse-Client-Certificate
 and authenticates as its service account with HTTP Basic; the header is believed only once that
 account's credentials check out, so no one else can claim a certificate they do not hold. Both
 forms of a route run the same view, given the device.
+
+Token guessing: an address whose requests named --max-failed-logins unknown tokens is refused
+for --block-seconds with 429 and Retry-After, before any token is looked up, even a valid one
+(ThingsBoard's ip limits, as the broker applies them to MQTT logins). Only a failure counts and
+nothing clears the count: every request is a login of its own, and a device's one valid token
+must not launder its address's guesses. Requests the CoAP bridge forwards are not limited here:
+they all come from the bridge's address, so the bridge limits CoAP clients by their own UDP
+address before forwarding (coap_bridge/resources.py), and the sidecar never blocks the bridge.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ from gatehouse.application_namespace import (
     telemetry_message,
 )
 from gatehouse.errors import NotFoundError
+from gatehouse.login_limiter import LoginLimiter, whole_seconds
 from gatehouse.models import Device
 from gatehouse.payloads import (
     PayloadError,
@@ -80,6 +89,7 @@ _REQUEST_ID = re.compile(r"[0-9]{1,9}")  # what the application namespace's topi
 _TIMEOUT_MS = re.compile(r"[0-9]{1,18}")
 _READ_CHUNK = 1 << 20
 PAYLOAD_TOO_LARGE = "Payload size exceeds the limit"
+TOO_MANY_UNKNOWN_TOKENS = "Too many requests with unknown access tokens from this address; try again later"
 POLLS_FULL_RETRY_AFTER = "5"  # seconds
 # Werkzeug would answer a path such as /api/v1/..%2F/telemetry (..// once decoded) with a redirect
 # to the path with the slashes merged; a device API has nothing to redirect to.
@@ -122,9 +132,28 @@ def _refuse_a_declared_oversized_payload() -> Response | None:
     return None
 
 
+def _token_limiter() -> LoginLimiter | None:
+    """The limiter of this request's address; None for the CoAP bridge's requests, whose CoAP
+    clients the bridge limits itself (their address is not this request's)."""
+    return None if from_the_bridge() else sidecar().device_logins
+
+
+def _refuse_a_blocked_address(limiter: LoginLimiter | None, address: str) -> None:
+    seconds_blocked = limiter.seconds_blocked(address) if limiter is not None else 0.0
+    if seconds_blocked > 0:
+        metrics.login(gm.UNKNOWN, gm.BLOCKED)
+        response = _error(429, TOO_MANY_UNKNOWN_TOKENS)
+        response.headers["Retry-After"] = str(whole_seconds(seconds_blocked))
+        abort(response)
+
+
 def _device_or_401(token: str) -> Device:
+    limiter, address = _token_limiter(), request.remote_addr or ""
+    _refuse_a_blocked_address(limiter, address)  # before the lookup: from there, guessing learns nothing
     device = sidecar().device_for_token(token)
     if device is None:
+        if limiter is not None:
+            limiter.failed(address)
         metrics.login(gm.UNKNOWN, "NOT_AUTHORIZED")
         abort(_empty(401))  # ThingsBoard's 401 has no body
     metrics.login("ACCESS_TOKEN", gm.ACCEPTED)

@@ -57,9 +57,11 @@ class Gatehouse:
 @pytest.fixture(scope="module")
 def gh(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz-servers")
-    # Refused logins are the point here: the broker's address blocking is pushed out of the way.
-    with broker_and_sidecar(root, "--max-failed-logins", "1000000") as (broker, sidecar):
-        bridge = start_coap_bridge(root / "data", sidecar.url, root / "coap.log")
+    # Refused logins are the point here: every server's address blocking (MQTT logins, HTTP and
+    # CoAP unknown tokens) is pushed out of the way.
+    no_blocking = ("--max-failed-logins", "1000000")
+    with broker_and_sidecar(root, *no_blocking, sidecar_options=no_blocking) as (broker, sidecar):
+        bridge = start_coap_bridge(root / "data", sidecar.url, root / "coap.log", *no_blocking)
         try:
             yield Gatehouse(broker, sidecar, bridge)
         finally:
