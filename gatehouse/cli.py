@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -17,16 +18,16 @@ from .credentials import AccessToken, MqttBasic, NewCredentials, X509Certificate
 from .data_dir import DEFAULT_DATA_DIR, DataDir
 from .device_activity import ACTIVE, LAST_ACTIVITY_TIME
 from .errors import GatehouseError, ValidationError
-from .models import Device, DeviceCredentials, DeviceProfile, ProvisionType
+from .models import AttributeScope, Device, DeviceCredentials, DeviceProfile, ProvisionType
 from .mqtt_transport import (
     DEFAULT_ATTRIBUTES_TOPIC,
     DEFAULT_TELEMETRY_TOPIC,
     MqttTransport,
 )
-from .registry import Registry
+from .registry import HISTORY_LIMIT, Registry
 from .retention import AUDIT_RETENTION_DAYS, TELEMETRY_RETENTION_DAYS, Prunable, RetentionPolicy
 from .server_key import ServerKeyError
-from .store import now_ms, utc_text
+from .store import now_ms, timestamp_text, utc_text
 from .supervisor import Settings, components, supervise
 
 STRATEGIES = {
@@ -224,6 +225,41 @@ def _activity_text(activity: dict) -> str:
     return f"  active:      {'yes' if activity[ACTIVE] else 'no'}{when}"
 
 
+# `device show`'s attribute scopes, in its JSON's names (the device API's "client" and "shared").
+SHOWN_SCOPES = (("client", AttributeScope.CLIENT), ("shared", AttributeScope.SHARED), ("server", AttributeScope.SERVER))
+
+
+def _value_text(value) -> str:
+    """A value as JSON, so that the text "1" and the number 1 look apart."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _attributes_text(attributes: dict[str, dict]) -> str:
+    """Each scope's attributes, `key = value`; times (lastActivityTime, ...) also in UTC."""
+    lines = []
+    for scope, values in attributes.items():
+        lines.append(f"  {scope} attributes:" + ("" if values else " none"))
+        for key, value in values.items():
+            when = timestamp_text(key, value)
+            lines.append(f"    {key} = {_value_text(value)}" + (f" ({when})" if when else ""))
+    return "\n".join(lines)
+
+
+def _latest_telemetry_text(latest: dict) -> str:
+    if not latest:
+        return "  latest telemetry: none"
+    return "\n".join(["  latest telemetry:", *(f"    {key} = {_value_text(point['value'])} at {_point_time(point['ts'])}"
+                                               for key, point in latest.items())])
+
+
+def _point_time(ms: int) -> str:
+    """A telemetry point's time in UTC, to the millisecond (points may come many a second)."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms"
+
+
 def _credentials_text(c: DeviceCredentials) -> str:
     lines = [f"  credentials: {c.credentials_type.value}"]
     if c.credentials_type.value == "ACCESS_TOKEN":
@@ -281,13 +317,73 @@ def device_list(ctx, search, limit, offset, as_json) -> None:
 @json_option
 @click.pass_context
 def device_show(ctx, name, as_json) -> None:
-    """Show a device and its credentials."""
+    """Show a device, its credentials, its attributes of every scope (activity and provisioning
+    state among the server ones) and its latest telemetry."""
     registry = _registry(ctx)
     found = registry.get_device(name)
     credentials = registry.get_credentials(found.id)
     activity = registry.device_activity(found.id)
-    _emit(as_json, {**_device_json(found, credentials), "activity": activity},
-          "\n".join([_device_text(found, credentials), _activity_text(activity)]))
+    attributes = {label: registry.get_attributes(found.id, scope) for label, scope in SHOWN_SCOPES}
+    latest = registry.latest_telemetry(found.id)
+    _emit(as_json, {**_device_json(found, credentials), "activity": activity, "attributes": attributes,
+                    "latestTelemetry": latest},
+          "\n".join([_device_text(found, credentials), _activity_text(activity), _attributes_text(attributes),
+                     _latest_telemetry_text(latest)]))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class When(click.ParamType):
+    """A time: ISO 8601 (2026-11-29, 2026-11-29T19:40:01Z, ...; UTC unless it says otherwise)
+    or ms since the epoch; as ms since the epoch."""
+
+    name = "WHEN"
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:  # a refusal like the others: one line, not click's usage text
+            raise ValidationError(f"{param.opts[0] if param else 'WHEN'}: {value!r} is neither an ISO 8601 time "
+                                  "(2026-11-29T19:40:01Z) nor ms since the epoch") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return (parsed - _EPOCH) // timedelta(milliseconds=1)  # exact: no float on the way
+
+
+def _history_text(keys: tuple[str, ...], history: dict) -> str:
+    lines = []
+    for key in dict.fromkeys(keys):
+        points = history.get(key, [])
+        lines.append(key + ("" if points else ": no points"))
+        lines += [f"  {_point_time(point['ts'])}  {_value_text(point['value'])}" for point in points]
+    return "\n".join(lines)
+
+
+@device.command("telemetry")
+@click.argument("name")
+@click.option("--key", "keys", multiple=True, required=True, help="A telemetry key (repeat for more).")
+@click.option("--since", type=When(), help="From this time on (included): ISO 8601, UTC unless it names an offset "
+                                            "(2026-11-29, 2026-11-29T19:40:01Z), or ms since the epoch.")
+@click.option("--until", type=When(), help="Up to this time (excluded), as --since.")
+@click.option("--limit", type=click.IntRange(1), default=HISTORY_LIMIT, show_default=True,
+              help="At most this many points per key: the newest ones.")
+@json_option
+@click.pass_context
+def device_telemetry(ctx, name, keys, since, until, limit, as_json) -> None:
+    """Print a device's telemetry history, newest first, per key (times in UTC).
+
+    The JSON is the admin API's time series answer with typed values:
+    {"key": [{"ts", "value"}]}, keys without points left out."""
+    registry = _registry(ctx)
+    found = registry.get_device(name)
+    history = registry.telemetry_history(found.id, keys, start_ts=since, end_ts=until, limit=limit)
+    _emit(as_json, history, _history_text(keys, history))
 
 
 @device.command("delete")

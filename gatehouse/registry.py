@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 DEFAULT_PROFILE_NAME = "default"
 DEFAULT_CN_REGEX = "(.*)"
 KEY_SECRET_STRATEGIES = (ProvisionType.ALLOW_CREATE_NEW_DEVICES, ProvisionType.CHECK_PRE_PROVISIONED_DEVICES)
+HISTORY_LIMIT = 100  # points per key of a history query, ThingsBoard's default `limit`
+_EARLIEST_TS = -(2**63)  # a history query without a start: SQLite's smallest integer
 
 # The uniqueness rules, keyed by the constraint SQLite reports: ThingsBoard's message for each, and
 # the input it concerns (ValidationError.field).
@@ -1081,6 +1083,27 @@ class Registry:
     def latest_telemetry(self, device_id: str) -> dict:
         return {row["key"]: {"ts": row["ts"], "value": _json_value(row)}
                 for row in self.store.latest_telemetry(device_id)}
+
+    def telemetry_history(self, device_id: str, keys: Iterable[str], *, start_ts: int | None = None,
+                          end_ts: int | None = None, limit: int = HISTORY_LIMIT, descending: bool = True) -> dict:
+        """The stored points of each key with start_ts <= ts < end_ts (ThingsBoard's range; None:
+        unbounded), at most `limit` per key, newest first unless not `descending`:
+        {"key": [{"ts", "value"}]}, keys in the order asked, those without points left out (as
+        ThingsBoard answers). Empty with --no-telemetry-history, which keeps no history."""
+        keys = list(dict.fromkeys(keys))  # a key asked twice is answered once
+        if not keys:
+            raise ValidationError("Name at least one telemetry key")
+        if limit < 1:
+            raise ValidationError("The limit must be at least 1")
+        if start_ts is not None and end_ts is not None and start_ts > end_ts:
+            raise ValidationError("The start of the range must not be after its end")
+        start = _EARLIEST_TS if start_ts is None else start_ts
+        history = {}
+        for key in keys:  # one index range scan per key, each stopping at the limit
+            rows = self.store.telemetry_range(device_id, key, start, end_ts, limit=limit, descending=descending)
+            if rows:
+                history[key] = [{"ts": row["ts"], "value": _json_value(row)} for row in rows]
+        return history
 
     # --- application accounts -----------------------------------------------------------------
 

@@ -47,6 +47,13 @@ def utc_text(ms) -> str | None:
         return None
 
 
+def timestamp_text(key: str, value) -> str | None:
+    """An attribute's value as UTC text if it is a time by ThingsBoard's naming, a key ending in
+    Time or Ts (lastActivityTime, lastConnectTime, ...) holding ms since the epoch; None for
+    any other attribute, whose value is shown as it is."""
+    return utc_text(value) if key.endswith(("Time", "Ts")) else None
+
+
 class IntegrityError(Exception):
     """A uniqueness or reference rule of the schema was violated; `constraint` names it."""
 
@@ -408,6 +415,17 @@ class Store:
     def telemetry_history(self, device_id: str, key: str) -> list[dict]:
         return self._all("SELECT ts, kind, value FROM telemetry_history WHERE device_id = ? AND key = ? ORDER BY ts",
                          [device_id, key])
+
+    def telemetry_range(self, device_id: str, key: str, start_ts: int, end_ts: int | None, *, limit: int,
+                        descending: bool) -> list[dict]:
+        """At most `limit` points of one key with start_ts <= ts < end_ts (None: no end), newest
+        first if `descending`: a range scan of the primary key (device_id, key, ts) that stops
+        at the limit, whatever the history holds."""
+        end = "" if end_ts is None else " AND ts < ?"
+        order = "DESC" if descending else "ASC"
+        return self._all(f"SELECT ts, kind, value FROM telemetry_history WHERE device_id = ? AND key = ? "
+                         f"AND ts >= ?{end} ORDER BY ts {order} LIMIT ?",
+                         [device_id, key, start_ts, *([] if end_ts is None else [end_ts]), limit])
 
     def delete_telemetry_before(self, ts: int, limit: int = -1) -> int:
         """At most `limit` (-1: all) history points older than `ts`, oldest first (the ts index)."""

@@ -1,6 +1,7 @@
 """The admin REST API, `/api` (SPEC §8): ThingsBoard's paths and JSON for logins, device
-profiles, devices, their credentials, bulk import and attributes, so scripts written for
-ThingsBoard (tb-rest-client among them) work unchanged. GET /api/openapi.json describes it.
+profiles, devices, their credentials, bulk import, attributes and telemetry (latest values and
+history), so scripts written for ThingsBoard (tb-rest-client among them) work unchanged.
+GET /api/openapi.json describes it.
 
 A transport like the others: admin_payloads reads the requests, the registry decides, and its
 refusals become ThingsBoard's error JSON (ValidationError 400, NotFoundError 404). Every route
@@ -36,6 +37,7 @@ from .admin_payloads import (
     bulk_import_request,
     device_credentials_update,
     device_fields,
+    history_query,
     json_object,
     key_list,
     new_credentials,
@@ -296,7 +298,7 @@ def bulk_import_devices() -> Response:
     return jsonify(result.to_json())
 
 
-# --- attributes and latest telemetry -------------------------------------------------------------
+# --- attributes and telemetry --------------------------------------------------------------------
 
 TELEMETRY = "/plugins/telemetry"
 
@@ -368,14 +370,36 @@ def delete_device_attributes(deviceId: str, scope: str) -> Response:
 
 
 @_route(f"{TELEMETRY}/DEVICE/<deviceId>/values/timeseries")
-def get_latest_timeseries(deviceId: str) -> Response:
-    """{"key": [{"ts", "value"}]}; values as text unless `useStrictDataTypes=true`, as in
-    ThingsBoard."""
-    device_id, keys = _device_id(deviceId), key_list()
-    strict = bool_param("useStrictDataTypes")
+def get_timeseries(deviceId: str) -> Response:
+    """{"key": [{"ts", "value"}]}: the latest values, or with startTs and endTs the history in
+    that range (ThingsBoard serves both on this path: getLatestTimeseries, getTimeseries).
+    Values as text unless `useStrictDataTypes=true`, as in ThingsBoard."""
+    device_id, strict = _device_id(deviceId), bool_param("useStrictDataTypes")
+    query = history_query(required=False)
+    if query is not None:
+        return _history(device_id, query, strict)
+    keys = key_list()
     latest = _registry().latest_telemetry(device_id)
-    return jsonify({key: [{"ts": point["ts"], "value": point["value"] if strict else _as_text(point["value"])}]
-                    for key, point in latest.items() if keys is None or key in keys})
+    return jsonify({key: [_point(point, strict)] for key, point in latest.items() if keys is None or key in keys})
+
+
+@_route(f"{TELEMETRY}/DEVICE/<deviceId>/values/timeseries/history")
+def get_timeseries_history(deviceId: str) -> Response:
+    """The same history query on ThingsBoard 4's own path for it, which tb-rest-client 4.x calls."""
+    device_id, strict = _device_id(deviceId), bool_param("useStrictDataTypes")
+    return _history(device_id, history_query(required=True), strict)
+
+
+def _history(device_id: str, query, strict: bool) -> Response:
+    """At most `limit` points per key (as ThingsBoard runs one query per key); keys without
+    points in the range are left out."""
+    history = _registry().telemetry_history(device_id, key_list(required=True), start_ts=query.start_ts,
+                                            end_ts=query.end_ts, limit=query.limit, descending=query.descending)
+    return jsonify({key: [_point(point, strict) for point in points] for key, points in history.items()})
+
+
+def _point(point: dict, strict: bool) -> dict:
+    return {"ts": point["ts"], "value": point["value"] if strict else _as_text(point["value"])}
 
 
 def _as_text(value) -> str:

@@ -17,8 +17,10 @@ from gatehouse.credentials import NewCredentials, X509Certificate, credentials_f
 from gatehouse.errors import ValidationError
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
 from gatehouse.mqtt_transport import MqttTransport, check_payload_type
+from gatehouse.registry import HISTORY_LIMIT
 
 JAVA_INT_MAX = 2**31 - 1  # ThingsBoard's page parameters are Java ints
+JAVA_LONG_MIN, JAVA_LONG_MAX = -(2**63), 2**63 - 1  # its timestamps are Java longs (SQLite's integers too)
 TENANT_DEVICES_PAGE_SIZE = 10  # GET /api/tenant/devices without deviceName or pageSize
 MAX_BODY_BYTES = 52_428_800  # bulk import files included (the HTTP device API's limit too)
 MAX_PUBLIC_BODY_BYTES = 65_536  # login and token refresh, which anyone may call
@@ -144,11 +146,12 @@ def page_params(sort_properties: dict[str, str], *, default_page_size: int | Non
 
 
 def bool_param(name: str) -> bool:
-    """An optional boolean query parameter, `true` or `false`; absent: false."""
+    """An optional boolean query parameter, `true` or `false` in any case, as Spring reads it
+    (tb-rest-client sends Python's `True`); absent: false."""
     text = request.args.get(name)
-    if text is None or text == "false":
+    if text is None or text.lower() == "false":
         return False
-    if text == "true":
+    if text.lower() == "true":
         return True
     raise BadRequest(f"{name} must be true or false")
 
@@ -159,6 +162,51 @@ def key_list(required: bool = False) -> list[str] | None:
     if not keys and required:
         raise BadRequest("Empty keys: the keys parameter is required")
     return keys or None
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    start_ts: int
+    end_ts: int  # excluded, as in ThingsBoard: start_ts <= ts < end_ts
+    limit: int  # per key
+    descending: bool
+
+
+def _long_param(name: str) -> int | None:
+    text = request.args.get(name)
+    if text is None:
+        return None
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer (ms since the epoch)") from None
+    if not JAVA_LONG_MIN <= value <= JAVA_LONG_MAX:
+        raise BadRequest(f"{name} must be between {JAVA_LONG_MIN} and {JAVA_LONG_MAX}")
+    return value
+
+
+def history_query(*, required: bool) -> HistoryQuery | None:
+    """ThingsBoard's time series query: startTs and endTs (ms), limit (per key, default 100),
+    orderBy (ASC or DESC, default DESC) and agg (NONE only: no aggregation is implemented).
+    Each is checked whether or not it is used, so a bad one is never silently ignored. None
+    when neither startTs nor endTs is given and they are not `required`: the latest values
+    are asked for. One of the two without the other is a 400 where ThingsBoard would quietly
+    answer latest values instead."""
+    limit = _int_param("limit", 1, HISTORY_LIMIT)
+    order = request.args.get("orderBy", "DESC")
+    if order not in SORT_ORDERS:
+        raise BadRequest("orderBy must be ASC or DESC")
+    aggregation = request.args.get("agg", "NONE")
+    if aggregation != "NONE":
+        raise BadRequest(f"agg {aggregation[:32]!r} is not supported: Gatehouse answers raw points only (agg=NONE)")
+    start, end = _long_param("startTs"), _long_param("endTs")
+    if start is None and end is None and not required:
+        return None
+    if start is None or end is None:
+        raise BadRequest("startTs and endTs must both be given (ms since the epoch)")
+    if start > end:
+        raise BadRequest("startTs must not be after endTs")
+    return HistoryQuery(start, end, limit, SORT_ORDERS[order])
 
 
 def attribute_scope(scope: str, *, writable: bool = False) -> AttributeScope:

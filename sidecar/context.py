@@ -12,7 +12,7 @@ from flask import current_app
 
 from gatehouse import metrics as gm
 from gatehouse.application_namespace import attributes_message
-from gatehouse.device_activity import ActivityTracker
+from gatehouse.device_activity import ActivityTracker, ObservationSessions
 from gatehouse.login_limiter import (
     DEFAULT_BLOCK_SECONDS,
     DEFAULT_MAX_FAILURES,
@@ -75,6 +75,7 @@ class Sidecar:
         self.writer = writer
         self.token_logins = TokenLogins()
         self.activity = ActivityTracker()  # stored by the server's housekeeping thread
+        self.observations = ObservationSessions(self.activity)  # CoAP observations' sessions (device_api)
         self.admin_logins = LoginLimiter(settings.max_failed_logins, settings.block_seconds)  # admin_auth.check_login
         # Device API requests with unknown tokens (device_api). Its own limiter: a misconfigured
         # device behind an office's address does not lock its administrators out, nor the reverse.

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import re
 from collections.abc import Callable
 
@@ -294,12 +295,18 @@ def _long_poll(device: Device, wait: Callable[[str, float], dict | None], kind: 
     with sidecar().poll_slot() as taken:
         if not taken:
             return _polls_full()
-        with metrics.open_polls.polling(device.id):
+        with metrics.open_polls.polling(device.id), _session_of(device):
             sent = wait(device.id, timeout)
     if sent is None:
         return _empty(408)
     metrics.message(gm.OUT, kind)
     return jsonify(sent)
+
+
+def _session_of(device: Device) -> contextlib.AbstractContextManager:
+    """The bridge's long polls feed CoAP observations, which are sessions (the device is
+    connected); an HTTP device's own long polls are requests like any other."""
+    return sidecar().observations.polling(device.id) if from_the_bridge() else contextlib.nullcontext()
 
 
 @_device_route("GET", "/attributes/updates")

@@ -17,6 +17,8 @@ from gatehouse.models import CredentialsType, ProvisionType
 from .admin_payloads import (
     DEVICE_SORT,
     JAVA_INT_MAX,
+    JAVA_LONG_MAX,
+    JAVA_LONG_MIN,
     MAX_ATTRIBUTES_BYTES,
     MAX_BODY_BYTES,
     MAX_PUBLIC_BODY_BYTES,
@@ -196,8 +198,9 @@ SCHEMAS = {
         "lastUpdateTs": {"type": "integer"}, "key": _string(), "value": ANY}},
     "Attributes": {"type": "object", "minProperties": 1, "additionalProperties": ANY,
                    "description": "Key/values, typed as devices' attributes are"},
-    "LatestTimeseries": {"type": "object", "additionalProperties": {"type": "array", "items": {
-        "type": "object", "required": ["ts", "value"], "properties": {"ts": {"type": "integer"}, "value": ANY}}}},
+    "Timeseries": {"type": "object", "additionalProperties": {"type": "array", "items": {
+        "type": "object", "required": ["ts", "value"], "properties": {"ts": {"type": "integer"}, "value": ANY}}},
+        "description": "Points by key: {\"temperature\": [{\"ts\": 1609459200000, \"value\": \"36.7\"}]}"},
     "PageDataDevice": _page("Device"),
     "PageDataDeviceProfile": _page("DeviceProfile"),
     "PageDataDeviceProfileInfo": _page("DeviceProfileInfo"),
@@ -238,6 +241,20 @@ def _paging(sort_properties: dict, *, default_page_size: int | None = None) -> l
 
 
 KEYS = _query("keys", _string(), "Comma-separated keys; all keys when absent")
+STRICT_TYPES = _query("useStrictDataTypes", {"type": "boolean"}, "false (default): values as text, as in ThingsBoard")
+_TS = {"type": "integer", "format": "int64", "minimum": JAVA_LONG_MIN, "maximum": JAVA_LONG_MAX}
+
+
+def _history_parameters(*, required: bool) -> list[dict]:
+    """ThingsBoard's getTimeseries query; `required`: startTs and endTs (and keys) must be given."""
+    return [
+        _query("startTs", _TS, "Start of the range, ms since the epoch (included)", required=required),
+        _query("endTs", _TS, "End of the range, ms since the epoch (excluded)", required=required),
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": JAVA_INT_MAX, "default": 100},
+               "At most this many points per key"),
+        _query("orderBy", _string(enum=["ASC", "DESC"], default="DESC"), "By time; DESC: newest first"),
+        _query("agg", _string(enum=["NONE"], default="NONE"), "Only NONE: raw points, no aggregation"),
+    ]
 DEVICE_ID, PROFILE_ID = _path("deviceId"), _path("deviceProfileId")
 
 
@@ -349,10 +366,21 @@ def _paths() -> dict:
                                **save_attributes),
             "delete": _operation("deleteDeviceAttributes", "Attributes", "Delete attributes", **delete_attributes)},
         f"{telemetry}/DEVICE/{{deviceId}}/values/timeseries": {"get": _operation(
-            "getLatestTimeseries", "Telemetry", "Latest telemetry values",
-            parameters=[DEVICE_ID, KEYS, _query("useStrictDataTypes", {"type": "boolean"},
-                                                "false (default): values as text, as in ThingsBoard")],
-            ok=_ref("LatestTimeseries"))},
+            "getTimeseries", "Telemetry", "Latest telemetry values, or with startTs and endTs their history",
+            parameters=[DEVICE_ID, KEYS, STRICT_TYPES, *_history_parameters(required=False)],
+            ok=_ref("Timeseries"),
+            description="Without startTs and endTs: each key's latest value (ThingsBoard's getLatestTimeseries; "
+                        "limit, orderBy and agg are checked, not used). With both: the points with "
+                        "startTs <= ts < endTs, at most limit per key (getTimeseries); keys is then required, "
+                        "and keys without points in the range are left out. One of startTs and endTs alone "
+                        "is a 400.")},
+        f"{telemetry}/DEVICE/{{deviceId}}/values/timeseries/history": {"get": _operation(
+            "getTimeseriesHistory", "Telemetry", "Telemetry history (ThingsBoard 4's path, tb-rest-client 4.x)",
+            parameters=[DEVICE_ID, {**KEYS, "required": True, "description": "Comma-separated keys"}, STRICT_TYPES,
+                        *_history_parameters(required=True)],
+            ok=_ref("Timeseries"),
+            description="The points with startTs <= ts < endTs, at most limit per key; keys without points in "
+                        "the range are left out.")},
     }
 
 
@@ -362,7 +390,7 @@ def _document() -> dict:
         "openapi": "3.0.3",
         "info": {"title": "Gatehouse admin REST API", "version": "1.0",
                  "description": "ThingsBoard-compatible operator API: device profiles, devices, credentials, "
-                                "bulk import and attributes. Log in with POST /api/auth/login and send the token "
+                                "bulk import, attributes and telemetry. Log in with POST /api/auth/login and send the token "
                                 "as 'X-Authorization: Bearer <token>'."},
         "paths": _paths(),
         "components": {

@@ -61,6 +61,7 @@ def serve(settings: SidecarSettings, announce=announce) -> int:
 
     def store_activity() -> None:
         try:
+            context.observations.expire(now_ms())  # CoAP observations the bridge stopped feeding
             changes = context.activity.take_changes(now_ms())
             if changes:
                 writer.call(Registry.record_activity, changes)

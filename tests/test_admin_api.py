@@ -1,7 +1,7 @@
 """The admin REST API (SPEC §8) over real HTTP against a real `gatehouse sidecar` and `gatehouse
 broker`: logins and tokens, device profiles, devices and their credentials, bulk import,
-attributes and latest telemetry, with paho MQTT devices on the other side, hostile input, and the
-OpenAPI document that describes it all.
+attributes and telemetry (latest values and history), with paho MQTT devices on the other side,
+hostile input, and the OpenAPI document that describes it all.
 
 Every answer the tests get is checked against that document (status documented, body valid
 against the documented schema), so the document stays accurate for tools that rely on it.
@@ -903,6 +903,90 @@ def test_latest_telemetry_is_text_unless_strict_types_are_asked_for(gh, api):
     assert api.ok("GET", f"/api/plugins/telemetry/DEVICE/{device_id(make_device(api))}/values/timeseries") == {}
 
 
+T0 = 1_700_000_000_000  # the history tests' first point
+
+
+def history_device(gh, api) -> tuple[dict, str]:
+    """A device that sent ten points of `temp` (21.5, 22.5, ...) and `on` over MQTT, one a second
+    from T0, with the path of its time series; once the broker has stored them all."""
+    token = unique("historian")
+    device = make_device(api, token=token)
+    client = mqtt_login(gh, unique("cid"), token)
+    records = [{"ts": T0 + n * 1_000, "values": {"temp": 21.5 + n, "on": n % 2 == 0}} for n in range(10)]
+    assert client.publish("v1/devices/me/telemetry", json.dumps(records), qos=1)
+    path = f"/api/plugins/telemetry/DEVICE/{device_id(device)}/values/timeseries"
+    everything = f"{path}?keys=temp,on&startTs={T0}&endTs={T0 + 10_000}"
+    assert wait_until(lambda: [len(points) for points in api.ok("GET", everything).values()] == [10, 10])
+    return device, path
+
+
+def timestamps(answer: dict) -> dict:
+    return {key: [(point["ts"] - T0) // 1_000 for point in points] for key, points in answer.items()}
+
+
+def test_telemetry_history_is_the_range_newest_first_and_limited_per_key(gh, api):
+    device, path = history_device(gh, api)
+    # startTs included, endTs excluded; DESC and at most 100 points per key by default.
+    in_range = api.ok("GET", f"{path}?keys=temp&startTs={T0 + 2_000}&endTs={T0 + 5_000}")
+    assert in_range == {"temp": [{"ts": T0 + n * 1_000, "value": str(21.5 + n)} for n in (4, 3, 2)]}
+    assert timestamps(api.ok("GET", f"{path}?keys=temp,on&startTs={T0}&endTs={T0 + 60_000}&limit=2")) == {
+        "temp": [9, 8], "on": [9, 8]}
+    oldest = api.ok("GET", f"{path}?keys=on,temp&startTs=0&endTs={T0 + 60_000}&limit=3&orderBy=ASC"
+                           "&useStrictDataTypes=true")
+    assert list(oldest) == ["on", "temp"]  # the order asked for
+    assert oldest == {"on": [{"ts": T0 + n * 1_000, "value": n % 2 == 0} for n in range(3)],
+                      "temp": [{"ts": T0 + n * 1_000, "value": 21.5 + n} for n in range(3)]}
+    assert api.ok("GET", f"{path}?keys=on&startTs={T0}&endTs={T0 + 1_000}") == {"on": [{"ts": T0, "value": "true"}]}
+    # Keys without points in the range are left out, as ThingsBoard leaves them.
+    assert timestamps(api.ok("GET", f"{path}?keys=nothing,temp&startTs={T0 + 9_000}&endTs={T0 + 60_000}")) == {
+        "temp": [9]}
+    assert api.ok("GET", f"{path}?keys=temp&startTs={T0 - 60_000}&endTs={T0}") == {}
+    assert api.ok("GET", f"{path}?keys=temp&startTs={T0}&endTs={T0}") == {}
+    # The same query on ThingsBoard 4's path; without a range, the latest values as before.
+    assert api.ok("GET", f"{path}/history?keys=temp&startTs={T0 + 2_000}&endTs={T0 + 5_000}") == in_range
+    assert api.ok("GET", f"{path}?keys=temp&useStrictDataTypes=true") == {"temp": [{"ts": T0 + 9_000, "value": 30.5}]}
+    other = make_device(api)
+    assert api.ok("GET", f"/api/plugins/telemetry/DEVICE/{device_id(other)}/values/timeseries?keys=temp"
+                         f"&startTs=0&endTs={T0 + 60_000}") == {}
+
+
+@pytest.mark.parametrize("query", [
+    f"keys=temp&startTs={T0}", f"keys=temp&endTs={T0}", f"startTs={T0}&endTs={T0 + 1}", "keys=,&startTs=0&endTs=1",
+    f"keys=temp&startTs={T0 + 1}&endTs={T0}", "keys=temp&startTs=0&endTs=1&agg=AVG",
+    "keys=temp&startTs=0&endTs=1&agg=whatever", "keys=temp&startTs=0&endTs=1&limit=0",
+    "keys=temp&startTs=0&endTs=1&limit=-5", "keys=temp&startTs=0&endTs=1&limit=many",
+    "keys=temp&startTs=0&endTs=1&orderBy=SIDEWAYS", "keys=temp&startTs=yesterday&endTs=1",
+    "keys=temp&startTs=1.5&endTs=2", f"keys=temp&startTs=0&endTs={2**63}", "keys=temp&startTs=0&endTs=1&useStrictDataTypes=maybe",
+    "limit=0", "agg=SUM", "orderBy=up",
+], ids=["no endTs", "no startTs", "no keys", "empty keys", "start after end", "aggregation", "unknown aggregation",
+        "zero limit", "negative limit", "limit not a number", "unknown order", "startTs not a number",
+        "startTs not an integer", "endTs past a long", "bad boolean", "latest with zero limit",
+        "latest with aggregation", "latest with unknown order"])
+def test_history_queries_gatehouse_cannot_answer_are_400(api, query):
+    """Every parameter is checked, used or not: a bad one is never silently ignored."""
+    base = f"/api/plugins/telemetry/DEVICE/{device_id(make_device(api))}/values/timeseries"
+    expect_error(api.get(f"{base}?{query}"), 400)
+    expect_error(api.get(f"{base}/history?{query}"), 400)
+
+
+def test_history_on_thingsboard_4s_path_needs_its_range(api):
+    base = f"/api/plugins/telemetry/DEVICE/{device_id(make_device(api))}/values/timeseries/history"
+    expect_error(api.get(f"{base}?keys=temp"), 400, "startTs and endTs must both be given (ms since the epoch)")
+    expect_error(api.get(f"{base}?keys=temp&startTs=0&endTs=1&agg=AVG"), 400,
+                 "agg 'AVG' is not supported: Gatehouse answers raw points only (agg=NONE)")
+
+
+def test_telemetry_is_read_with_an_administrators_access_token_only(gh, api):
+    """Gatehouse's one role, the tenant administrator, reads every device's telemetry; there is
+    no customer user to refuse with 403. Without a token, or with a refresh token, 401."""
+    pair = api.ok("POST", "/api/auth/login", {"username": ADMIN, "password": ADMIN_PASSWORD}, token=None)
+    base = f"/api/plugins/telemetry/DEVICE/{device_id(make_device(api))}/values/timeseries"
+    for path in (f"{base}?keys=temp&startTs=0&endTs=1", f"{base}/history?keys=temp&startTs=0&endTs=1"):
+        assert api.ok("GET", path, token=pair["token"]) == {}
+        for token in (None, pair["refreshToken"], forged(signing_key(gh), scopes=["CUSTOMER_USER"])):
+            expect_error(api.get(path, token=token), 401)
+
+
 # --- hostile input -------------------------------------------------------------------------------
 
 BODIES = {
@@ -960,12 +1044,15 @@ def test_ids_that_are_not_uuids_are_400_and_unknown_ones_404(api):
                              ("DELETE", "/api/deviceProfile/{}"), ("POST", "/api/deviceProfile/{}/default"),
                              ("GET", "/api/plugins/telemetry/DEVICE/{}/values/attributes"),
                              ("GET", "/api/plugins/telemetry/DEVICE/{}/values/timeseries"),
+                             ("GET", "/api/plugins/telemetry/DEVICE/{}/values/timeseries/history?keys=a&startTs=0&endTs=1"),
                              ("POST", "/api/plugins/telemetry/{}/SERVER_SCOPE")):
             answer = api.call(method, path.format(urllib.request.quote(bad)), {"a": 1})
             expect_error(answer, 400)
             assert answer.message.startswith("Invalid UUID string")
     for method, path in (("GET", "/api/device/{}"), ("GET", "/api/deviceProfile/{}"),
                          ("GET", "/api/plugins/telemetry/DEVICE/{}/values/attributes/SHARED_SCOPE"),
+                         ("GET", "/api/plugins/telemetry/DEVICE/{}/values/timeseries?keys=a&startTs=0&endTs=1"),
+                         ("GET", "/api/plugins/telemetry/DEVICE/{}/values/timeseries/history?keys=a&startTs=0&endTs=1"),
                          ("POST", "/api/plugins/telemetry/DEVICE/{}/attributes/SHARED_SCOPE"),
                          ("DELETE", "/api/plugins/telemetry/DEVICE/{}/SHARED_SCOPE?keys=a")):
         expect_error(api.call(method, path.format(NO_SUCH_ID), {"a": 1}), 404, error_code=32)

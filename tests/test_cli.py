@@ -30,6 +30,8 @@ from gatehouse.certificates import (
 from gatehouse.cli import main
 from gatehouse.device_activity import ActivityTracker
 from gatehouse.login import LoginOutcome
+from gatehouse.models import AttributeScope
+from gatehouse.payloads import KvEntry, TelemetryRecord, ValueKind
 from gatehouse.pki import certificate_pem, create_ca
 from gatehouse.registry import Registry
 
@@ -147,6 +149,7 @@ def test_init_creates_database_server_key_and_development_pki(cli):
 @pytest.mark.parametrize("command", [
     "profile create p", "profile list", "profile show default", "profile delete p",
     "device create d", "device list", "device show d", "device delete d", "device credentials d --rotate",
+    "device telemetry d --key t",
     "device import {csv}", "pki issue d --out {out}", "admin add root --password long-enough-pw",
 ])
 def test_commands_on_an_uninitialised_data_dir_ask_for_init(tmp_path, command):
@@ -199,6 +202,11 @@ def populated(cli):
     ("device credentials existing --cert {bad_pem}", "Invalid certificate"),
     ("device credentials existing --token t --username u", "choose one kind of credentials"),
     ("device credentials existing --rotate --token t", "--rotate"),
+    ("device telemetry nope --key t", "Device 'nope' not found"),
+    ("device telemetry existing --key t --since yesterday", "--since: 'yesterday' is neither an ISO 8601 time"),
+    ("device telemetry existing --key t --until 2026-13-01", "--until: '2026-13-01' is neither an ISO 8601 time"),
+    ("device telemetry existing --key t --since 2026-01-02 --until 2026-01-01",
+     "The start of the range must not be after its end"),
     ("admin add root --password another-long-pw", "User with such username already exists!"),
     ("admin add shorty --password short", "at least 8 characters"),
 ])
@@ -342,6 +350,53 @@ def test_device_show_tells_whether_the_device_is_active_and_when_it_was_last_hea
     assert cli.json("device", "show", "seen", "--json")["activity"] == {
         "active": True, "lastActivityTime": 1_795_000_000_000, "lastConnectTime": 1_795_000_000_000}
     assert "active:      yes, last activity 2026-11-18 11:06:40 UTC" in cli.run("device", "show", "seen").stdout
+
+
+def test_device_show_has_every_scope_of_attributes_and_the_latest_telemetry(cli):
+    cli.run("device", "create", "meter", "--token", "meter-token")
+    assert "client attributes: none" in cli.run("device", "show", "meter").stdout
+    with Registry.open(cli.data_dir) as registry:
+        device = registry.get_device("meter")
+        registry.save_attributes(device.id, AttributeScope.CLIENT, [KvEntry("fw", ValueKind.STRING, "1.2")])
+        registry.save_attributes(device.id, AttributeScope.SHARED, [KvEntry("interval", ValueKind.LONG, 30)])
+        tracker = ActivityTracker()
+        tracker.connected(device.id, 1_795_000_000_000)
+        registry.record_activity(tracker.take_changes(1_795_000_000_000))
+        registry.save_telemetry(device.id, [TelemetryRecord(1_700_000_000_250, (
+            KvEntry("temperature", ValueKind.DOUBLE, 21.5), KvEntry("state", ValueKind.STRING, "ok")))])
+    shown = cli.json("device", "show", "meter", "--json")
+    assert shown["attributes"] == {
+        "client": {"fw": "1.2"}, "shared": {"interval": 30},
+        "server": {"active": True, "lastActivityTime": 1_795_000_000_000, "lastConnectTime": 1_795_000_000_000}}
+    assert shown["latestTelemetry"] == {"state": {"ts": 1_700_000_000_250, "value": "ok"},
+                                        "temperature": {"ts": 1_700_000_000_250, "value": 21.5}}
+    text = cli.run("device", "show", "meter").stdout
+    for line in ('  client attributes:\n    fw = "1.2"', "  shared attributes:\n    interval = 30",
+                 "    lastConnectTime = 1795000000000 (2026-11-18 11:06:40 UTC)", "    active = true",
+                 '  latest telemetry:\n    state = "ok" at 2023-11-14 22:13:20.250 UTC\n'
+                 "    temperature = 21.5 at 2023-11-14 22:13:20.250 UTC"):
+        assert line in text
+
+
+def test_device_telemetry_prints_the_history_of_its_keys_newest_first_in_utc(cli):
+    cli.run("device", "create", "meter", "--token", "meter-token")
+    t0 = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
+    with Registry.open(cli.data_dir) as registry:
+        registry.save_telemetry(registry.get_device("meter").id, [TelemetryRecord(t0 + n * 1_500, (
+            KvEntry("temperature", ValueKind.DOUBLE, 20.0 + n), KvEntry("state", ValueKind.STRING, f"s{n}")))
+            for n in range(5)])
+    assert cli.run("device", "telemetry", "meter", "--key", "temperature", "--key", "state", "--key", "humidity",
+                   "--limit", "2").stdout == (
+        "temperature\n  2023-11-14 22:13:26.000 UTC  24.0\n  2023-11-14 22:13:24.500 UTC  23.0\n"
+        'state\n  2023-11-14 22:13:26.000 UTC  "s4"\n  2023-11-14 22:13:24.500 UTC  "s3"\n'
+        "humidity: no points\n")
+    # --since is included and --until excluded, in ISO 8601 (UTC unless an offset is named) or ms.
+    for since, until in (("2023-11-14T22:13:21.500Z", "2023-11-14T22:13:26"),
+                         ("2023-11-14T23:13:21.5+01:00", str(t0 + 6_000)), (str(t0 + 1_500), str(t0 + 6_000))):
+        assert cli.json("device", "telemetry", "meter", "--key", "temperature", "--since", since, "--until", until,
+                        "--json") == {"temperature": [{"ts": t0 + n * 1_500, "value": 20.0 + n} for n in (3, 2, 1)]}
+    assert cli.json("device", "telemetry", "meter", "--key", "state", "--since", "2023-11-15", "--json") == {}
+    assert len(cli.json("device", "telemetry", "meter", "--key", "state", "--json")["state"]) == 5
 
 
 def test_credentials_rotate_replaces_the_token(cli):

@@ -17,6 +17,7 @@ import aiocoap
 import pytest
 from aiocoap import Code, Message
 
+from gatehouse.device_activity import ACTIVE, is_connected
 from gatehouse.models import AttributeScope, ProvisionType
 from gatehouse.payloads import kv_entries
 from gatehouse.registry import Registry
@@ -367,6 +368,33 @@ def test_observe_attributes_gets_the_current_state_then_each_change(gh, clients)
     assert (update.code, json.loads(update.payload)) == (Code.CONTENT, {"fw": "v2.0"})
     assert (deleted.code, json.loads(deleted.payload)) == (Code.CONTENT, {"deleted": ["fw"]})
     assert 0 < update.opt.observe < deleted.opt.observe
+
+
+def test_an_observation_connects_its_device_and_plain_requests_only_make_it_active(gh):
+    """A CoAP observation is a session, as an MQTT one is (the web UI's "Connected now");
+    a POST is activity only, as an HTTP request is."""
+    observer, observer_token = token_device(gh.broker)
+    poster, poster_token = token_device(gh.broker)
+
+    def activity(device) -> dict:
+        with gh.registry() as registry:
+            return registry.device_activity(device.id)
+
+    async def connected_while_observing() -> bool:
+        context = await aiocoap.Context.create_client_context(transports=["udp6"])
+        try:
+            request = context.request(Message(code=Code.GET, uri=gh.uri(observer_token, "attributes"), observe=0))
+            assert (await asyncio.wait_for(request.response, WAIT)).code == Code.CONTENT
+            connected = await asyncio.to_thread(wait_until, lambda: is_connected(activity(observer)))
+            request.observation.cancel()
+            return connected
+        finally:
+            await context.shutdown()
+
+    assert coap(gh.uri(poster_token, "telemetry"), Code.POST, '{"t": 1}').code == Code.CREATED
+    assert asyncio.run(connected_while_observing())
+    assert wait_until(lambda: activity(poster).get(ACTIVE) is True)
+    assert not is_connected(activity(poster))
 
 
 def test_observe_attributes_of_a_device_without_any_starts_with_an_empty_object(gh):

@@ -1,6 +1,7 @@
 """Device activity (gatehouse.device_activity): the server attributes `active`, `lastConnectTime`,
 `lastDisconnectTime` and `lastActivityTime` that ThingsBoard keeps per device, from what the
-tracker saw, stored by the broker (MQTT sessions) and by the sidecar (HTTP and CoAP requests)."""
+tracker saw, stored by the broker (MQTT sessions) and by the sidecar (HTTP and CoAP requests,
+CoAP observations as sessions); and what connected means: a session, never mere activity."""
 from __future__ import annotations
 
 import requests
@@ -10,7 +11,10 @@ from gatehouse.device_activity import (
     LAST_ACTIVITY_TIME,
     LAST_CONNECT_TIME,
     LAST_DISCONNECT_TIME,
+    OBSERVATION_GRACE_MS,
     ActivityTracker,
+    ObservationSessions,
+    is_connected,
 )
 from gatehouse.models import AttributeScope
 from gatehouse.payloads import KvEntry, ValueKind
@@ -74,6 +78,42 @@ def test_tracker_forgets_quiet_devices_and_reports_their_next_activity():
     assert tracker._reported == {}  # bounded by the devices active within the last period
     tracker.active("d1", 1_000 + PERIOD)
     assert values(tracker.take_changes(1_000 + PERIOD), "d1")[LAST_ACTIVITY_TIME] == 1_000 + PERIOD
+
+
+def test_connected_is_a_session_opened_and_not_closed_while_active_never_mere_activity():
+    assert is_connected({ACTIVE: True, LAST_CONNECT_TIME: 1_000, LAST_ACTIVITY_TIME: 1_000})
+    assert is_connected({ACTIVE: True, LAST_CONNECT_TIME: 3_000, LAST_DISCONNECT_TIME: 2_000})
+    assert not is_connected({ACTIVE: True, LAST_ACTIVITY_TIME: 5_000})  # an HTTP device's requests
+    assert not is_connected({ACTIVE: True, LAST_CONNECT_TIME: 2_000, LAST_DISCONNECT_TIME: 2_000})
+    assert not is_connected({ACTIVE: False, LAST_CONNECT_TIME: 3_000})  # its process died; it expired
+    assert not is_connected({})
+    assert not is_connected({ACTIVE: 1, LAST_CONNECT_TIME: 3_000})
+    assert not is_connected({ACTIVE: True, LAST_CONNECT_TIME: True})
+
+
+def test_an_observation_is_one_session_across_its_polls_and_ends_after_the_grace_period():
+    tracker = ActivityTracker(PERIOD)
+    sessions = ObservationSessions(tracker, grace_ms=10_000)
+    sessions.poll_started("d1", 1_000)
+    assert values(tracker.take_changes(1_000), "d1") == {ACTIVE: True, LAST_CONNECT_TIME: 1_000,
+                                                         LAST_ACTIVITY_TIME: 1_000}
+    sessions.poll_ended("d1", 31_000)
+    sessions.poll_started("d1", 31_005)  # the bridge's next poll of the same observation
+    sessions.poll_started("d1", 32_000)  # and another feed of the device (attributes and rpc)
+    sessions.poll_ended("d1", 40_000)
+    assert sessions.expire(60_000) == [] and tracker.take_changes(60_000) == {}  # one poll still open
+    sessions.poll_ended("d1", 61_000)
+    assert sessions.expire(70_000) == []
+    sessions.poll_started("d1", 70_500)  # back within the grace period: still the same session
+    sessions.poll_ended("d1", 71_000)
+    assert tracker.take_changes(71_000) == {}
+    assert sessions.expire(80_999) == []
+    assert sessions.expire(81_000) == ["d1"]
+    assert values(tracker.take_changes(81_000), "d1") == {ACTIVE: False, LAST_DISCONNECT_TIME: 81_000,
+                                                          LAST_ACTIVITY_TIME: 81_000}
+    sessions.poll_started("d1", 90_000)  # a new observation: a new session
+    assert values(tracker.take_changes(90_000), "d1")[LAST_CONNECT_TIME] == 90_000
+    assert OBSERVATION_GRACE_MS >= 5_000  # the bridge's longest pause between two polls of a feed
 
 
 # --- storing it ---------------------------------------------------------------------------------
@@ -144,4 +184,23 @@ def test_http_request_makes_its_device_active_and_a_refused_one_does_not(tmp_pat
         assert wait_until(lambda: server_attributes(broker.data_dir, device.id).get(ACTIVE) is True)
         assert server_attributes(broker.data_dir, device.id)[LAST_ACTIVITY_TIME] > 0
         assert server_attributes(broker.data_dir, stranger.id) == {}
+
+
+def test_an_mqtt_session_connects_its_device_and_http_requests_even_long_polls_do_not(tmp_path):
+    with broker_and_sidecar(tmp_path) as (broker, sidecar):
+        mqtt_device, mqtt_token = token_device(broker)
+        http_device, http_token = token_device(broker)
+        client = connect(broker.mqtt_port, "connected-client", mqtt_token)
+        assert client.connack == 0
+        assert wait_until(lambda: is_connected(server_attributes(broker.data_dir, mqtt_device.id)))
+
+        poll = requests.get(f"{sidecar.url}/api/v1/{http_token}/attributes/updates?timeout=200", timeout=10)
+        assert poll.status_code == 408
+        assert requests.post(f"{sidecar.url}/api/v1/{http_token}/telemetry", json={"t": 1}, timeout=10).status_code == 200
+        assert wait_until(lambda: server_attributes(broker.data_dir, http_device.id).get(ACTIVE) is True)
+        http_activity = server_attributes(broker.data_dir, http_device.id)
+        assert LAST_CONNECT_TIME not in http_activity and not is_connected(http_activity)
+
+        client.close()
+        assert wait_until(lambda: not is_connected(server_attributes(broker.data_dir, mqtt_device.id)))
 

@@ -318,3 +318,29 @@ def test_number_like_strings_are_stored_as_text(registry):
     expected = {f"k{i}": text for i, text in enumerate(strings)}
     assert registry.get_attributes(device.id, AttributeScope.CLIENT) == expected
     assert {key: point["value"] for key, point in registry.latest_telemetry(device.id).items()} == expected
+
+
+def test_telemetry_history_is_limited_per_key_by_index_range_scans(registry):
+    """Each key's points come from a scan of the primary key (device_id, key, ts) that stops at
+    the limit: no sort of the whole history, however long it is."""
+    device, other = registry.create_device("logger"), registry.create_device("other")
+    registry.save_telemetry(device.id, [TelemetryRecord(ts, (KvEntry("a", ValueKind.LONG, ts),
+                                                             KvEntry("b", ValueKind.BOOLEAN, ts % 2 == 0)))
+                                        for ts in range(1, 501)])
+    registry.save_telemetry(other.id, [TelemetryRecord(10, (KvEntry("a", ValueKind.LONG, -1),))])
+    statements = []
+    registry.store.conn.set_trace_callback(statements.append)
+    history = registry.telemetry_history(device.id, ["b", "a", "b", "missing"], start_ts=100, end_ts=400, limit=3)
+    registry.store.conn.set_trace_callback(None)
+    assert history == {"b": [{"ts": 399, "value": False}, {"ts": 398, "value": True}, {"ts": 397, "value": False}],
+                       "a": [{"ts": 399, "value": 399}, {"ts": 398, "value": 398}, {"ts": 397, "value": 397}]}
+    assert len(statements) == 3  # one per distinct key
+    for statement in statements:
+        plan = " ".join(row[3] for row in registry.store.conn.execute("EXPLAIN QUERY PLAN " + statement))
+        assert plan.startswith("SEARCH telemetry_history USING PRIMARY KEY") and "TEMP B-TREE" not in plan
+    assert [p["ts"] for p in registry.telemetry_history(device.id, ["a"], limit=2, descending=False)["a"]] == [1, 2]
+    assert [p["ts"] for p in registry.telemetry_history(device.id, ["a"], start_ts=499)["a"]] == [500, 499]
+    assert registry.telemetry_history(other.id, ["a"]) == {"a": [{"ts": 10, "value": -1}]}
+    for keys, options in (([], {}), (["a"], {"limit": 0}), (["a"], {"start_ts": 2, "end_ts": 1})):
+        with pytest.raises(ValidationError):
+            registry.telemetry_history(device.id, keys, **options)

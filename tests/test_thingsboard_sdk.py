@@ -10,7 +10,8 @@ such session through its public API: the `getSessionLimits` call it makes on con
 telemetry, client attributes, attribute requests, shared attribute updates and RPC both ways.
 Applications on the other side are MQTT 3.1.1 paho clients in the test process. The SDK's HTTP
 device client, `TBHTTPDevice`, talks to a sidecar linked to the broker (http_device.py). ThingsBoard's
-REST client, tb-rest-client, drives the sidecar's admin API (rest_client.py).
+REST client, tb-rest-client, drives the sidecar's admin API (rest_client.py) and reads telemetry
+history with it (rest_timeseries.py).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import pytest
 
 from gatehouse.credentials import sha3_hash
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
-from gatehouse.payloads import kv_entries
+from gatehouse.payloads import KvEntry, TelemetryRecord, ValueKind, kv_entries
 from gatehouse.registry import Registry
 
 from .devices import token_device, unique
@@ -511,3 +512,37 @@ def test_sdk_rest_client_manages_profiles_devices_and_credentials(sdk_python, br
     assert provisioned["status"] == "SUCCESS"
     device_after, _, _ = stored(broker, "sdk-rest-provisioned")
     assert device_after.profile_name == "sdk-rest-profile"
+
+
+def test_sdk_rest_client_reads_telemetry_history_by_range_limit_and_order(sdk_python, broker, sidecar_factory):
+    """tests/sdk_scripts/rest_timeseries.py: tb-rest-client's get_timeseries, unchanged, reads the
+    history the devices stored: the range [start_ts, end_ts), at most limit points per key,
+    newest first unless ASC, values as text unless strict types are asked for."""
+    t0 = 1_700_000_000_000
+    with Registry.open(broker.data_dir) as registry:
+        registry.add_admin("sdk-history@gatehouse.test", "sdk-History-pass1")
+        device = registry.create_device(unique("sdk-history"))
+        registry.save_telemetry(device.id, [TelemetryRecord(t0 + n * 1_000, (
+            KvEntry("temperature", ValueKind.DOUBLE, 20.5 + n), KvEntry("state", ValueKind.STRING, f"s{n}")))
+            for n in range(10)])
+    sidecar = sidecar_factory(broker)
+    plan = {"username": "sdk-history@gatehouse.test", "password": "sdk-History-pass1", "device_id": device.id,
+            "queries": {
+                "range": {"keys": "temperature", "start_ts": t0 + 2_000, "end_ts": t0 + 6_000},
+                "limited": {"keys": "temperature,state", "start_ts": t0, "end_ts": t0 + 60_000, "limit": 3,
+                            "order_by": "ASC", "use_strict_data_types": True},
+                "unknown_key": {"keys": "humidity", "start_ts": t0, "end_ts": t0 + 60_000},
+                "aggregated": {"keys": "temperature", "start_ts": t0, "end_ts": t0 + 60_000, "agg": "AVG",
+                               "interval": 1_000},
+                "unknown_device": {"device_id": "00000000-0000-4000-8000-000000000000", "keys": "temperature",
+                                   "start_ts": t0, "end_ts": t0 + 60_000}}}
+    said = run_sdk(sdk_python, "rest_timeseries.py", sidecar.url, plan, server=sidecar).result
+
+    assert said["range"] == {"temperature": [{"ts": t0 + n * 1_000, "value": str(20.5 + n)} for n in (5, 4, 3, 2)]}
+    assert said["limited"] == {"temperature": [{"ts": t0 + n * 1_000, "value": 20.5 + n} for n in range(3)],
+                               "state": [{"ts": t0 + n * 1_000, "value": f"s{n}"} for n in range(3)]}
+    assert said["unknown_key"] == {}
+    assert said["aggregated"]["status"] == 400 and "agg" in said["aggregated"]["body"]["message"]
+    assert said["unknown_device"]["status"] == 404
+    assert said["latest"] == {"state": [{"ts": t0 + 9_000, "value": "s9"}],
+                              "temperature": [{"ts": t0 + 9_000, "value": 29.5}]}

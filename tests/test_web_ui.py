@@ -17,6 +17,7 @@ from flask import Response
 
 from gatehouse.credentials import AccessToken, MqttBasic
 from gatehouse.data_dir import DataDir
+from gatehouse.device_activity import ActivityTracker
 from gatehouse.errors import NotFoundError
 from gatehouse.login import LoginOutcome
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
@@ -409,13 +410,62 @@ def test_the_device_list_searches_pages_and_shows_connection_state_when_known(ui
     assert "pump-20" in page and "pump-24" in page and "pump-00" not in page
     row = re.search(r"valve-1</a></td>(.*?)</tr>", ui.get("/ui/devices?q=valve").get_data(as_text=True), re.DOTALL).group(1)
     assert re.findall(r'data-label="(?:Connected now|Last activity)">([^<]*)<', row) == ["—", "—"]
-    # What the transports will write, in ThingsBoard's names, is shown once it is there.
+    # What the transports will write, in ThingsBoard's names, is shown once it is there: activity
+    # alone (an HTTP device's requests) is no connection; a session (MQTT, CoAP observe) is.
     valve = registry.find_device_by_name("valve-1")
     registry.save_attributes(valve.id, AttributeScope.SERVER, [KvEntry("active", ValueKind.BOOLEAN, True),
                                                                KvEntry("lastActivityTime", ValueKind.LONG, 0)])
     row = re.search(r"valve-1</a></td>(.*?)</tr>", ui.get("/ui/devices?q=valve").get_data(as_text=True), re.DOTALL).group(1)
     assert re.findall(r'data-label="(?:Connected now|Last activity)">([^<]*)<', row) == \
+        ["no", "1970-01-01 00:00:00 UTC"]
+    registry.save_attributes(valve.id, AttributeScope.SERVER, [KvEntry("lastConnectTime", ValueKind.LONG, 0)])
+    row = re.search(r"valve-1</a></td>(.*?)</tr>", ui.get("/ui/devices?q=valve").get_data(as_text=True), re.DOTALL).group(1)
+    assert re.findall(r'data-label="(?:Connected now|Last activity)">([^<]*)<', row) == \
         ["yes", "1970-01-01 00:00:00 UTC"]
+
+
+def device_facts(ui, device) -> tuple[str, str]:
+    page = ui.get(f"/ui/devices/{device.id}").get_data(as_text=True)
+    return (re.search(r'<dd id="connected">([^<]*)</dd>', page).group(1),
+            re.search(r'<dd id="last-activity">([^<]*)</dd>', page).group(1))
+
+
+def test_a_device_page_says_connected_for_a_session_and_shows_http_requests_as_activity(ui, registry):
+    session, requests_only, unseen = (registry.create_device(name) for name in ("session", "requests", "unseen"))
+    tracker = ActivityTracker()
+    tracker.connected(session.id, 1_795_000_000_000)  # what the broker reports of an MQTT session
+    tracker.active(requests_only.id, 1_795_000_000_000)  # what the sidecar reports of an HTTP request
+    registry.record_activity(tracker.take_changes(1_795_000_000_000))
+    assert device_facts(ui, session) == ("yes", "2026-11-18 11:06:40 UTC")
+    assert device_facts(ui, requests_only) == ("no", "2026-11-18 11:06:40 UTC")
+    assert device_facts(ui, unseen) == ("—", "—")
+    tracker.disconnected(session.id, 1_795_000_060_000)
+    registry.record_activity(tracker.take_changes(1_795_000_060_000))
+    assert device_facts(ui, session) == ("no", "2026-11-18 11:07:40 UTC")
+
+
+def test_time_attributes_are_shown_in_utc_with_their_raw_value_kept(ui, registry):
+    device = registry.create_device("timed")
+    registry.save_attributes(device.id, AttributeScope.SERVER, [
+        KvEntry("lastActivityTime", ValueKind.LONG, 1_795_000_000_000),
+        KvEntry("inactivityAlarmTime", ValueKind.LONG, 1_700_000_000_000),
+        KvEntry("lastCalibrationTs", ValueKind.LONG, 0), KvEntry("interval", ValueKind.LONG, 1_795_000_000_000),
+        KvEntry("startTime", ValueKind.STRING, "tomorrow")])
+    page = ui.get(f"/ui/devices/{device.id}").get_data(as_text=True)
+    server = re.search(r'id="server-attributes"(.*?)</table>', page, re.DOTALL).group(1)
+    values = dict(re.findall(r'<td data-label="Key">([^<]*)</td>\s*<td data-label="Value">(.*?)</td>', server))
+    assert values == {
+        "inactivityAlarmTime": '<time title="1700000000000">2023-11-14 22:13:20 UTC</time>',
+        "interval": "<code>1795000000000</code>",  # no time by its name: shown as it is
+        "lastActivityTime": '<time title="1795000000000">2026-11-18 11:06:40 UTC</time>',
+        "lastCalibrationTs": '<time title="0">1970-01-01 00:00:00 UTC</time>',
+        "startTime": '<code>"tomorrow"</code>'}  # a name of a time, but not ms since the epoch
+
+
+def test_the_sidecars_root_leads_to_the_ui(app):
+    response = app.test_client().get("/")
+    assert response.status_code == 302 and response.location == "/ui/"
+    assert app.test_client().get(response.location).location.startswith("/ui/login")
 
 
 def test_deleting_a_device_removes_it_its_credentials_and_its_data(ui, registry):

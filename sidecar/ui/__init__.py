@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Flask, Request
+from flask import Flask, Request, redirect, url_for
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 
 from gatehouse.data_dir import DataDir
@@ -53,3 +53,5 @@ def init_ui(app: Flask, data_dir, idle_seconds: int) -> None:
     csrf.init_app(app)
     app.extensions[ImportJobs.EXTENSION] = ImportJobs(data_dir, app.extensions[EXTENSION].shared_attributes_written)
     app.register_blueprint(ui)
+    # The sidecar's root has nothing of its own: someone opening http://HOST:8080/ wants the UI.
+    app.add_url_rule("/", "root", lambda: redirect(url_for("ui.home")))

@@ -1,7 +1,10 @@
 """Device pages: a searchable, paged list with provisioning and connection state; creation with
 any credentials type; a device's credentials (secrets hidden until revealed), rotation, deletion,
-attributes by scope (shared ones edited and pushed to the device), latest telemetry and its
-provisioning events."""
+attributes by scope (shared ones edited and pushed to the device; times such as lastActivityTime
+shown in UTC), latest telemetry and its provisioning events.
+
+"Connected now" is a live session (MQTT, or a CoAP observation), never a recent HTTP request:
+HTTP devices show their last activity only (gatehouse.device_activity.is_connected)."""
 from __future__ import annotations
 
 import json
@@ -12,13 +15,15 @@ from wtforms.fields.choices import SelectChoice
 from gatehouse.credentials import AccessToken, generate_secret
 from gatehouse.device_activity import (  # shown as "—" until stored
     ACTIVE,
+    ACTIVITY_ATTRIBUTES,
     LAST_ACTIVITY_TIME,
+    is_connected,
 )
 from gatehouse.errors import ValidationError
 from gatehouse.models import AttributeScope, CredentialsType, Device
 from gatehouse.payloads import PayloadError, parse_attributes
 from gatehouse.provisioning import PROVISION_STATE_KEY, PROVISIONED
-from gatehouse.store import utc_text
+from gatehouse.store import timestamp_text, utc_text
 
 from ..admin_payloads import MAX_ATTRIBUTES_BYTES
 from ..context import sidecar
@@ -46,14 +51,20 @@ def format_ms(ms) -> str:
 
 
 ui.add_app_template_filter(format_ms, "ui_time")
+ui.add_app_template_global(timestamp_text, "attribute_time")  # UTC text for time attributes, else None
+
+
+def _connected_text(server: dict) -> str:
+    """yes: a live MQTT session or CoAP observation; no: seen, but not connected now (an HTTP
+    device never is: it has no sessions); —: never seen."""
+    if not isinstance(server.get(ACTIVE), bool):
+        return "—"
+    return "yes" if is_connected(server) else "no"
 
 
 def _state(device: Device) -> dict:
-    server = registry().get_attributes(device.id, AttributeScope.SERVER,
-                                       [ACTIVE, LAST_ACTIVITY_TIME, PROVISION_STATE_KEY])
-    active = server.get(ACTIVE)
-    return {"provisioned": server.get(PROVISION_STATE_KEY) == PROVISIONED,
-            "connected": "—" if not isinstance(active, bool) else ("yes" if active else "no"),
+    server = registry().get_attributes(device.id, AttributeScope.SERVER, [*ACTIVITY_ATTRIBUTES, PROVISION_STATE_KEY])
+    return {"provisioned": server.get(PROVISION_STATE_KEY) == PROVISIONED, "connected": _connected_text(server),
             "last_activity": format_ms(server.get(LAST_ACTIVITY_TIME))}
 
 
