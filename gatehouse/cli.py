@@ -28,7 +28,7 @@ from .registry import HISTORY_LIMIT, Registry
 from .retention import AUDIT_RETENTION_DAYS, TELEMETRY_RETENTION_DAYS, Prunable, RetentionPolicy
 from .server_key import ServerKeyError
 from .store import now_ms, timestamp_text, utc_text
-from .supervisor import Settings, components, supervise
+from .supervisor import Settings, components, first_steps, supervise
 
 STRATEGIES = {
     "allow-create": ProvisionType.ALLOW_CREATE_NEW_DEVICES,
@@ -716,4 +716,6 @@ def up(ctx, host, mqtt_port, mqtts_port, http_port, coap_port, coaps_port, tls_c
     if not parts:
         click.echo("No network components are installed in this build; nothing to run.")
         return
-    ctx.exit(supervise(parts))
+    with Registry.open(ctx.obj) as registry:
+        has_admins = registry.has_admins()
+    ctx.exit(supervise(parts, then=first_steps(settings, has_admins=has_admins)))

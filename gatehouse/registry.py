@@ -1161,6 +1161,9 @@ class Registry:
         except IntegrityError as e:
             raise _integrity_error(e) from None
 
+    def has_admins(self) -> bool:
+        return self.store.count_admin_users() > 0
+
     def admin_exists(self, username: str) -> bool:
         return self.store.admin_user(username) is not None
 

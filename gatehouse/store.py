@@ -480,5 +480,8 @@ class Store:
     def update_admin_password(self, username: str, password_hash: str) -> None:
         self._update("admin_user", "username", username, {"password_hash": password_hash})
 
+    def count_admin_users(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM admin_user").fetchone()[0]
+
     def admin_user(self, username: str) -> dict | None:
         return self._one("SELECT * FROM admin_user WHERE username = ?", [username])

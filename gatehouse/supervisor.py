@@ -93,6 +93,19 @@ def _loopback_of(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
+def first_steps(settings: Settings, *, has_admins: bool) -> list[str]:
+    """What `gatehouse up` tells a new user once everything runs: where to look, what to do first."""
+    ui = f"http://{_loopback_of(settings.host)}:{settings.http_port}/ui/"
+    lines = [f"web UI: {ui} (admin REST API under /api, OpenAPI at /api/openapi.json)"]
+    if not has_admins:
+        lines.append(f"no administrator yet: create the first with `gatehouse --data-dir {settings.data_dir} "
+                     "admin add you@example.com` (it asks for a password), then log in to the web UI")
+    lines.append(f"devices: `gatehouse --data-dir {settings.data_dir} device create NAME --token TOKEN`, then MQTT "
+                 f"with the token as user name on {settings.host}:{settings.mqtt_port}, or HTTP "
+                 f"POST {ui.removesuffix('/ui/')}/api/v1/TOKEN/telemetry")
+    return lines
+
+
 def _sidecar_url(settings: Settings) -> str:
     """Where the CoAP bridge reaches the sidecar's HTTP device API."""
     host = _loopback_of(settings.host)
@@ -109,8 +122,9 @@ def _describe_exit(code: int) -> str:
 
 
 def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print,
-              grace_seconds: float = STOP_GRACE_SECONDS) -> int:
-    """Run `parts` until SIGINT/SIGTERM (exit status 0) or until one of them stops (1)."""
+              grace_seconds: float = STOP_GRACE_SECONDS, then: Sequence[str] = ()) -> int:
+    """Run `parts` until SIGINT/SIGTERM (exit status 0) or until one of them stops (1); `then`
+    is said once they have all been started."""
     stop_requested = []
 
     def request_stop(signum, _frame):
@@ -125,6 +139,8 @@ def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print,
             # stops the children in order instead of all of them racing to exit.
             running[part.name] = subprocess.Popen(part.argv, start_new_session=True)
             say(f"{part.name}: {part.listens_on} (pid {running[part.name].pid})")
+        for line in then:
+            say(line)
         while not stop_requested:
             failed = next(((name, p.returncode) for name, p in running.items() if p.poll() is not None), None)
             if failed is not None:

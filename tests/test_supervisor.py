@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from gatehouse.supervisor import Component, supervise
+from gatehouse.supervisor import Component, Settings, first_steps, supervise
 
 from .conftest import free_port
 
@@ -108,6 +108,11 @@ def test_up_runs_the_whole_system_and_stops_it_on_sigterm(tmp_path):
             urllib.request.urlopen(f"http://127.0.0.1:{http_port}/api/v1/no-such-token/attributes", timeout=10)
         refused.value.close()
         assert refused.value.code == 401
+        # A new user is told where the data is and what to do first.
+        assert f"web UI: http://127.0.0.1:{http_port}/ui/ (admin REST API under /api, OpenAPI at /api/openapi.json)\n" \
+            in lines, lines
+        assert any(line.startswith("no administrator yet: create the first with `gatehouse --data-dir ")
+                   and "admin add you@example.com`" in line for line in lines)
         coap_port = next(int(line.rsplit(":", 1)[1]) for line in lines if line.startswith("COAP  listening on"))
         assert any(line.startswith("coap: ") for line in lines)
         assert _coap_code(f"coap://127.0.0.1:{coap_port}/api/v1/no-such-token/telemetry") == "4.01 Unauthorized"
@@ -135,6 +140,13 @@ def _coap_code(uri: str) -> str:
             await context.shutdown()
 
     return str(asyncio.run(post()).code)
+
+
+def test_up_says_nothing_of_a_first_administrator_once_there_is_one(tmp_path):
+    settings = Settings(data_dir=tmp_path / "d", host="0.0.0.0", http_port=8080)
+    assert first_steps(settings, has_admins=True)[0].startswith("web UI: http://127.0.0.1:8080/ui/ ")
+    assert not any("administrator" in line for line in first_steps(settings, has_admins=True))
+    assert any("admin add" in line for line in first_steps(settings, has_admins=False))
 
 
 def test_up_passes_the_operators_certificate_to_the_broker(tmp_path):
