@@ -116,7 +116,14 @@ class BulkImportMapping:
         columns = []
         for cell in cells:
             type_name, _, key = cell.partition(":")
-            columns.append(Column(_column_type(type_name), key.strip() or None))
+            try:
+                columns.append(Column(_column_type(type_name), key.strip() or None))
+            except ValidationError as e:
+                other = next((d for d in HEADER_DELIMITERS if d != delimiter and d in cell), None)
+                if other is None:
+                    raise
+                raise ValidationError(f"{e} — is the file separated by {other!r} rather than {delimiter!r}? "
+                                      f"Name its delimiter with --delimiter {other!r}") from None
         return cls(tuple(columns), delimiter=delimiter, update=update, header=True)
 
 
@@ -136,6 +143,24 @@ def _csv_reader(text: str, delimiter: str):
     # newline="" as the csv module wants: it then takes a lone CR for the end of a line, as
     # ThingsBoard's CSV parser does, instead of refusing it inside an unquoted cell.
     return csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+
+
+# What spreadsheets write: a comma, or a semicolon where the comma is the decimal separator.
+HEADER_DELIMITERS = (",", ";", "\t", "|")
+
+
+def header_delimiter(text: str) -> str:
+    """The delimiter of a file in the CLI's header convention: the first of HEADER_DELIMITERS
+    that splits its header into column types only; "," when none does (the error then names
+    the cell that is no column type)."""
+    for delimiter in HEADER_DELIMITERS:
+        try:
+            cells = read_header(text, delimiter)
+            if cells and all(_column_type(cell.partition(":")[0]) for cell in cells):
+                return delimiter
+        except ValidationError:
+            continue
+    return ","
 
 
 def read_header(text: str, delimiter: str = ",") -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from . import certificates, pki, retention
-from .bulk_import import BulkImportMapping, import_rows, parse_rows, read_header
+from .bulk_import import BulkImportMapping, header_delimiter, import_rows, parse_rows, read_header
 from .credentials import AccessToken, MqttBasic, NewCredentials, X509Certificate
 from .data_dir import DEFAULT_DATA_DIR, DataDir
 from .device_activity import ACTIVE, LAST_ACTIVITY_TIME
@@ -416,7 +416,7 @@ def device_credentials(ctx, name, rotate, token, client_id, username, password, 
 
 @device.command("import")
 @click.argument("csv_file", type=click.File("r", encoding="utf-8-sig"))
-@click.option("--delimiter", default=",", show_default=True)
+@click.option("--delimiter", help="The CSV delimiter; default: found from the header (',', ';', tab or '|').")
 @click.option("--update/--no-update", default=True, show_default=True,
               help="Write attribute and telemetry columns to devices that already exist.")
 @json_option
@@ -431,6 +431,7 @@ def device_import(ctx, csv_file, delimiter, update, as_json) -> None:
     """
     registry = _registry(ctx)
     text = csv_file.read()
+    delimiter = delimiter or header_delimiter(text)
     mapping = BulkImportMapping.from_header(read_header(text, delimiter), delimiter=delimiter, update=update)
     rows = parse_rows(text, mapping)
     with click.progressbar(length=len(rows), label="Importing", file=sys.stderr) as bar:

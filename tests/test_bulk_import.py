@@ -424,6 +424,23 @@ def test_cli_import_with_an_unsupported_header_is_a_one_line_error(registry, imp
     assert device_names(registry) == []
 
 
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_cli_import_finds_a_files_delimiter_from_its_header(registry, import_cli, delimiter):
+    text = csv_text({"name": "dev-1", "token": "token-1", "model": "M1"}, {"name": "dev-2", "token": "token-2"})
+    result = import_cli(text.replace(",", delimiter))
+    assert result.exit_code == 0, result.output
+    assert device_names(registry) == ["dev-1", "dev-2"]
+    assert attribute(registry, "dev-1", AttributeScope.SHARED, "model") == "M1"
+
+
+def test_cli_import_with_the_wrong_delimiter_named_says_which_one_the_file_seems_to_use(registry, import_cli):
+    result = import_cli("NAME;ACCESS_TOKEN\ndev;token\n", "--delimiter", ",")
+    assert result.exit_code != 0 and len(result.stderr.splitlines()) == 1
+    assert "Unsupported column type 'NAME;ACCESS_TOKEN'" in result.stderr
+    assert "separated by ';' rather than ','? Name its delimiter with --delimiter ';'" in result.stderr
+    assert device_names(registry) == []
+
+
 def test_cli_progress_bar_length_is_the_number_of_rows(registry, import_cli, new_certificate, monkeypatch):
     bars = []
     real_progressbar = click.progressbar
