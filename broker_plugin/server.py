@@ -38,6 +38,7 @@ class BrokerSettings:
     provision_close_seconds: float = 60.0
     metrics_port: int | None = 9883  # Prometheus /metrics; 0: any free port, None: not served
     log_format: str = "text"
+    log_level: str = "INFO"
     retention: RetentionPolicy = RetentionPolicy()
     retention_interval_seconds: float = 3600.0
     telemetry_history: bool = True
@@ -129,7 +130,7 @@ def _stop_metrics(server) -> None:
 
 def run(settings: BrokerSettings) -> int:
     # Clients can make the broker log at will (refused logins, malformed packets): rate limited.
-    configure_logging(settings.log_format, rate_limit=RateLimit())
+    configure_logging(settings.log_format, settings.log_level, rate_limit=RateLimit())
     for noisy in ("amqtt", "transitions"):  # amqtt logs every connection at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -48,6 +48,7 @@ class CoapSettings:
     max_failed_logins: int = DEFAULT_MAX_FAILURES
     block_seconds: float = DEFAULT_BLOCK_SECONDS
     log_format: str = "text"
+    log_level: str = "INFO"
 
 
 class CoapStartError(Exception):
@@ -149,7 +150,7 @@ async def serve(settings: CoapSettings, announce=announce) -> None:
 
 
 def run(settings: CoapSettings) -> int:
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     logging.getLogger("coap-server").setLevel(logging.WARNING)  # aiocoap logs every exchange's hiccups
     try:
         asyncio.run(serve(settings))

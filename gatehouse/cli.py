@@ -18,6 +18,7 @@ from .credentials import AccessToken, MqttBasic, NewCredentials, X509Certificate
 from .data_dir import DEFAULT_DATA_DIR, DataDir
 from .device_activity import ACTIVE, LAST_ACTIVITY_TIME
 from .errors import GatehouseError, ValidationError
+from .logs import LOG_LEVELS
 from .models import AttributeScope, Device, DeviceCredentials, DeviceProfile, ProvisionType
 from .mqtt_transport import (
     DEFAULT_ATTRIBUTES_TOPIC,
@@ -551,8 +552,13 @@ telemetry_history_option = click.option(
          "history themselves from the gatehouse/devices/... feed).")
 
 
-log_format_option = click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
-                                 show_default=True, help="Logs on stderr: readable text, or one JSON object per line.")
+def log_format_option(func):
+    """--log-format and --log-level, for every long-running command."""
+    func = click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), default="INFO",
+                        show_default=True, help="The least severe log records written; where each component listens is "
+                             "printed on stdout at every level.")(func)
+    return click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                        help="Logs on stderr: readable text, or one JSON object per line.")(func)
 
 
 def _metrics_port_option(default: int, flag: str = "--metrics-port", what: str = "Prometheus /metrics"):
@@ -598,7 +604,7 @@ def _tls_options(func):
 @click.pass_context
 def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_logins, block_seconds,
            provision_close_seconds, connect_timeout, metrics_port, telemetry_retention_days, audit_retention_days,
-           retention_interval_seconds, telemetry_history, log_format) -> None:
+           retention_interval_seconds, telemetry_history, log_format, log_level) -> None:
     """Run the MQTT broker (plain and TLS listeners) until Ctrl-C or SIGTERM."""
     Registry.open(ctx.obj).close()  # a clear error now rather than a broker that cannot log anyone in
     from broker_plugin.server import (  # components load lazily: the domain imports none
@@ -610,7 +616,8 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
         data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port, tls_cert=tls_cert,
         tls_key=tls_key, max_failed_logins=max_failed_logins, block_seconds=block_seconds,
         provision_close_seconds=provision_close_seconds, connect_timeout=connect_timeout, metrics_port=metrics_port,
-        log_format=log_format, retention=RetentionPolicy(telemetry_retention_days, audit_retention_days),
+        log_format=log_format, log_level=log_level,
+        retention=RetentionPolicy(telemetry_retention_days, audit_retention_days),
         retention_interval_seconds=retention_interval_seconds, telemetry_history=telemetry_history)))
 
 
@@ -636,7 +643,7 @@ def broker(ctx, host, mqtt_port, mqtts_port, tls_cert, tls_key, max_failed_login
 @log_format_option
 @click.pass_context
 def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_seconds, ui_idle_minutes,
-            max_failed_logins, block_seconds, trusted_proxy, telemetry_history, log_format) -> None:
+            max_failed_logins, block_seconds, trusted_proxy, telemetry_history, log_format, log_level) -> None:
     """Run the HTTP device API, the admin REST API and the web UI (and Prometheus /metrics) until Ctrl-C or
     SIGTERM."""
     Registry.open(ctx.obj).close()
@@ -649,6 +656,7 @@ def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_
                                  broker_port=broker_port, threads=threads, rpc_expiry_seconds=rpc_expiry_seconds,
                                  ui_session_idle_seconds=ui_idle_minutes * 60, max_failed_logins=max_failed_logins,
                                  block_seconds=block_seconds, trusted_proxy=trusted_proxy, log_format=log_format,
+                                 log_level=log_level,
                                  telemetry_history=telemetry_history)))
 
 
@@ -669,7 +677,7 @@ def sidecar(ctx, host, http_port, broker_host, broker_port, threads, rpc_expiry_
 @log_format_option
 @click.pass_context
 def coap(ctx, host, coap_port, coaps_port, sidecar_url, sidecar_timeout, tls_cert, tls_key, max_failed_logins,
-         block_seconds, metrics_port, log_format) -> None:
+         block_seconds, metrics_port, log_format, log_level) -> None:
     """Run the CoAP bridge (ThingsBoard's CoAP device API, plain and over DTLS) until Ctrl-C or SIGTERM."""
     Registry.open(ctx.obj).close()
     from coap_bridge.server import (  # components load lazily: the domain imports none
@@ -680,7 +688,7 @@ def coap(ctx, host, coap_port, coaps_port, sidecar_url, sidecar_timeout, tls_cer
     ctx.exit(run(CoapSettings(data_dir=ctx.obj.resolve(), host=host, coap_port=coap_port, coaps_port=coaps_port,
                               sidecar_url=sidecar_url, sidecar_timeout=sidecar_timeout, tls_cert=tls_cert,
                               tls_key=tls_key, max_failed_logins=max_failed_logins, block_seconds=block_seconds,
-                              metrics_port=metrics_port, log_format=log_format)))
+                              metrics_port=metrics_port, log_format=log_format, log_level=log_level)))
 
 
 @main.command()
@@ -703,13 +711,13 @@ def coap(ctx, host, coap_port, coaps_port, sidecar_url, sidecar_timeout, tls_cer
 @click.pass_context
 def up(ctx, host, mqtt_port, mqtts_port, http_port, coap_port, coaps_port, tls_cert, tls_key, broker_metrics_port,
        coap_metrics_port, max_failed_logins, block_seconds, telemetry_retention_days, audit_retention_days,
-       telemetry_history, log_format) -> None:
+       telemetry_history, log_format, log_level) -> None:
     """Initialise if needed, then run and supervise every component until Ctrl-C or SIGTERM."""
     _initialise(ctx.obj)
     settings = Settings(data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port,
                         http_port=http_port, coap_port=coap_port, coaps_port=coaps_port,
                         tls_cert=tls_cert, tls_key=tls_key, broker_metrics_port=broker_metrics_port,
-                        coap_metrics_port=coap_metrics_port, log_format=log_format,
+                        coap_metrics_port=coap_metrics_port, log_format=log_format, log_level=log_level,
                         max_failed_logins=max_failed_logins, block_seconds=block_seconds,
                         telemetry_retention_days=telemetry_retention_days, audit_retention_days=audit_retention_days,
                         telemetry_history=telemetry_history)

@@ -16,6 +16,7 @@ import time
 from datetime import UTC, datetime
 
 FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # /api/v1/{token}/{feature}...: ThingsBoard's device API paths (HTTP, and CoAP through the bridge).
 _TOKEN_PATH = re.compile(r"^(/?api/v1/)(?!(?:telemetry|attributes|rpc|claim|provision)(?:/|$))[^/?]+")
@@ -70,7 +71,7 @@ class RateLimit(logging.Filter):
         return True
 
 
-def configure_logging(fmt: str = "text", level: int = logging.INFO, stream=None, *,
+def configure_logging(fmt: str = "text", level: int | str = logging.INFO, stream=None, *,
                       rate_limit: RateLimit | None = None) -> None:
     """Replace the root logger's handlers with one in format `fmt` ("text" or "json"), with
     `rate_limit` on it if given."""

@@ -38,6 +38,7 @@ class Settings:
     max_failed_logins: int = DEFAULT_MAX_FAILURES
     block_seconds: float = DEFAULT_BLOCK_SECONDS
     log_format: str = "text"
+    log_level: str = "INFO"
     telemetry_retention_days: float = TELEMETRY_RETENTION_DAYS
     audit_retention_days: float = AUDIT_RETENTION_DAYS
     telemetry_history: bool = True
@@ -57,7 +58,7 @@ def gatehouse_command(settings: Settings, *args: str) -> list[str]:
 def components(settings: Settings) -> list[Component]:
     """The components `gatehouse up` runs."""
     tls = ["--tls-cert", str(settings.tls_cert), "--tls-key", str(settings.tls_key)] if settings.tls_cert else []
-    logs = ["--log-format", settings.log_format]
+    logs = ["--log-format", settings.log_format, "--log-level", settings.log_level]
     limits = ["--max-failed-logins", str(settings.max_failed_logins), "--block-seconds", str(settings.block_seconds)]
     history = [] if settings.telemetry_history else ["--no-telemetry-history"]
     return [

@@ -56,6 +56,7 @@ class SidecarSettings:
     # from anyone else the header is dropped.
     trusted_proxy: str | None = None
     log_format: str = "text"
+    log_level: str = "INFO"
     telemetry_history: bool = True  # off: latest telemetry values only (Registry.keep_telemetry_history)
 
 

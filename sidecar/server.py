@@ -98,6 +98,6 @@ def serve(settings: SidecarSettings, announce=announce) -> int:
 
 
 def run(settings: SidecarSettings) -> int:
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, settings.log_level)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "task queue depth" under load
     return serve(settings)

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Collection
+from pathlib import Path
 
 import mqtt5
 import pytest
@@ -358,3 +359,25 @@ def test_rate_limit_holds_back_a_flood_from_one_call_site_and_says_how_much_it_h
     assert [line.split(": ", 1)[1] for line in lines] == [
         "refused 0", "refused 1", "refused 2", "another line",
         "refused 99 (47 more like this in 10 s were not logged)"]
+
+
+@pytest.mark.parametrize("level, info_logged", [("warning", False), ("INFO", True), ("DEBUG", True)])
+def test_log_level_leaves_out_less_severe_records_and_never_the_listening_lines(tmp_path, level, info_logged):
+    # A refused login is logged at INFO; where the broker listens is printed at every level
+    # (gatehouse up and the tests read the ports from it).
+    with module_broker(tmp_path, "--log-level", level, *NO_BLOCKING) as broker:
+        refused = connect(broker.mqtt_port, unique("nobody"), "no-such-token")
+        assert refused.return_code == 5
+        refused.close()
+        broker.stop()
+        text = broker.log_path.read_text()
+    assert "MQTT  listening on" in text
+    assert (" INFO " in text) is info_logged, text
+
+
+def test_every_component_of_up_gets_the_log_level():
+    from gatehouse.supervisor import Settings, components
+
+    for part in components(Settings(data_dir=Path("d"), log_level="WARNING")):
+        argv = list(part.argv)
+        assert argv[argv.index("--log-level") + 1] == "WARNING", part.name
