@@ -708,10 +708,13 @@ def coap(ctx, host, coap_port, coaps_port, sidecar_url, sidecar_timeout, tls_cer
 @_retention_options
 @telemetry_history_option
 @log_format_option
+@click.option("--restart", type=click.Choice(["no", "on-failure"]), default="no", show_default=True,
+              help="on-failure: a component that stops is started again (after 1 s, doubling up to 30 s while "
+                   "it keeps stopping) and the others keep running; no: everything stops with it.")
 @click.pass_context
 def up(ctx, host, mqtt_port, mqtts_port, http_port, coap_port, coaps_port, tls_cert, tls_key, broker_metrics_port,
        coap_metrics_port, max_failed_logins, block_seconds, telemetry_retention_days, audit_retention_days,
-       telemetry_history, log_format, log_level) -> None:
+       telemetry_history, log_format, log_level, restart) -> None:
     """Initialise if needed, then run and supervise every component until Ctrl-C or SIGTERM."""
     _initialise(ctx.obj)
     settings = Settings(data_dir=ctx.obj.resolve(), host=host, mqtt_port=mqtt_port, mqtts_port=mqtts_port,
@@ -727,4 +730,5 @@ def up(ctx, host, mqtt_port, mqtts_port, http_port, coap_port, coaps_port, tls_c
         return
     with Registry.open(ctx.obj) as registry:
         has_admins = registry.has_admins()
-    ctx.exit(supervise(parts, then=first_steps(settings, has_admins=has_admins)))
+    ctx.exit(supervise(parts, then=first_steps(settings, has_admins=has_admins),
+                       restart_on_failure=restart == "on-failure"))

@@ -123,9 +123,11 @@ def _describe_exit(code: int) -> str:
 
 
 def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print,
-              grace_seconds: float = STOP_GRACE_SECONDS, then: Sequence[str] = ()) -> int:
+              grace_seconds: float = STOP_GRACE_SECONDS, then: Sequence[str] = (),
+              restart_on_failure: bool = False) -> int:
     """Run `parts` until SIGINT/SIGTERM (exit status 0) or until one of them stops (1); `then`
-    is said once they have all been started."""
+    is said once they have all been started. With `restart_on_failure`, a component that stops
+    is started again after a back-off (Restarts) and the others keep running."""
     stop_requested = []
 
     def request_stop(signum, _frame):
@@ -133,23 +135,35 @@ def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print,
 
     previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     running: dict[str, subprocess.Popen] = {}
+    restarts = Restarts()
+    by_name = {part.name: part for part in parts}
     status = 0
+
+    def start(part: Component) -> None:
+        # Own process group: a terminal Ctrl-C reaches only the supervisor, which then
+        # stops the children in order instead of all of them racing to exit.
+        running[part.name] = subprocess.Popen(part.argv, start_new_session=True)
+        restarts.started(part.name)
+        say(f"{part.name}: {part.listens_on} (pid {running[part.name].pid})")
+
     try:
         for part in parts:
-            # Own process group: a terminal Ctrl-C reaches only the supervisor, which then
-            # stops the children in order instead of all of them racing to exit.
-            running[part.name] = subprocess.Popen(part.argv, start_new_session=True)
-            say(f"{part.name}: {part.listens_on} (pid {running[part.name].pid})")
+            start(part)
         for line in then:
             say(line)
         while not stop_requested:
             failed = next(((name, p.returncode) for name, p in running.items() if p.poll() is not None), None)
             if failed is not None:
                 name, code = failed
-                say(f"{name} {_describe_exit(code)}; stopping the other components")
                 del running[name]
-                status = 1
-                break
+                if not restart_on_failure:
+                    say(f"{name} {_describe_exit(code)}; stopping the other components")
+                    status = 1
+                    break
+                delay = restarts.stopped(name)
+                say(f"{name} {_describe_exit(code)}; starting it again in {delay:g} s")
+            for name in restarts.due():
+                start(by_name[name])
             time.sleep(POLL_SECONDS)
         else:
             say(f"received {signal.Signals(stop_requested[0]).name}; stopping")
@@ -158,6 +172,36 @@ def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print,
         for s, handler in previous.items():
             signal.signal(s, handler)
     return status
+
+
+class Restarts:
+    """When to start a stopped component again: after 1 s, doubling up to 30 s while it keeps
+    stopping, and from 1 s again once it has run STABLE_SECONDS."""
+
+    FIRST_DELAY, MAX_DELAY, STABLE_SECONDS = 1.0, 30.0, 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._started: dict[str, float] = {}
+        self._delay: dict[str, float] = {}
+        self._due: dict[str, float] = {}
+
+    def started(self, name: str) -> None:
+        self._started[name] = self._clock()
+        self._due.pop(name, None)
+
+    def stopped(self, name: str) -> float:
+        """The delay before `name`, which just stopped, is started again."""
+        ran = self._clock() - self._started.get(name, self._clock())
+        delay = self.FIRST_DELAY if ran >= self.STABLE_SECONDS or name not in self._delay \
+            else min(self.MAX_DELAY, 2 * self._delay[name])
+        self._delay[name] = delay
+        self._due[name] = self._clock() + delay
+        return delay
+
+    def due(self) -> list[str]:
+        now = self._clock()
+        return [name for name, at in self._due.items() if at <= now]
 
 
 def _stop_all(running: dict[str, subprocess.Popen], say: Callable[[str], None], grace_seconds: float) -> None:

@@ -11,9 +11,10 @@ import urllib.request
 
 import pytest
 
-from gatehouse.supervisor import Component, Settings, first_steps, supervise
+from gatehouse.supervisor import Component, Restarts, Settings, first_steps, supervise
 
 from .conftest import free_port
+from .mqtt_client import connect as mqtt_connect
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 STUBBORN = [sys.executable, "-c",
@@ -69,6 +70,55 @@ def test_sigterm_stops_every_component_and_exits_cleanly(tmp_path):
     assert not any(_alive(pid) for pid in _pids(lines))
 
 
+def test_with_restart_on_failure_a_component_that_dies_is_started_again_and_the_others_keep_running(tmp_path):
+    # "flaky" exits with status 3 twice, then stays up; "steady" must never be restarted.
+    count = tmp_path / "starts"
+    flaky = [sys.executable, "-c", f"import pathlib, sys, time; p = pathlib.Path({str(count)!r}); "
+             "n = int(p.read_text()) if p.exists() else 0; p.write_text(str(n + 1)); "
+             "sys.exit(3) if n < 2 else time.sleep(120)"]
+    script = textwrap.dedent(f"""
+        import sys
+        from gatehouse.supervisor import Component, supervise
+        parts = [Component("steady", {SLEEPER!r}, "port 1"), Component("flaky", {flaky!r}, "port 2")]
+        sys.exit(supervise(parts, say=lambda line: print(line, flush=True), restart_on_failure=True))
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        while sum(line.startswith("flaky: port 2 (pid ") for line in lines) < 3:
+            line = proc.stdout.readline()
+            assert line, "the supervisor ended:\n" + "".join(lines)
+            lines.append(line)
+        time.sleep(0.5)
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+    said = [line.strip() for line in lines]
+    assert said.count("flaky exited with status 3; starting it again in 1 s") == 1, said
+    assert said.count("flaky exited with status 3; starting it again in 2 s") == 1, said
+    assert sum(line.startswith("steady: ") for line in said) == 1
+    assert proc.returncode == 0 and "received SIGTERM; stopping" in rest
+    assert not any(_alive(pid) for pid in _pids(said))
+
+
+def test_restart_back_off_doubles_to_30_s_and_starts_over_after_a_stable_run():
+    now = [0.0]
+    restarts = Restarts(clock=lambda: now[0])
+    delays = []
+    for _ in range(7):
+        restarts.started("broker")
+        now[0] += 1
+        delays.append(restarts.stopped("broker"))
+        assert restarts.due() == []
+        now[0] += delays[-1]
+        assert restarts.due() == ["broker"]
+    assert delays == [1, 2, 4, 8, 16, 30, 30]
+    restarts.started("broker")
+    now[0] += Restarts.STABLE_SECONDS
+    assert restarts.stopped("broker") == 1
+
+
 def test_a_component_ignoring_sigterm_is_killed_after_the_grace_period():
     said = []
     started = time.monotonic()
@@ -122,6 +172,43 @@ def test_up_runs_the_whole_system_and_stops_it_on_sigterm(tmp_path):
         print("".join(lines) + rest)  # shown if the test fails
     assert proc.returncode == 0, rest
     assert "received SIGTERM; stopping" in rest
+    assert not any(_alive(pid) for pid in _pids([line.strip() for line in lines]))
+
+
+def test_up_with_restart_on_failure_brings_a_killed_broker_back_and_keeps_the_others(tmp_path):
+    mqtt_port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gatehouse", "--data-dir", str(tmp_path / "d"), "up",
+                             "--restart", "on-failure", "--host", "127.0.0.1", "--mqtt-port", str(mqtt_port),
+                             "--mqtts-port", "0", "--http-port", str(free_port()), "--coap-port", "0",
+                             "--coaps-port", "0", "--broker-metrics-port", "0", "--coap-metrics-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+
+    def read_until(done) -> None:
+        while not done():
+            line = proc.stdout.readline()
+            assert line, "gatehouse up ended early:\n" + "".join(lines)
+            lines.append(line)
+
+    try:
+        read_until(lambda: sum(line.startswith("MQTT  listening on") for line in lines) == 1
+                   and any(line.startswith("coap: ") for line in lines))
+        started = [line.strip() for line in lines if "(pid " in line]
+        first = {line.split(":", 1)[0]: pid for line, pid in zip(started, _pids(started), strict=True)}
+        os.kill(first["broker"], signal.SIGKILL)
+        read_until(lambda: sum(line.startswith("MQTT  listening on") for line in lines) == 2)
+        assert "broker killed by SIGKILL; starting it again in 1 s\n" in lines
+        refused = mqtt_connect(mqtt_port, "after-restart", "no-such-token")  # the broker answers again
+        assert refused.return_code == 5
+        refused.close()
+        assert sum(line.startswith("sidecar: ") for line in lines) == 1 and _alive(first["sidecar"])
+        assert sum(line.startswith("coap: ") for line in lines) == 1 and _alive(first["coap"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+        print("".join(lines) + rest)
+    assert proc.returncode == 0
     assert not any(_alive(pid) for pid in _pids([line.strip() for line in lines]))
 
 
