@@ -7,8 +7,9 @@ BIN    := $(VENV)/bin
 # a virtual environment of its own; tests run its unchanged client code there.
 SDK_VENV := .venv-sdk
 # Real clients the tests drive, from Debian (chromium: the web UI's browser tests, via Playwright;
-# iproute2: ss, which reads a listening socket's backlog).
-DEBIAN_TEST_PACKAGES := mosquitto-clients libcoap3-bin chromium iproute2
+# iproute2: ss, which reads a listening socket's backlog; systemd: systemd-analyze, which checks
+# the units in deploy/).
+DEBIAN_TEST_PACKAGES := mosquitto-clients libcoap3-bin chromium iproute2 systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: up test bench soak clean debian-test-packages
