@@ -25,7 +25,7 @@ from .registry import DeviceUpsert, Registry
 BATCH_SIZE = 2000  # rows per transaction while the import is the only writer
 # While other connections write too (the broker's telemetry), an import gives way: it holds
 # SQLite's one write lock for at most SHARED_LOCK_SECONDS at a time and SHARED_LOCK_SHARE of
-# the time. Devices' messages wait for the lock, not the other way round: bench/soak.py.
+# the time, so that devices' messages never wait long for it (bench/soak.py --only import).
 SHARED_LOCK_SECONDS = 0.01
 SHARED_LOCK_SHARE = 0.25
 QUIET_SECONDS = 1.0
