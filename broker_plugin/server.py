@@ -15,6 +15,7 @@ from amqtt.errors import BrokerError
 from gatehouse.data_dir import DataDir
 from gatehouse.logs import RateLimit, announce, configure_logging
 from gatehouse.metrics import serve_metrics
+from gatehouse.readiness import notify_ready
 from gatehouse.retention import RetentionPolicy
 
 from .hardened_broker import HardenedBroker
@@ -110,6 +111,7 @@ async def serve(settings: BrokerSettings, announce=announce) -> None:
         raise
     announce(f"MQTT  listening on {settings.host}:{broker.listening_port('default')}")
     announce(f"MQTTS listening on {settings.host}:{broker.listening_port('tls')}")
+    notify_ready()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -23,6 +23,7 @@ from gatehouse.login_limiter import (
 from gatehouse.logs import announce, configure_logging
 from gatehouse.metrics import export_blocked_addresses, serve_metrics
 from gatehouse.pki import DevelopmentPki
+from gatehouse.readiness import notify_ready
 from gatehouse.registry import Registry
 
 from .dtls import add_dtls_listener
@@ -133,6 +134,7 @@ async def serve(settings: CoapSettings, announce=announce) -> None:
         context, site, port = await start(settings, api)
         announce(f"COAP  listening on {settings.host}:{port}")
         await add_secure_listeners(context, settings, announce)
+        notify_ready()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

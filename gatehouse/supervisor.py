@@ -2,19 +2,24 @@
 
 Each component is a `gatehouse` sub-command in a child process, so a crash in one cannot take
 the others' state with it, and each can also be run alone. If one dies, the supervisor says which
-and how, and stops the rest: a half-running system is worse than a stopped one.
+and how, and stops the rest: a half-running system is worse than a stopped one. Each child says
+when all its listeners are open (gatehouse.readiness, systemd's notify protocol); what to do next
+is said only once every one of them has.
 """
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES
+from .readiness import NOTIFY_SOCKET, ReadinessSocket
 from .retention import AUDIT_RETENTION_DAYS, TELEMETRY_RETENTION_DAYS
 
 STOP_GRACE_SECONDS = 10.0
@@ -126,8 +131,10 @@ def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print,
               grace_seconds: float = STOP_GRACE_SECONDS, then: Sequence[str] = (),
               restart_on_failure: bool = False) -> int:
     """Run `parts` until SIGINT/SIGTERM (exit status 0) or until one of them stops (1); `then`
-    is said once they have all been started. With `restart_on_failure`, a component that stops
-    is started again after a back-off (Restarts) and the others keep running."""
+    is said once they have all said they are ready. With `restart_on_failure`, a component that
+    fails (a nonzero status or a signal) is started again after a back-off (Restarts) and the
+    others keep running; one that exits cleanly still stops them all, as systemd's on-failure
+    leaves a clean exit alone."""
     stop_requested = []
 
     def request_stop(signum, _frame):
@@ -137,26 +144,40 @@ def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print,
     running: dict[str, subprocess.Popen] = {}
     restarts = Restarts()
     by_name = {part.name: part for part in parts}
+    sockets_dir = tempfile.mkdtemp(prefix="gatehouse-up-")
+    readiness = {part.name: ReadinessSocket(os.path.join(sockets_dir, f"{index}.notify"))
+                 for index, part in enumerate(parts)}
+    waiting_for = set(by_name)  # not yet ready since it was last started
+    said_then = False
     status = 0
 
     def start(part: Component) -> None:
         # Own process group: a terminal Ctrl-C reaches only the supervisor, which then
         # stops the children in order instead of all of them racing to exit.
-        running[part.name] = subprocess.Popen(part.argv, start_new_session=True)
+        readiness[part.name].said_ready()  # drop what an earlier run said before it died
+        env = {**os.environ, NOTIFY_SOCKET: readiness[part.name].path}
+        running[part.name] = subprocess.Popen(part.argv, start_new_session=True, env=env)
         restarts.started(part.name)
+        waiting_for.add(part.name)
         say(f"{part.name}: {part.listens_on} (pid {running[part.name].pid})")
 
     try:
         for part in parts:
             start(part)
-        for line in then:
-            say(line)
         while not stop_requested:
+            for name in [name for name in waiting_for if name in running and readiness[name].said_ready()]:
+                waiting_for.discard(name)
+                if said_then:
+                    say(f"{name} is ready again")
+            if not said_then and not waiting_for:
+                said_then = True
+                for line in then:
+                    say(line)
             failed = next(((name, p.returncode) for name, p in running.items() if p.poll() is not None), None)
             if failed is not None:
                 name, code = failed
                 del running[name]
-                if not restart_on_failure:
+                if not restart_on_failure or code == 0:
                     say(f"{name} {_describe_exit(code)}; stopping the other components")
                     status = 1
                     break
@@ -171,6 +192,9 @@ def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print,
         _stop_all(running, say, grace_seconds)
         for s, handler in previous.items():
             signal.signal(s, handler)
+        for sock in readiness.values():
+            sock.close()
+        os.rmdir(sockets_dir)
     return status
 
 

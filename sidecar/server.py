@@ -10,6 +10,7 @@ import threading
 import waitress
 
 from gatehouse.logs import announce, configure_logging
+from gatehouse.readiness import notify_ready
 from gatehouse.registry import Registry
 from gatehouse.store import now_ms
 
@@ -83,6 +84,7 @@ def serve(settings: SidecarSettings, announce=announce) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)
     announce(f"HTTP  listening on {settings.host}:{server.effective_port}")
+    notify_ready()  # the socket is bound: connections wait in its backlog until run() accepts them
     try:
         server.run()
     except OSError:

@@ -102,6 +102,54 @@ def test_with_restart_on_failure_a_component_that_dies_is_started_again_and_the_
     assert not any(_alive(pid) for pid in _pids(said))
 
 
+def test_with_restart_on_failure_a_clean_exit_is_not_restarted_and_stops_the_others():
+    said = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        assert "starting it again" not in line, said  # ends supervise() rather than restarting forever
+
+    status = supervise([Component("steady", SLEEPER, "nowhere"),
+                        Component("done", [sys.executable, "-c", "pass"], "nowhere")],
+                       say=say, restart_on_failure=True)
+    assert status == 1
+    assert "done exited with status 0; stopping the other components" in said
+    assert sum(line.startswith("done: ") for line in said) == 1
+    assert not any(_alive(pid) for pid in _pids(said))
+
+
+def _says_ready_after(seconds: float, marker) -> list[str]:
+    """A component that opens "its listeners" after `seconds`, notes it in `marker`, says READY=1."""
+    return [sys.executable, "-c", f"import pathlib, time; time.sleep({seconds}); "
+            f"pathlib.Path({str(marker)!r}).write_text('ready'); "
+            "from gatehouse.readiness import notify_ready; assert notify_ready(); time.sleep(120)"]
+
+
+def test_what_to_do_next_is_said_only_once_every_component_said_it_is_ready(tmp_path):
+    markers = [tmp_path / "fast", tmp_path / "slow"]
+    said = []
+
+    def say(line: str) -> None:
+        if line == "next":  # every component must have opened its listeners by now
+            said.append(("ready when said", [marker.exists() for marker in markers]))
+            raise KeyboardInterrupt  # ends supervise(), which stops the components
+        said.append(line)
+
+    with pytest.raises(KeyboardInterrupt):
+        supervise([Component("fast", _says_ready_after(0, markers[0]), "nowhere"),
+                   Component("slow", _says_ready_after(1.5, markers[1]), "nowhere")], say=say, then=["next"])
+    assert said[-1] == ("ready when said", [True, True]), said
+    assert not any(_alive(pid) for pid in _pids(said[:-1]))
+
+
+def test_what_to_do_next_is_never_said_while_a_component_has_not_said_it_is_ready(tmp_path):
+    said = []
+    silent_then_gone = [sys.executable, "-c", "import time; time.sleep(2)"]
+    assert supervise([Component("ready", _says_ready_after(0, tmp_path / "m"), "nowhere"),
+                      Component("silent", silent_then_gone, "nowhere")], say=said.append, then=["next"]) == 1
+    assert (tmp_path / "m").exists() and "next" not in said, said
+
+
 def test_restart_back_off_doubles_to_30_s_and_starts_over_after_a_stable_run():
     now = [0.0]
     restarts = Restarts(clock=lambda: now[0])
@@ -146,11 +194,14 @@ def test_up_runs_the_whole_system_and_stops_it_on_sigterm(tmp_path):
         lines = []
         ready = ("MQTTS listening on", "HTTP  listening on", "COAP  listening on")
         # Each process prints its own lines: the sidecar may log its broker link before it prints where it listens.
-        while not (all(any(line.startswith(start) for line in lines) for start in ready)
+        while not (any(line.startswith("devices: ") for line in lines)  # the last of what to do next
                    and any("connected to the broker" in line for line in lines)):
             line = proc.stdout.readline()
             assert line, "gatehouse up ended early:\n" + "".join(lines)
             lines.append(line)
+        # What to do next comes once everything listens, not lost among the components' start-up lines.
+        web_ui = next(i for i, line in enumerate(lines) if line.startswith("web UI: "))
+        assert all(any(line.startswith(start) for line in lines[:web_ui]) for start in ready), lines
         assert (data_dir / "gatehouse.db").exists() and (data_dir / "pki" / "ca.pem").exists()
         assert any(line.startswith("broker: ") for line in lines) and any(line.startswith("sidecar: ") for line in lines)
         http_port = next(int(line.rsplit(":", 1)[1]) for line in lines if line.startswith("HTTP  listening on"))
