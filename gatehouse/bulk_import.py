@@ -288,12 +288,12 @@ def _row_upsert(cells: list[str], mapping: BulkImportMapping) -> DeviceUpsert:
     if len(cells) != len(mapping.columns):
         raise ValidationError(f"expected {len(mapping.columns)} columns, found {len(cells)}")
     fields: dict[ColumnType, str] = {}
-    keyed: dict[ColumnType, dict[str, str]] = {t: {} for t in _KEYED}
+    keyed: dict[ColumnType, dict[str, str]] = {}  # only the types that have values: most rows have none
     for column, cell in zip(mapping.columns, cells, strict=True):
         value = cell.strip()
         if column.type in _KEYED:
             if value:
-                keyed[column.type][column.key] = value
+                keyed.setdefault(column.type, {})[column.key] = value
         else:
             fields[column.type] = value
     additional_info = {}
@@ -307,9 +307,9 @@ def _row_upsert(cells: list[str], mapping: BulkImportMapping) -> DeviceUpsert:
         label=fields.get(ColumnType.LABEL) or None,
         additional_info=additional_info,
         credentials=_row_credentials(fields),
-        attributes={AttributeScope.SHARED: _typed(keyed[ColumnType.SHARED_ATTRIBUTE]),
-                    AttributeScope.SERVER: _typed(keyed[ColumnType.SERVER_ATTRIBUTE])},
-        telemetry=_typed(keyed[ColumnType.TIMESERIES]),
+        attributes={AttributeScope.SHARED: _typed(keyed.get(ColumnType.SHARED_ATTRIBUTE)),
+                    AttributeScope.SERVER: _typed(keyed.get(ColumnType.SERVER_ATTRIBUTE))},
+        telemetry=_typed(keyed.get(ColumnType.TIMESERIES)),
         write_data_of_existing=mapping.update,
     )
 
@@ -328,7 +328,7 @@ def _row_credentials(fields: dict[ColumnType, str]) -> NewCredentials | None:
     return None
 
 
-def _typed(values: dict[str, str]):
+def _typed(values: dict[str, str] | None):
     if not values:
         return ()
     # Cells are text; ThingsBoard's type cast makes "42" a LONG and "true" a BOOLEAN.

@@ -13,6 +13,7 @@ import re
 import secrets
 import string
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 from . import certificates
@@ -98,7 +99,7 @@ class MqttBasic:
         _reject_control_chars(self.user_name, "MQTT user name")
         _reject_control_chars(self.password, "MQTT password")
 
-    @property
+    @cached_property  # a SHA3 hash, asked for several times per save
     def credentials_id(self) -> str:
         if not self.client_id:
             return self.user_name  # plain text, shares the namespace with access tokens
@@ -144,7 +145,7 @@ class X509Certificate:
         except certificates.CertificateError as e:
             raise CredentialsError(str(e)) from None
 
-    @property
+    @cached_property  # a SHA3 hash, asked for several times per save
     def credentials_id(self) -> str:
         return sha3_hash(self.body)
 

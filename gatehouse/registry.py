@@ -200,6 +200,10 @@ def _device_data_rows(items: Iterable[DeviceData]) -> DeviceDataRows:
     return DeviceDataRows(telemetry, attributes, deleted)
 
 
+def _info_json(additional_info: dict | None) -> str:
+    return json.dumps(additional_info) if additional_info else "{}"  # most devices have none: no encoder
+
+
 @dataclass
 class PreparedUpsert:
     """A DeviceUpsert with its rows as a new device (Registry.prepare_upserts), or the error
@@ -457,7 +461,7 @@ class Registry:
         try:
             self.store.insert_device({
                 "id": device_id, "created_time": now_ms(), "name": _device_name(name), "profile_id": profile_id,
-                "label": label, "additional_info": json.dumps(additional_info or {}),
+                "label": label, "additional_info": _info_json(additional_info),
             })
             credentials_id = new_id()
             self.store.insert_credentials({
@@ -494,7 +498,7 @@ class Registry:
                 try:
                     self.store.update_device(device_id, {
                         "name": _device_name(name), "profile_id": profile_row["id"], "label": label,
-                        "additional_info": json.dumps(additional_info or {})})
+                        "additional_info": _info_json(additional_info)})
                 except IntegrityError as e:
                     raise _integrity_error(e) from None
                 if credentials is not None:
@@ -563,7 +567,7 @@ class Registry:
         """The device and credentials rows of `item` as a new device (profile_id still unset)."""
         device_id, credentials_id = new_id(), new_id()
         device = {"id": device_id, "created_time": ts, "name": _device_name(item.name), "profile_id": None,
-                  "label": item.label, "additional_info": json.dumps(item.additional_info or {})}
+                  "label": item.label, "additional_info": _info_json(item.additional_info)}
         credentials = {"id": credentials_id, "created_time": ts, "device_id": device_id,
                        **self._credentials_columns(credentials_id,
                                                    item.credentials or AccessToken(generate_secret()))}
