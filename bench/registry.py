@@ -180,7 +180,7 @@ def write_csv(path: Path, rows: list[list[str]]) -> None:
 
 
 def baseline_database(path: Path) -> sqlite3.Connection:
-    """The same connection settings as gatehouse.store.Store: WAL, synchronous NORMAL."""
+    """The same connection settings as gatehouse.storage.SqliteStore: WAL, synchronous NORMAL."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -347,11 +347,11 @@ def run(args, temp_root: Path) -> list[Line]:
 
         measurements = [
             ("MQTT login, access token", "login(client_id, token, None)",
-             lambda key: registry.login(key[0], key[1], None).accepted, token_keys),
+             lambda key: registry.mqtt_login(key[0], key[1], None).accepted, token_keys),
             ("MQTT login, basic (client id + user + password)", "login(client_id, user, password)",
-             lambda key: registry.login(*key).accepted, basic_keys),
+             lambda key: registry.mqtt_login(*key).accepted, basic_keys),
             ("MQTT login, X.509 certificate", "login(client_id, None, None, cert_der=...)",
-             lambda key: registry.login(key[0], None, None, cert_der=key[1]).accepted, x509_keys),
+             lambda key: registry.mqtt_login(key[0], None, None, cert_der=key[1]).accepted, x509_keys),
             ("HTTP/CoAP token_login", "token_login(token)",
              lambda key: registry.token_login(key[1]) is not None, token_keys),
         ]

@@ -34,9 +34,9 @@ import results  # bench/results.py, beside this file
 from machine import cpu_model, usable_cores  # bench/machine.py, beside this file
 from soak import acknowledged_latencies, describe_latencies, percentile_ms  # bench/soak.py
 
+from gatehouse.clock import now_ms
 from gatehouse.payloads import parse_telemetry
 from gatehouse.registry import Registry
-from gatehouse.store import now_ms
 from tests import async_mqtt
 from tests.conftest import start_broker
 from tests.devices import token_devices

@@ -36,6 +36,7 @@ from gatehouse.application_namespace import (
     rpc_request_message,
     telemetry_message,
 )
+from gatehouse.clock import now_ms, utc_text
 from gatehouse.device_activity import ActivityTracker
 from gatehouse.login import PROVISION_LOGIN, LoginOutcome
 from gatehouse.login_limiter import (
@@ -60,7 +61,7 @@ from gatehouse.provisioning import (
     ProvisionRequestError,
     ProvisionStatus,
 )
-from gatehouse.registry import DeviceData, Registry
+from gatehouse.registry import DeviceDataWrite, Registry
 from gatehouse.retention import (
     AUDIT_RETENTION_DAYS,
     BATCH_PAUSE_SECONDS,
@@ -70,7 +71,6 @@ from gatehouse.retention import (
     RetentionPolicy,
     lease_holder,
 )
-from gatehouse.store import now_ms, utc_text
 
 from .interfaces import (
     CLIENT_ID_GENERATED,
@@ -219,9 +219,9 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         client_id = "" if session.attributes.get(CLIENT_ID_GENERATED) else session.client_id
         # Logins only read, on the event loop's own connection; an unknown certificate may have
         # to provision its device (a write), and that goes to the database thread.
-        result = self.worker.reader.login(client_id, session.username, session.password, cert_der, provision=False)
+        result = self.worker.reader.mqtt_login(client_id, session.username, session.password, cert_der, provision=False)
         if cert_der is not None and result.outcome is LoginOutcome.NOT_AUTHORIZED:
-            result = await self.worker.call(Registry.login, client_id, session.username, session.password, cert_der)
+            result = await self.worker.call(Registry.mqtt_login, client_id, session.username, session.password, cert_der)
         _logins(m.login_credentials_type(result, session.username, cert_der is not None), m.login_outcome(result)).inc()
         if result.provisioning is not None:
             _provisioning(m.provision_strategy(result.provisioning), result.provisioning.status.value).inc()
@@ -400,13 +400,13 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                 return self._invalid_payload(session, topic, records)
             stamp = now_ms()  # one server time for the stored and the republished copy
             records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
-            await self.worker.write(DeviceData(device.id, telemetry=tuple(records)))
+            await self.worker.write(DeviceDataWrite(device.id, telemetry=tuple(records)))
             await self._republish(device_topic(device.id, "telemetry"), telemetry_message(records), properties)
         elif action is DeviceAction.ATTRIBUTES:
             entries = parse_attributes(payload, max_bytes=self.config.max_payload_size)
             if isinstance(entries, PayloadError):
                 return self._invalid_payload(session, topic, entries)
-            await self.worker.write(DeviceData(device.id, attributes=entries))
+            await self.worker.write(DeviceDataWrite(device.id, attributes=entries))
             await self._republish(device_topic(device.id, "attributes"), attributes_message(entries), properties)
         elif action is DeviceAction.ATTRIBUTE_REQUEST:
             request = parse_attribute_request(payload)
@@ -529,7 +529,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
         try:
             if isinstance(deleted, list) and all(isinstance(k, str) for k in deleted):
                 if store:
-                    await self.worker.write(DeviceData(device_id, deleted=tuple(deleted), scope=AttributeScope.SHARED))
+                    await self.worker.write(DeviceDataWrite(device_id, deleted=tuple(deleted), scope=AttributeScope.SHARED))
                 update = {"deleted": deleted}
             else:
                 entries = parse_attributes(payload)
@@ -537,7 +537,7 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
                     log.info("shared attributes for %s ignored: %s", device_id, entries.message)
                     return None
                 if store:
-                    await self.worker.write(DeviceData(device_id, attributes=entries, scope=AttributeScope.SHARED))
+                    await self.worker.write(DeviceDataWrite(device_id, attributes=entries, scope=AttributeScope.SHARED))
                 update = attributes_message(entries)
         except Exception as e:  # an unknown device id, most likely
             log.info("shared attributes for %s not stored: %s", device_id, e)

@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
-from gatehouse.registry import DeviceData, Registry
-from gatehouse.store import DatabaseBusy
+from gatehouse.registry import DeviceDataWrite, Registry
+from gatehouse.storage import StoreBusy
 
 T = TypeVar("T")
 GROUP_COMMIT_MAX = 1000
@@ -36,7 +36,7 @@ class RegistryWorker:
         self._registry: Registry | None = None
         self.reader: Registry | None = None  # read-only use from the event loop
         self._loop_writer: Registry | None = None  # short writes from the event loop, never waiting
-        self._writes: asyncio.Queue[tuple[DeviceData, asyncio.Future]] = asyncio.Queue()
+        self._writes: asyncio.Queue[tuple[DeviceDataWrite, asyncio.Future]] = asyncio.Queue()
         self._writer_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -47,7 +47,7 @@ class RegistryWorker:
         # less than the hop to the database thread and back through a busy loop.
         self.reader = Registry.open(self._data_dir)
         self._loop_writer = self._open()
-        self._loop_writer.store.never_wait()
+        self._loop_writer.never_wait()
         self._writer_task = asyncio.create_task(self._group_commit_loop(), name="gatehouse-group-commit")
 
     async def close(self) -> None:
@@ -70,14 +70,14 @@ class RegistryWorker:
         if the database's write lock is free, else on the database thread."""
         try:
             return fn(self._loop_writer, *args, **kwargs)
-        except DatabaseBusy:  # raised by BEGIN IMMEDIATE: nothing was done
+        except StoreBusy:  # raised by BEGIN IMMEDIATE: nothing was done
             return await self.call(fn, *args, **kwargs)
 
     async def checkpoint(self) -> None:
         """What the event loop's connection leaves to others (see call_write)."""
         await self.call(Registry.checkpoint)
 
-    async def write(self, data: DeviceData) -> None:
+    async def write(self, data: DeviceDataWrite) -> None:
         """Store `data` in the next group commit; returns once it is committed, raises if it
         could not be stored."""
         done = asyncio.get_running_loop().create_future()

@@ -14,6 +14,7 @@ import click
 
 from . import certificates, pki, retention
 from .bulk_import import BulkImportMapping, header_delimiter, import_rows, parse_rows, read_header
+from .clock import now_ms, timestamp_text, utc_text
 from .credentials import AccessToken, MqttBasic, NewCredentials, X509Certificate
 from .data_dir import DEFAULT_DATA_DIR, DataDir
 from .device_activity import ACTIVE, LAST_ACTIVITY_TIME
@@ -28,7 +29,6 @@ from .mqtt_transport import (
 from .registry import HISTORY_LIMIT, Registry
 from .retention import AUDIT_RETENTION_DAYS, TELEMETRY_RETENTION_DAYS, Prunable, RetentionPolicy
 from .server_key import ServerKeyError
-from .store import now_ms, timestamp_text, utc_text
 from .supervisor import Settings, components, first_steps, supervise
 
 STRATEGIES = {

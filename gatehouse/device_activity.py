@@ -22,8 +22,8 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 
+from .clock import now_ms
 from .payloads import KvEntry, ValueKind
-from .store import now_ms
 
 ACTIVE = "active"
 LAST_CONNECT_TIME = "lastConnectTime"

@@ -26,8 +26,8 @@ from gatehouse.application_namespace import (
     event_message,
     rpc_request_message,
 )
+from gatehouse.clock import now_ms
 from gatehouse.payloads import json_bytes
-from gatehouse.store import now_ms
 
 from .mailboxes import DeviceMailboxes
 

@@ -20,7 +20,7 @@ from gatehouse.login_limiter import (
 )
 from gatehouse.models import AttributeScope, Device
 from gatehouse.payloads import KvEntry
-from gatehouse.registry import DeviceData, Registry
+from gatehouse.registry import DeviceDataWrite, Registry
 from gatehouse.token_logins import TokenLogins
 
 from .broker_link import BrokerLink
@@ -132,7 +132,7 @@ class Sidecar:
             return self.writer.call(fn, *args, **kwargs)
         return fn(self.registry, *args, **kwargs)
 
-    def store_device_data(self, data: DeviceData, topic: str, message) -> None:
+    def store_device_data(self, data: DeviceDataWrite, topic: str, message) -> None:
         """Store a device's telemetry or attributes, then publish `message` on its application
         topic `topic` ("telemetry", "attributes"). The writer publishes once it has committed:
         a request then hands its work to one other thread, not two."""

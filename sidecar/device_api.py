@@ -41,6 +41,7 @@ from gatehouse.application_namespace import (
     rpc_request_message,
     telemetry_message,
 )
+from gatehouse.clock import now_ms
 from gatehouse.errors import NotFoundError
 from gatehouse.login_limiter import LoginLimiter, whole_seconds
 from gatehouse.models import Device
@@ -58,8 +59,7 @@ from gatehouse.provisioning import (
     ProvisionRequestError,
     ProvisionStatus,
 )
-from gatehouse.registry import DeviceData, Registry
-from gatehouse.store import now_ms
+from gatehouse.registry import DeviceDataWrite, Registry
 
 from . import metrics
 from .bridge_account import from_the_bridge
@@ -203,7 +203,7 @@ def _device_route(method: str, rule: str) -> Callable:
     return register
 
 
-def _store(data: DeviceData, topic: str, message) -> None:
+def _store(data: DeviceDataWrite, topic: str, message) -> None:
     try:
         sidecar().store_device_data(data, topic, message)
     except NotFoundError:  # deleted since its token was checked: the token is no longer valid
@@ -260,7 +260,7 @@ def post_telemetry(device: Device) -> Response:
     records = _valid(parse_telemetry(_body_within_limit(), max_bytes=_payload_limit()))
     stamp = now_ms()  # one server time per request, for the stored and the published copy
     records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
-    _store(DeviceData(device.id, telemetry=tuple(records)), "telemetry", telemetry_message(records))
+    _store(DeviceDataWrite(device.id, telemetry=tuple(records)), "telemetry", telemetry_message(records))
     metrics.message(gm.IN, "telemetry")
     return _empty(200)
 
@@ -268,7 +268,7 @@ def post_telemetry(device: Device) -> Response:
 @_device_route("POST", "/attributes")
 def post_attributes(device: Device) -> Response:
     entries = _valid(parse_attributes(_body_within_limit(), max_bytes=_payload_limit()))
-    _store(DeviceData(device.id, attributes=entries), "attributes", attributes_message(entries))
+    _store(DeviceDataWrite(device.id, attributes=entries), "attributes", attributes_message(entries))
     metrics.message(gm.IN, "attributes")
     return _empty(200)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Response, jsonify
 
-from gatehouse.store import now_ms
+from gatehouse.clock import now_ms
 
 # ThingsBoard's ThingsboardErrorCode values, by HTTP status.
 ERROR_CODES = {400: 31, 401: 10, 403: 20, 404: 32, 405: 31, 408: 2, 409: 31, 413: 31, 415: 31, 429: 33}

@@ -9,10 +9,10 @@ import threading
 
 import waitress
 
+from gatehouse.clock import now_ms
 from gatehouse.logs import announce, configure_logging
 from gatehouse.readiness import notify_ready
 from gatehouse.registry import Registry
-from gatehouse.store import now_ms
 
 from .app import create_app
 from .broker_link import SERVICE_ACCOUNT, BrokerLink

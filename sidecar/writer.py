@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from gatehouse.registry import DeviceData, Registry
+from gatehouse.registry import DeviceDataWrite, Registry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -27,7 +27,7 @@ GROUP_COMMIT_MAX = 500
 class _Write:
     __slots__ = ("after_commit", "args", "data", "done", "error", "fn", "kwargs", "result")
 
-    def __init__(self, fn, args, kwargs, data: DeviceData | None, after_commit):
+    def __init__(self, fn, args, kwargs, data: DeviceDataWrite | None, after_commit):
         self.fn, self.args, self.kwargs, self.data, self.after_commit = fn, args, kwargs, data, after_commit
         self.done = threading.Event()
         self.result = self.error = None
@@ -58,7 +58,7 @@ class GroupCommitWriter:
         committed, or raises what it (or the commit) raised."""
         return self._submit(_Write(fn, args, kwargs, None, None))
 
-    def save_device_data(self, data: DeviceData, *, after_commit: Callable[[], None] | None = None) -> None:
+    def save_device_data(self, data: DeviceDataWrite, *, after_commit: Callable[[], None] | None = None) -> None:
         """Store a device's telemetry or attribute changes in the next group commit; returns once
         committed. `after_commit` then runs on the writer's thread (publishing what was stored)."""
         self._submit(_Write(None, (), {}, data, after_commit))

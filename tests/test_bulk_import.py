@@ -22,7 +22,7 @@ from gatehouse.credentials import AccessToken
 from gatehouse.errors import ValidationError
 from gatehouse.models import AttributeScope
 from gatehouse.pki import certificate_pem, create_ca, issue_certificate
-from gatehouse.store import Store
+from gatehouse.storage import SqliteStore
 
 GENERATED = re.compile(r"[A-Za-z0-9]{20}")
 
@@ -138,11 +138,11 @@ def test_credential_precedence_x509_then_mqtt_then_token_then_generated(registry
 
     x509 = registry.get_credentials("x509")
     assert (x509.credentials_type.value, x509.credentials_value) == ("X509_CERTIFICATE", body)
-    assert registry.login("x", cert_der=base64.b64decode(body)).device.name == "x509"
+    assert registry.mqtt_login("x", cert_der=base64.b64decode(body)).device.name == "x509"
     mqtt = registry.get_credentials("mqtt")
     assert mqtt.credentials_type.value == "MQTT_BASIC"
     assert json.loads(mqtt.credentials_value) == {"clientId": "mc", "userName": "mu", "password": "mp"}
-    assert registry.login("mc", "mu", "mp").device.name == "mqtt"
+    assert registry.mqtt_login("mc", "mu", "mp").device.name == "mqtt"
     assert registry.get_credentials("user-only").credentials_type.value == "MQTT_BASIC"
     for unused in ("x-token", "m-token", "u-token"):
         assert registry.token_login(unused) is None
@@ -356,7 +356,7 @@ def test_an_import_gives_way_to_another_writer_with_short_batches_and_pauses(reg
     # The broker's telemetry commits from another connection all along; the import notices
     # (data_version) and leaves it the write lock most of the time instead of 500-row batches.
     rows = [{"name": f"dev-{i:04}", "token": f"token-{i:04}"} for i in range(3 * BATCH_SIZE)]
-    other = Store(registry.store.path)
+    other = SqliteStore(registry.store.path)
     other.conn.execute("CREATE TABLE IF NOT EXISTS other_writes (n)")
     importing, commits = threading.Event(), []
 

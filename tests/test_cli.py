@@ -83,7 +83,7 @@ class Cli:
 def login(data_dir: Path, client_id: str | None, username: str | None = None, password: str | None = None,
           cert_der: bytes | None = None):
     with Registry.open(data_dir) as registry:
-        return registry.login(client_id, username, password, cert_der=cert_der)
+        return registry.mqtt_login(client_id, username, password, cert_der=cert_der)
 
 
 def assert_logs_in_as(device_name: str, result) -> None:
@@ -470,8 +470,8 @@ def test_app_create_prints_credentials_that_log_in_as_the_application(cli):
     created = cli.json("app", "create", "dashboard", "--json")
     username, password = created["username"], created["password"]
     with Registry.open(cli.data_dir) as registry:
-        assert registry.login("any-client", username, password).outcome is LoginOutcome.APPLICATION
-        assert registry.login("any-client", username, "wrong").outcome is LoginOutcome.BAD_USERNAME_OR_PASSWORD
+        assert registry.mqtt_login("any-client", username, password).outcome is LoginOutcome.APPLICATION
+        assert registry.mqtt_login("any-client", username, "wrong").outcome is LoginOutcome.BAD_USERNAME_OR_PASSWORD
     assert "already exists" in cli.fail("app", "create", "dashboard")
 
 

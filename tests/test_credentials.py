@@ -153,22 +153,22 @@ def test_credentials_update_needs_the_id_of_the_current_record(registry):
     updated = registry.update_credentials(device.id, current.id, MqttBasic("cid", "user", "pw"))
     assert (updated.id, updated.credentials_type) == (current.id, CredentialsType.MQTT_BASIC)
     assert registry.credentials_versions([device.id])[device.id] != version  # logins with the old ones end
-    assert registry.login("c", "token-before").outcome is BAD
-    assert registry.login("cid", "user", "pw").outcome is ACCEPTED
+    assert registry.mqtt_login("c", "token-before").outcome is BAD
+    assert registry.mqtt_login("cid", "user", "pw").outcome is ACCEPTED
 
 
 def test_rotation_issues_a_new_token_and_retires_the_old(registry):
     registry.create_device("rotating", credentials=AccessToken("old-token"))
     new = registry.set_credentials("rotating")
     assert new.credentials_type is CredentialsType.ACCESS_TOKEN and new.credentials_id != "old-token"
-    assert registry.login("c", "old-token").outcome is BAD
-    assert registry.login("c", new.credentials_id).outcome is ACCEPTED
+    assert registry.mqtt_login("c", "old-token").outcome is BAD
+    assert registry.mqtt_login("c", new.credentials_id).outcome is ACCEPTED
 
 
 # --- §1.3 connect-time lookup ------------------------------------------------------------
 
 def login(registry, client_id, username=None, password=None):
-    result = registry.login(client_id, username, password)
+    result = registry.mqtt_login(client_id, username, password)
     return result.outcome, result.device.name if result.device else None
 
 
@@ -228,12 +228,12 @@ def test_hash_mismatch_falls_back_to_the_username(registry):
     ("   ", None, None, LoginOutcome.NOT_AUTHORIZED),
 ])
 def test_refusal_reasons_follow_what_was_supplied(registry, client_id, username, password, outcome):
-    assert registry.login(client_id, username, password).outcome is outcome
+    assert registry.mqtt_login(client_id, username, password).outcome is outcome
 
 
 @pytest.mark.parametrize("client_id, username", [("provision", None), ("x", "provision"), ("provision", "provision")])
 def test_provision_as_username_or_client_id_opens_a_provisioning_session(registry, client_id, username):
-    assert registry.login(client_id, username, "ignored").outcome is LoginOutcome.PROVISION_SESSION
+    assert registry.mqtt_login(client_id, username, "ignored").outcome is LoginOutcome.PROVISION_SESSION
 
 
 def test_http_and_coap_tokens_must_be_access_tokens(registry):
@@ -246,7 +246,7 @@ def test_http_and_coap_tokens_must_be_access_tokens(registry):
 
 def test_internal_error_is_server_unavailable(registry):
     registry.store.close()
-    assert registry.login("c", "u", "p").outcome is LoginOutcome.SERVER_UNAVAILABLE
+    assert registry.mqtt_login("c", "u", "p").outcome is LoginOutcome.SERVER_UNAVAILABLE
 
 
 # --- X.509 logins ---------------------------------------------------------------------
@@ -254,7 +254,7 @@ def test_internal_error_is_server_unavailable(registry):
 def test_certificate_login_ignores_username_and_password(registry):
     cert, _ = pki.create_self_signed("sensor-cert")
     registry.create_device("x509-device", credentials=X509Certificate.from_text(pki.certificate_pem(cert)))
-    result = registry.login("any", "TOKEN-IGNORED", "ignored", cert_der=der_bytes(cert))
+    result = registry.mqtt_login("any", "TOKEN-IGNORED", "ignored", cert_der=der_bytes(cert))
     assert (result.outcome, result.device.name) == (ACCEPTED, "x509-device")
 
 
@@ -266,13 +266,13 @@ def test_unknown_expired_or_garbage_certificates_are_not_authorized(registry):
                                        - datetime.timedelta(days=10))
     registry.create_device("old-device", credentials=X509Certificate.from_text(pki.certificate_pem(expired)))
     for der in (der_bytes(unknown), der_bytes(expired), b"not a certificate"):
-        assert registry.login("c", None, None, cert_der=der).outcome is LoginOutcome.NOT_AUTHORIZED
+        assert registry.mqtt_login("c", None, None, cert_der=der).outcome is LoginOutcome.NOT_AUTHORIZED
 
 
 def test_a_token_device_cannot_log_in_with_a_certificate_whose_hash_is_its_token(registry):
     cert, _ = pki.create_self_signed("clash")
     registry.create_device("token-device", credentials=AccessToken(certificate_thumbprint(der_bytes(cert))))
-    assert registry.login("c", cert_der=der_bytes(cert)).outcome is LoginOutcome.NOT_AUTHORIZED
+    assert registry.mqtt_login("c", cert_der=der_bytes(cert)).outcome is LoginOutcome.NOT_AUTHORIZED
 
 
 # --- application accounts -----------------------------------------------------------------
@@ -280,12 +280,12 @@ def test_a_token_device_cannot_log_in_with_a_certificate_whose_hash_is_its_token
 def test_application_accounts_log_in_with_their_generated_password(registry):
     username, password = registry.create_application("dashboard")
     assert username == "gatehouse-app:dashboard" and len(password) == 20
-    result = registry.login("any-client", username, password)
+    result = registry.mqtt_login("any-client", username, password)
     assert (result.outcome, result.application, result.device) == (LoginOutcome.APPLICATION, "dashboard", None)
-    assert registry.login("any-client", username, "wrong").outcome is BAD
+    assert registry.mqtt_login("any-client", username, "wrong").outcome is BAD
     assert registry.list_applications() == ["dashboard"]
     registry.delete_application("dashboard")
-    assert registry.login("any-client", username, password).outcome is BAD
+    assert registry.mqtt_login("any-client", username, password).outcome is BAD
 
 
 def test_device_credentials_cannot_impersonate_an_application(registry):

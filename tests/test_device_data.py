@@ -4,9 +4,9 @@ import json
 
 import pytest
 
+from gatehouse.clock import now_ms
 from gatehouse.models import AttributeScope
 from gatehouse.payloads import parse_attribute_request, parse_attributes, parse_telemetry
-from gatehouse.store import now_ms
 
 
 @pytest.fixture
@@ -116,10 +116,10 @@ def test_values_keep_their_exact_types_and_bytes_through_batched_writes(registry
 def test_data_for_a_device_deleted_meanwhile_is_refused_as_not_found(tmp_path):
     from gatehouse.errors import NotFoundError
     from gatehouse.payloads import TelemetryRecord, kv_entries
-    from gatehouse.registry import DeviceData, Registry
+    from gatehouse.registry import DeviceDataWrite, Registry
 
     with Registry.initialise(tmp_path) as registry:
         device = registry.create_device("short-lived")
         registry.delete_device(device.id)
         with pytest.raises(NotFoundError):
-            registry.save_device_data([DeviceData(device.id, telemetry=(TelemetryRecord(1, kv_entries({"t": 1})),))])
+            registry.save_device_data([DeviceDataWrite(device.id, telemetry=(TelemetryRecord(1, kv_entries({"t": 1})),))])

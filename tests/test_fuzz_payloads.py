@@ -234,4 +234,4 @@ def test_any_provisioning_request_gets_an_answer_and_stores_nothing_but_a_succes
         assert registry.token_login(result.credentials_value).id == device.id
     elif result.credentials_type is CredentialsType.MQTT_BASIC:
         basic = result.credentials_value
-        assert registry.login(basic["clientId"], basic["userName"], basic["password"]).device.id == device.id
+        assert registry.mqtt_login(basic["clientId"], basic["userName"], basic["password"]).device.id == device.id

@@ -262,8 +262,8 @@ def test_no_secret_typed_in_the_web_ui_or_imported_with_the_cli_is_ever_logged(t
 
         with Registry.open(broker.data_dir) as registry:
             for device_token in (rotated_token, ui_csv_token, cli_csv_token):
-                assert registry.login("any", device_token).outcome is LoginOutcome.ACCEPTED
-            assert registry.login(client_id, username, password).outcome is LoginOutcome.ACCEPTED
+                assert registry.mqtt_login("any", device_token).outcome is LoginOutcome.ACCEPTED
+            assert registry.mqtt_login(client_id, username, password).outcome is LoginOutcome.ACCEPTED
         sidecar.stop()  # its log complete, shutdown included
     assert_no_secret_in({"broker": broker.log(), "sidecar": sidecar.log(), "CLI": cli.stdout + cli.stderr}, secrets,
                         json_logs=("broker", "sidecar") if log_format == "json" else ())

@@ -175,7 +175,7 @@ def test_requested_mqtt_basic_credentials(registry, allow):
     # In the response the value is an object, not the stored JSON string (§3.3).
     assert result.credentials_value == {"clientId": "clientId", "userName": "username", "password": "password"}
     assert registry.get_credentials("basic").credentials_id == sha3_hash("clientId|username")
-    login = registry.login("clientId", "username", "password")
+    login = registry.mqtt_login("clientId", "username", "password")
     assert login.outcome is LoginOutcome.ACCEPTED and login.device.name == "basic"
 
 
@@ -423,7 +423,7 @@ def leaf(ca, common_name, **kwargs):
 
 
 def cert_login(registry, cert):
-    return registry.login("any-client-id", None, None, cert_der=der_bytes(cert))
+    return registry.mqtt_login("any-client-id", None, None, cert_der=der_bytes(cert))
 
 
 def test_a_read_only_login_refuses_an_unknown_certificate_instead_of_provisioning(registry, ca):
@@ -431,7 +431,7 @@ def test_a_read_only_login_refuses_an_unknown_certificate_instead_of_provisionin
     # to its database thread.
     chain_profile(registry, ca)
     cert = leaf(ca, "DeviceR.company.com")
-    result = registry.login("c", None, None, cert_der=der_bytes(cert), provision=False)
+    result = registry.mqtt_login("c", None, None, cert_der=der_bytes(cert), provision=False)
     assert result.outcome is LoginOutcome.NOT_AUTHORIZED
     assert registry.count_devices() == 0 and registry.provisioning_events() == []
     assert cert_login(registry, cert).outcome is LoginOutcome.ACCEPTED

@@ -11,11 +11,11 @@ import requests
 from click.testing import CliRunner
 
 from gatehouse.cli import main
+from gatehouse.clock import now_ms
 from gatehouse.credentials import AccessToken
 from gatehouse.payloads import parse_telemetry
 from gatehouse.registry import Registry
 from gatehouse.retention import BATCH_ROWS, LEASE_TASK, Prunable, RetentionPolicy, cutoff
-from gatehouse.store import now_ms
 
 from .conftest import broker_and_sidecar, start_broker
 from .devices import unique

@@ -9,7 +9,7 @@ import pytest
 
 from gatehouse.errors import NotFoundError, ValidationError
 from gatehouse.payloads import TelemetryRecord, kv_entries
-from gatehouse.registry import DeviceData, Registry
+from gatehouse.registry import DeviceDataWrite, Registry
 from sidecar.writer import GroupCommitWriter
 
 
@@ -27,8 +27,8 @@ def writer(data_dir):
     writer.stop()
 
 
-def telemetry(device_id: str, **values) -> DeviceData:
-    return DeviceData(device_id, telemetry=(TelemetryRecord(1_700_000_000_000, kv_entries(values)),))
+def telemetry(device_id: str, **values) -> DeviceDataWrite:
+    return DeviceDataWrite(device_id, telemetry=(TelemetryRecord(1_700_000_000_000, kv_entries(values)),))
 
 
 def test_writes_from_many_threads_are_all_stored_and_published_after_their_commit(data_dir, writer):

@@ -17,12 +17,12 @@ from gatehouse.payloads import KvEntry, TelemetryRecord, ValueKind
 from gatehouse.provisioning import ProvisionRequest
 from gatehouse.registry import Registry
 from gatehouse.server_key import ServerKey, ServerKeyError
-from gatehouse.store import DatabaseBusy, Store
+from gatehouse.storage import SqliteStore, StoreBusy
 
 
 def test_schema_is_applied_once_and_recorded(tmp_path):
-    Store(tmp_path / "g.db").close()
-    store = Store(tmp_path / "g.db")  # reopening applies nothing twice
+    SqliteStore(tmp_path / "g.db").close()
+    store = SqliteStore(tmp_path / "g.db")  # reopening applies nothing twice
     migrations = ["0001_initial", "0002_application_accounts", "0003_credentials_generation",
                   "0004_values_without_affinity", "0005_profile_mqtt_transport", "0006_retention"]
     assert store.schema_version() == migrations
@@ -33,13 +33,13 @@ def test_schema_is_applied_once_and_recorded(tmp_path):
 def test_an_older_database_is_migrated_forward(tmp_path):
     import sqlite_utils
 
-    from gatehouse.migrations import MIGRATIONS
+    from gatehouse.storage.sqlite_migrations import MIGRATIONS
 
     old = sqlite_utils.Database(tmp_path / "old.db")
     MIGRATIONS.apply(old, stop_before="0002_application_accounts")
     old.execute("DROP TABLE application_account")  # what a file made before 0002 looks like
     old.close()
-    store = Store(tmp_path / "old.db")
+    store = SqliteStore(tmp_path / "old.db")
     assert "0002_application_accounts" in store.schema_version()
     assert store.conn.execute("SELECT count(*) FROM application_account").fetchone()[0] == 0
 
@@ -47,7 +47,7 @@ def test_an_older_database_is_migrated_forward(tmp_path):
 def test_a_database_from_before_profile_mqtt_transports_gets_their_columns(tmp_path):
     import sqlite_utils
 
-    from gatehouse.migrations import MIGRATIONS
+    from gatehouse.storage.sqlite_migrations import MIGRATIONS
 
     columns = {"mqtt_telemetry_topic", "mqtt_attributes_topic", "mqtt_attributes_subscribe_topic",
                "mqtt_send_ack_on_validation_exception"}
@@ -56,7 +56,7 @@ def test_a_database_from_before_profile_mqtt_transports_gets_their_columns(tmp_p
     for column in columns:  # what a file made before 0005 looks like
         old.execute(f"ALTER TABLE device_profile DROP COLUMN {column}")
     old.close()
-    store = Store(tmp_path / "old.db")
+    store = SqliteStore(tmp_path / "old.db")
     assert "0005_profile_mqtt_transport" in store.schema_version()
     present = {row[1] for row in store.conn.execute("PRAGMA table_info(device_profile)")}
     assert columns <= present
@@ -66,14 +66,14 @@ def test_a_database_from_before_profile_mqtt_transports_gets_their_columns(tmp_p
 def test_a_database_from_before_retention_gets_its_lease_table_and_audit_index(tmp_path):
     import sqlite_utils
 
-    from gatehouse.migrations import MIGRATIONS
+    from gatehouse.storage.sqlite_migrations import MIGRATIONS
 
     old = sqlite_utils.Database(tmp_path / "old.db")
     MIGRATIONS.apply(old, stop_before="0006_retention")
     old.execute("DROP TABLE maintenance_lease")  # what a file made before 0006 looks like
     old.execute("DROP INDEX provisioning_event_by_ts")
     old.close()
-    store = Store(tmp_path / "old.db")
+    store = SqliteStore(tmp_path / "old.db")
     assert "0006_retention" in store.schema_version()
     assert store.take_lease("retention", "me", 0, 1000)
     indexes = {row[1] for row in store.conn.execute("PRAGMA index_list(provisioning_event)")}
@@ -83,7 +83,7 @@ def test_a_database_from_before_retention_gets_its_lease_table_and_audit_index(t
 def test_a_database_from_before_the_credentials_generation_gets_its_counter_and_triggers(tmp_path):
     import sqlite_utils
 
-    from gatehouse.migrations import MIGRATIONS
+    from gatehouse.storage.sqlite_migrations import MIGRATIONS
 
     old = sqlite_utils.Database(tmp_path / "old.db")
     MIGRATIONS.apply(old, stop_before="0003_credentials_generation")
@@ -91,7 +91,7 @@ def test_a_database_from_before_the_credentials_generation_gets_its_counter_and_
         old.execute(f"DROP TRIGGER {trigger}")
     old.execute("DROP TABLE credentials_generation")  # what a file made before 0003 looks like
     old.close()
-    store = Store(tmp_path / "old.db")
+    store = SqliteStore(tmp_path / "old.db")
     assert "0003_credentials_generation" in store.schema_version()
     assert store.credentials_generation() == 0
     triggers = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
@@ -99,14 +99,14 @@ def test_a_database_from_before_the_credentials_generation_gets_its_counter_and_
 
 
 def test_schema_sql_is_the_schema(tmp_path):
-    store = Store(tmp_path / "g.db")
+    store = SqliteStore(tmp_path / "g.db")
     tables = {r[0] for r in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"device_profile", "device", "device_credentials", "attribute", "telemetry_latest",
             "telemetry_history", "provisioning_event", "admin_user"} <= tables
 
 
 def test_connection_settings_for_several_processes(tmp_path):
-    store = Store(tmp_path / "g.db")
+    store = SqliteStore(tmp_path / "g.db")
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
     assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 5000
@@ -208,8 +208,8 @@ def test_secrets_are_not_stored_in_plain_text(data_dir):
         registry.create_device("pre-device", profile="pre", credentials=AccessToken(secrets[6]))
         # The secrets are usable, so the test would notice if they were stored wrongly.
         assert registry.token_login(secrets[0]).name == "token"
-        assert registry.login("c", secrets[2]).device.name == "user-only"
-        assert registry.login(secrets[3]).device.name == "client-only"
+        assert registry.mqtt_login("c", secrets[2]).device.name == "user-only"
+        assert registry.mqtt_login(secrets[3]).device.name == "client-only"
         raw = b"".join(p.read_bytes() for p in data_dir.glob("gatehouse.db*"))
     for secret in secrets:
         for encoding in ("utf-8", "utf-16-le", "utf-16-be"):
@@ -237,13 +237,13 @@ def test_constraint_violations_in_raw_sql_are_enforced(registry):
 
 
 def test_a_connection_that_never_waits_raises_database_busy_at_once_and_changes_nothing(tmp_path):
-    waiting = Store(tmp_path / "g.db")
-    never_waits = Store(tmp_path / "g.db")
+    waiting = SqliteStore(tmp_path / "g.db")
+    never_waits = SqliteStore(tmp_path / "g.db")
     never_waits.never_wait()
     with waiting.transaction():
         waiting.conn.execute("CREATE TABLE marker (x)")
         started = time.monotonic()
-        with pytest.raises(DatabaseBusy), never_waits.transaction():
+        with pytest.raises(StoreBusy), never_waits.transaction():
             never_waits.conn.execute("CREATE TABLE other (x)")
         assert time.monotonic() - started < 1.0  # the waiting store's busy timeout is 10 s
     with never_waits.transaction():  # the lock is free again
@@ -256,7 +256,7 @@ def test_a_writer_waiting_behind_back_to_back_batches_gets_in_between_two_of_the
     # A bulk import commits batch after batch with a short gap (bulk_import._LockSharing);
     # a writer waiting meanwhile (the broker's telemetry) must get one of the first gaps, not
     # wait out the import: SQLite's own back-off, up to 100 ms between tries, missed them.
-    importer, writer = Store(tmp_path / "g.db"), Store(tmp_path / "g.db")
+    importer, writer = SqliteStore(tmp_path / "g.db"), SqliteStore(tmp_path / "g.db")
     importer.conn.execute("CREATE TABLE batch (n)")
     batches, got_in_after = 40, []
     first_batch_open = threading.Event()
@@ -281,7 +281,7 @@ def test_a_writer_waiting_behind_back_to_back_batches_gets_in_between_two_of_the
 
 
 def test_a_database_from_before_untyped_values_is_rebuilt_and_then_keeps_number_like_strings(tmp_path):
-    from gatehouse.migrations import _statement_creating
+    from gatehouse.storage.sqlite_migrations import _statement_creating
 
     registry = Registry.initialise(tmp_path / "data")
     device = registry.create_device("meter")

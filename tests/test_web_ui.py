@@ -369,8 +369,8 @@ def test_devices_are_created_with_each_credentials_type(ui, registry, data_dir, 
     cert, _ = issue_device_certificate(DevelopmentPki.in_directory(data_dir / "pki"), "cam-1", tmp_path)
     assert new_device(ui, name="cam", profile=profile_id, credentials_type="X509_CERTIFICATE",
                        certificate=upload(cert.read_text())).status_code == 302
-    assert registry.login("any", "MY_TOKEN_1").device.name == "tok"
-    assert registry.login("c-1", "u-1", "p-1").device.name == "mqtt"
+    assert registry.mqtt_login("any", "MY_TOKEN_1").device.name == "tok"
+    assert registry.mqtt_login("c-1", "u-1", "p-1").device.name == "mqtt"
     assert registry.get_credentials("gen").credentials_type is CredentialsType.ACCESS_TOKEN
     assert registry.get_credentials("cam").credentials_type is CredentialsType.X509_CERTIFICATE
     assert {d.profile_name for d in registry.list_devices()} == {"meters"}
@@ -476,7 +476,7 @@ def test_deleting_a_device_removes_it_its_credentials_and_its_data(ui, registry)
     response = ui.post(f"/ui/devices/{device.id}/delete")
     assert response.status_code == 302 and response.location == "/ui/devices"
     assert registry.find_device_by_name("doomed") is None
-    assert registry.login("any", "DOOMED_TOKEN").outcome is not LoginOutcome.ACCEPTED
+    assert registry.mqtt_login("any", "DOOMED_TOKEN").outcome is not LoginOutcome.ACCEPTED
     assert registry.get_attributes(device.id, AttributeScope.SHARED) == {}
     assert registry.find_device_by_name("bystander") is not None
     assert "Device doomed deleted." in ui.get("/ui/devices").get_data(as_text=True)

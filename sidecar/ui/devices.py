@@ -12,6 +12,7 @@ import json
 from flask import abort, flash, redirect, render_template, request, url_for
 from wtforms.fields.choices import SelectChoice
 
+from gatehouse.clock import timestamp_text, utc_text
 from gatehouse.credentials import AccessToken, generate_secret
 from gatehouse.device_activity import (  # shown as "—" until stored
     ACTIVE,
@@ -23,7 +24,6 @@ from gatehouse.errors import ValidationError
 from gatehouse.models import AttributeScope, CredentialsType, Device
 from gatehouse.payloads import PayloadError, parse_attributes
 from gatehouse.provisioning import PROVISION_STATE_KEY, PROVISIONED
-from gatehouse.store import timestamp_text, utc_text
 
 from ..admin_payloads import MAX_ATTRIBUTES_BYTES
 from ..context import sidecar

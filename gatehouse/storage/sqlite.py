@@ -1,9 +1,13 @@
-"""SQLite storage: the only module that speaks SQL.
+"""The Store on SQLite (gatehouse.storage.interfaces): the only module that speaks SQL.
 
 One database file is shared by several processes (broker, sidecar, CoAP bridge, CLI), so the
 connection uses WAL, a busy timeout and foreign keys, and every write goes through
 `transaction()`, which takes the write lock up front (BEGIN IMMEDIATE): a read-then-write such as
 "does this device exist? then create it" cannot be overtaken by another process in between.
+
+It is one module of about 450 lines on purpose: it is all of Gatehouse's SQL for SQLite, one
+short method per statement in the order of interfaces.Store, and splitting it by table would
+spread the connection rules above over several files.
 """
 from __future__ import annotations
 
@@ -11,13 +15,13 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import sqlite_utils
 
-from .migrations import MIGRATIONS
+from .interfaces import IntegrityError, StoreBusy
+from .sqlite_migrations import MIGRATIONS
 
 BUSY_TIMEOUT_SECONDS = 10.0
 # How often a writer that waits tries for the write lock again. SQLite's own busy handler sleeps
@@ -25,41 +29,12 @@ BUSY_TIMEOUT_SECONDS = 10.0
 # batches: bulk_import._LockSharing) almost never got in: broker telemetry fell to 6 % of its
 # rate, PUBACKs took up to 1.7 s, while an import ran.
 LOCK_POLL_SECONDS = 0.002
-# The orders lists may be sorted in: key -> ORDER BY expression.
+# interfaces.PROFILE_SORT_KEYS and DEVICE_SORT_KEYS -> ORDER BY expression.
 PROFILE_ORDER = {"name": "name", "created_time": "created_time", "description": "description"}
 DEVICE_ORDER = {"name": "d.name", "created_time": "d.created_time", "label": "d.label", "profile_name": "p.name"}
 # Bound parameters per statement: SQLite before 3.32 allows at most 999.
 _MAX_PARAMETERS = 900
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def utc_text(ms) -> str | None:
-    """A ms-since-epoch time as `2026-11-29 19:40:01 UTC` (the CLI's and the web UI's); None
-    when it is not a time."""
-    if isinstance(ms, bool) or not isinstance(ms, (int, float)):
-        return None
-    try:
-        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def timestamp_text(key: str, value) -> str | None:
-    """An attribute's value as UTC text if it is a time by ThingsBoard's naming, a key ending in
-    Time or Ts (lastActivityTime, lastConnectTime, ...) holding ms since the epoch; None for
-    any other attribute, whose value is shown as it is."""
-    return utc_text(value) if key.endswith(("Time", "Ts")) else None
-
-
-class IntegrityError(Exception):
-    """A uniqueness or reference rule of the schema was violated; `constraint` names it."""
-
-    def __init__(self, constraint: str):
-        super().__init__(constraint)
-        self.constraint = constraint
+_SMALLEST_INTEGER = -(2**63)
 
 
 def _constraint_of(error: sqlite3.IntegrityError) -> str:
@@ -73,11 +48,9 @@ def _contains_pattern(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-class DatabaseBusy(Exception):
-    """Another connection holds the write lock (at once, for a connection that never waits)."""
+class SqliteStore:
+    """The Store on one SQLite file (WAL), shared by every process of one machine."""
 
-
-class Store:
     def __init__(self, path: Path | str):
         self.path = Path(path)
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None,
@@ -97,7 +70,7 @@ class Store:
 
     def never_wait(self) -> None:
         """For a connection used on an event loop: a write lock held elsewhere raises
-        DatabaseBusy at once instead of waiting, and its commits never run a checkpoint (an
+        StoreBusy at once instead of waiting, and its commits never run a checkpoint (an
         fsync); other connections checkpoint (`checkpoint`)."""
         self._waits_for_lock = False
         self.conn.execute("PRAGMA busy_timeout = 0")
@@ -134,7 +107,7 @@ class Store:
 
     def _begin_immediate(self) -> None:
         """Take the write lock, trying every LOCK_POLL_SECONDS for up to the busy timeout (at
-        once only, for a connection that never waits); DatabaseBusy if it stays taken."""
+        once only, for a connection that never waits); StoreBusy if it stays taken."""
         deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
         if self._waits_for_lock:
             self.conn.execute("PRAGMA busy_timeout = 0")  # the polling below instead of SQLite's back-off
@@ -147,7 +120,7 @@ class Store:
                     if e.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                         raise
                     if not self._waits_for_lock or time.monotonic() >= deadline:
-                        raise DatabaseBusy(str(e)) from None
+                        raise StoreBusy(str(e)) from None
                 time.sleep(LOCK_POLL_SECONDS)
         finally:
             if self._waits_for_lock:  # other statements keep SQLite's own wait
@@ -322,10 +295,13 @@ class Store:
             "SELECT public_credentials_id FROM device_credentials WHERE credentials_type = 'X509_CERTIFICATE'")]
 
     def x509_certificates(self, ids: list[str]) -> dict[str, str]:
-        marks = ", ".join("?" for _ in ids)
-        rows = self.conn.execute(f"SELECT public_credentials_id, certificate FROM device_credentials "
-                                 f"WHERE public_credentials_id IN ({marks})", ids) if ids else []
-        return {row[0]: row[1] for row in rows}
+        found = {}
+        for start in range(0, len(ids), _MAX_PARAMETERS):
+            chunk = ids[start:start + _MAX_PARAMETERS]
+            marks = ", ".join("?" for _ in chunk)
+            found.update(self.conn.execute(f"SELECT public_credentials_id, certificate FROM device_credentials "
+                                           f"WHERE public_credentials_id IN ({marks})", chunk).fetchall())
+        return found
 
     def credentials_generation(self) -> int:
         return self.conn.execute("SELECT value FROM credentials_generation").fetchone()[0]
@@ -416,16 +392,17 @@ class Store:
         return self._all("SELECT ts, kind, value FROM telemetry_history WHERE device_id = ? AND key = ? ORDER BY ts",
                          [device_id, key])
 
-    def telemetry_range(self, device_id: str, key: str, start_ts: int, end_ts: int | None, *, limit: int,
+    def telemetry_range(self, device_id: str, key: str, start_ts: int | None, end_ts: int | None, *, limit: int,
                         descending: bool) -> list[dict]:
-        """At most `limit` points of one key with start_ts <= ts < end_ts (None: no end), newest
-        first if `descending`: a range scan of the primary key (device_id, key, ts) that stops
-        at the limit, whatever the history holds."""
+        """At most `limit` points of one key with start_ts <= ts < end_ts (None: unbounded),
+        newest first if `descending`: a range scan of the primary key (device_id, key, ts) that
+        stops at the limit, whatever the history holds."""
         end = "" if end_ts is None else " AND ts < ?"
         order = "DESC" if descending else "ASC"
+        start = _SMALLEST_INTEGER if start_ts is None else start_ts
         return self._all(f"SELECT ts, kind, value FROM telemetry_history WHERE device_id = ? AND key = ? "
                          f"AND ts >= ?{end} ORDER BY ts {order} LIMIT ?",
-                         [device_id, key, start_ts, *([] if end_ts is None else [end_ts]), limit])
+                         [device_id, key, start, *([] if end_ts is None else [end_ts]), limit])
 
     def delete_telemetry_before(self, ts: int, limit: int = -1) -> int:
         """At most `limit` (-1: all) history points older than `ts`, oldest first (the ts index)."""
@@ -476,9 +453,6 @@ class Store:
 
     def insert_admin_user(self, row: dict) -> None:
         self._insert("admin_user", row)
-
-    def update_admin_password(self, username: str, password_hash: str) -> None:
-        self._update("admin_user", "username", username, {"password_hash": password_hash})
 
     def count_admin_users(self) -> int:
         return self.conn.execute("SELECT count(*) FROM admin_user").fetchone()[0]
