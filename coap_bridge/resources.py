@@ -35,6 +35,7 @@ from aiocoap import Code, Message, resource
 from aiocoap.numbers import ContentFormat
 
 from gatehouse import metrics as m
+from gatehouse.device_requests import DEVICE_API_FEATURES
 from gatehouse.login_limiter import LoginLimiter, whole_seconds
 
 from .interfaces import (
@@ -47,7 +48,7 @@ from .interfaces import (
 
 log = logging.getLogger(__name__)
 
-FEATURES = frozenset({"telemetry", "attributes", "rpc", "claim", "provision"})
+FEATURES = frozenset(DEVICE_API_FEATURES)
 _request_seconds = m.Children(m.REQUEST_SECONDS, m.COAP)
 # Only the refusals of blocked addresses: the sidecar counts the logins the bridge forwards.
 _logins = m.Children(m.LOGINS, m.COAP)

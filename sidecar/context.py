@@ -13,6 +13,7 @@ from flask import current_app
 from gatehouse import metrics as gm
 from gatehouse.application_namespace import attributes_message
 from gatehouse.device_activity import ActivityTracker, ObservationSessions
+from gatehouse.device_requests import DataUpload
 from gatehouse.login_limiter import (
     DEFAULT_BLOCK_SECONDS,
     DEFAULT_MAX_FAILURES,
@@ -20,7 +21,7 @@ from gatehouse.login_limiter import (
 )
 from gatehouse.models import AttributeScope, Device
 from gatehouse.payloads import KvEntry
-from gatehouse.registry import DeviceDataWrite, Registry
+from gatehouse.registry import Registry
 from gatehouse.token_logins import TokenLogins
 
 from .broker_link import BrokerLink
@@ -132,17 +133,16 @@ class Sidecar:
             return self.writer.call(fn, *args, **kwargs)
         return fn(self.registry, *args, **kwargs)
 
-    def store_device_data(self, data: DeviceDataWrite, topic: str, message) -> None:
-        """Store a device's telemetry or attributes, then publish `message` on its application
-        topic `topic` ("telemetry", "attributes"). The writer publishes once it has committed:
-        a request then hands its work to one other thread, not two."""
+    def store_device_data(self, upload: DataUpload) -> None:
+        """Store a device's telemetry or attributes, then tell its application topic. The writer
+        publishes once it has committed: a request then hands its work to one other thread, not two."""
         def publish() -> None:
-            self.publish_json(data.device_id, (topic,), message)
+            self.publish_json(upload.write.device_id, (upload.topic,), upload.message)
 
         if self.writer is not None:
-            self.writer.save_device_data(data, after_commit=publish)
+            self.writer.save_device_data(upload.write, after_commit=publish)
         else:
-            self.registry.save_device_data([data])
+            self.registry.save_device_data([upload.write])
             publish()
 
     def publish_json(self, device_id: str, parts: tuple, value) -> None:

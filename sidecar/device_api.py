@@ -34,32 +34,23 @@ from collections.abc import Callable
 from flask import Blueprint, Response, abort, g, jsonify, request
 from werkzeug.routing import BaseConverter
 
+from gatehouse import device_requests
 from gatehouse import metrics as gm
 from gatehouse.application_namespace import (
-    attributes_message,
     device_topic,
     rpc_request_message,
-    telemetry_message,
 )
 from gatehouse.clock import now_ms
+from gatehouse.device_requests import DEVICE_API_FEATURES, DataUpload, attributes_upload, telemetry_upload
 from gatehouse.errors import NotFoundError
 from gatehouse.login_limiter import LoginLimiter, whole_seconds
 from gatehouse.models import Device
 from gatehouse.payloads import (
     PayloadError,
-    TelemetryRecord,
     attribute_request_from_keys,
-    parse_attributes,
     parse_json,
     parse_rpc_request,
-    parse_telemetry,
 )
-from gatehouse.provisioning import (
-    ProvisionRequest,
-    ProvisionRequestError,
-    ProvisionStatus,
-)
-from gatehouse.registry import DeviceDataWrite, Registry
 
 from . import metrics
 from .bridge_account import from_the_bridge
@@ -67,7 +58,6 @@ from .context import sidecar
 from .errors import error_response
 
 device_api = Blueprint("device_api", __name__, url_prefix="/api/v1")
-_FEATURES = ("telemetry", "attributes", "rpc", "claim", "provision")
 
 
 class _NotAFeatureConverter(BaseConverter):
@@ -76,7 +66,7 @@ class _NotAFeatureConverter(BaseConverter):
     than a device with the token "rpc" posting attributes, as the CoAP bridge (and ThingsBoard's
     CoAP transport) read such a path."""
 
-    regex = "(?!(?:" + "|".join(_FEATURES) + ")$)[^/]+"
+    regex = "(?!(?:" + "|".join(DEVICE_API_FEATURES) + ")$)[^/]+"
 
 
 # Before any rule: a blueprint's deferred functions run in the order they were recorded.
@@ -203,9 +193,9 @@ def _device_route(method: str, rule: str) -> Callable:
     return register
 
 
-def _store(data: DeviceDataWrite, topic: str, message) -> None:
+def _store(upload: DataUpload) -> None:
     try:
-        sidecar().store_device_data(data, topic, message)
+        sidecar().store_device_data(upload)
     except NotFoundError:  # deleted since its token was checked: the token is no longer valid
         abort(_empty(401))
 
@@ -257,18 +247,14 @@ def _key_list_param(name: str) -> str | None:
 
 @_device_route("POST", "/telemetry")
 def post_telemetry(device: Device) -> Response:
-    records = _valid(parse_telemetry(_body_within_limit(), max_bytes=_payload_limit()))
-    stamp = now_ms()  # one server time per request, for the stored and the published copy
-    records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
-    _store(DeviceDataWrite(device.id, telemetry=tuple(records)), "telemetry", telemetry_message(records))
+    _store(_valid(telemetry_upload(device.id, _body_within_limit(), now=now_ms(), max_bytes=_payload_limit())))
     metrics.message(gm.IN, "telemetry")
     return _empty(200)
 
 
 @_device_route("POST", "/attributes")
 def post_attributes(device: Device) -> Response:
-    entries = _valid(parse_attributes(_body_within_limit(), max_bytes=_payload_limit()))
-    _store(DeviceDataWrite(device.id, attributes=entries), "attributes", attributes_message(entries))
+    _store(_valid(attributes_upload(device.id, _body_within_limit(), max_bytes=_payload_limit())))
     metrics.message(gm.IN, "attributes")
     return _empty(200)
 
@@ -374,17 +360,11 @@ def claim_device(device: Device) -> Response:
 @device_api.post("/provision", **_NO_REDIRECTS)
 def provision_device() -> Response:
     """200 whatever the outcome: the status is in the body (SPEC §4.1)."""
-    parsed = parse_json(_body_within_limit(), max_bytes=_payload_limit())
-    if isinstance(parsed, PayloadError):
-        metrics.provisioning(gm.NO_PROFILE, gm.PROVISION_INVALID)
-    parsed = _valid(parsed)
-    try:
-        result = sidecar().write(Registry.provision, ProvisionRequest.from_json(parsed),
-                                 transport=metrics.transport(), remote_address=request.remote_addr)
-    except ProvisionRequestError as e:
-        metrics.provisioning(gm.NO_PROFILE, gm.PROVISION_INVALID)
-        abort(_error(400, str(e)))
-    metrics.provisioning(gm.provision_strategy(result), result.status.value)
-    if result.status is ProvisionStatus.SUCCESS:
-        sidecar().publish_event(result.device_id, "provisioned")
-    return jsonify(result.to_json())
+    answer = sidecar().write(device_requests.provision, _body_within_limit(), max_bytes=_payload_limit(),
+                             transport=metrics.transport(), remote_address=request.remote_addr)
+    metrics.provisioning(*answer.metric_labels)
+    if answer.refused is not None:
+        abort(_error(400, answer.why_refused))
+    if answer.succeeded:
+        sidecar().publish_event(answer.result.device_id, device_requests.PROVISIONED_EVENT)
+    return jsonify(answer.result.to_json())
