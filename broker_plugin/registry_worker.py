@@ -21,8 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from gatehouse.errors import StoreBusy
 from gatehouse.registry import DeviceDataWrite, Registry
-from gatehouse.storage import StoreBusy
 
 T = TypeVar("T")
 GROUP_COMMIT_MAX = 1000

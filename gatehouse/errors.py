@@ -22,3 +22,8 @@ class ValidationError(GatehouseError, ValueError):
 
 class NotFoundError(GatehouseError, LookupError):
     """The named profile, device or user does not exist."""
+
+
+class StoreBusy(Exception):
+    """The database's write lock is held elsewhere (at once, for a registry that never waits:
+    Registry.never_wait): nothing was done, and the same work may be tried again."""

@@ -21,6 +21,10 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from ..errors import StoreBusy
+
+__all__ = ["DEVICE_SORT_KEYS", "PROFILE_SORT_KEYS", "IntegrityError", "Store", "StoreBusy"]
+
 # What lists may be sorted by (ThingsBoard's sortProperty values the admin API accepts).
 PROFILE_SORT_KEYS = ("name", "created_time", "description")
 DEVICE_SORT_KEYS = ("name", "created_time", "label", "profile_name")
@@ -32,11 +36,6 @@ class IntegrityError(Exception):
     def __init__(self, constraint: str):
         super().__init__(constraint)
         self.constraint = constraint
-
-
-class StoreBusy(Exception):
-    """Another connection holds the write lock (at once, for a connection that never waits):
-    nothing was done, and the same work may be tried again."""
 
 
 class Store(Protocol):
