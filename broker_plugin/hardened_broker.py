@@ -1,5 +1,5 @@
 """amqtt's Broker with the session-handling bugs fixed and what a production broker needs added
-(notes/amqtt.md, G1–G6, G9, G13):
+(docs/amqtt.md, G1–G6, G9, G13):
 
 - a fresh CONNECT is authenticated before any existing session is touched, so a refused client
   can neither take over a persistent session's certificate identity (G1) nor wipe another

@@ -84,7 +84,7 @@ async def start_broker(settings: BrokerSettings) -> HardenedBroker:
         raise BrokerStartError(str(e.__cause__ or e)) from None
     finally:
         amqtt_log.setLevel(level)
-    if not plugin.ready:  # amqtt swallows exceptions from start-up hooks (notes G10)
+    if not plugin.ready:  # amqtt swallows exceptions from start-up hooks (docs/amqtt.md#g10)
         await broker.shutdown()
         raise BrokerStartError("the Gatehouse plugin did not start (is the data dir initialised?)")
     return broker

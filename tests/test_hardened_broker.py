@@ -1,5 +1,5 @@
 """Regression tests for the amqtt 0.12.1 fixes in broker_plugin.hardened_broker / connect_gate /
-server (notes/amqtt.md §7: G1–G6, G11–G13) and the failed-login blocking, against a real
+server (docs/amqtt.md: G1–G6, G11–G13) and the failed-login blocking, against a real
 `gatehouse broker` process. Raw sockets where paho hides the bytes (exact CONNACKs, session
 present flags, a socket that stays silent).
 """
