@@ -80,7 +80,7 @@ def new_session(writer, client_id: str | None, *, clean_session: bool, keep_aliv
                 password: str | None) -> Session:
     """An amqtt Session for a CONNECT of either protocol version, as amqtt builds one: a client
     id generated where none was sent (and marked so), the will ignored, as ThingsBoard ignores
-    it (see GatehousePlugin.authenticate)."""
+    it (see broker_plugin.logins)."""
     session = Session()
     session.client_id = client_id or gen_client_id()
     if not client_id:
