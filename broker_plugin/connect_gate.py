@@ -14,7 +14,7 @@ import struct
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.errors import MQTTError
 
-from .protocol_handler import MalformedPacket, read_frame
+from .mqtt311_codec import MalformedPacket, read_frame, variable_header_offset
 
 CONNECT_PACKET_TYPE = 1
 MAX_CONNECT_BYTES = 65536
@@ -28,10 +28,7 @@ async def _read_connect_frame(reader: ReaderAdapter) -> bytes:
 
 
 def _level_offset(packet: bytes) -> int | None:
-    offset = 1
-    while packet[offset] & 0x80:
-        offset += 1
-    offset += 1
+    offset = variable_header_offset(packet)
     if len(packet) < offset + 2:
         return None
     (name_length,) = struct.unpack_from("!H", packet, offset)

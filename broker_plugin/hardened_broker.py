@@ -55,12 +55,8 @@ from .mqtt5_handler import (
     connect_session,
     decode,
 )
-from .protocol_handler import (
-    ConnectRefused,
-    GatehouseProtocolHandler,
-    MalformedPacket,
-    mqtt311_connect_session,
-)
+from .mqtt311_codec import ConnectRefused, MalformedPacket
+from .protocol_handler import GatehouseProtocolHandler, mqtt311_connect_session
 
 _PREAUTHENTICATED = "gatehouse.preauthenticated"
 KEEPALIVE_FACTOR = 1.5

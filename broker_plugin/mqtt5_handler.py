@@ -37,12 +37,8 @@ from .interfaces import (
     MessageProperties,
 )
 from .mqtt5_text import CLIENT_PACKET_TYPES, has_invalid_text
-from .protocol_handler import (
-    MAX_PACKET_SIZE,
-    GatehouseProtocolHandler,
-    MalformedPacket,
-    new_session,
-)
+from .mqtt311_codec import MalformedPacket
+from .protocol_handler import MAX_PACKET_SIZE, GatehouseProtocolHandler, new_session
 
 TOPIC_ALIAS_MAXIMUM = 16
 SESSION_EXPIRY = "gatehouse.session_expiry"  # seconds a v5 session outlives its connection

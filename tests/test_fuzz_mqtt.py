@@ -34,7 +34,7 @@ from amqtt.mqtt.subscribe import SubscribePacket
 from amqtt.mqtt.unsubscribe import UnsubscribePacket
 from amqtt.session import OutgoingApplicationMessage
 
-from broker_plugin.protocol_handler import encode_publish, remaining_length
+from broker_plugin.mqtt311_codec import encode_publish, remaining_length
 from gatehouse.registry import Registry
 
 from .conftest import start_broker

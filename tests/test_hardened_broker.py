@@ -329,7 +329,7 @@ def test_publish_frames_match_amqtts_encoding_at_every_remaining_length_width(si
     from amqtt.mqtt.publish import PublishPacket
     from amqtt.session import OutgoingApplicationMessage
 
-    from broker_plugin.protocol_handler import decode_publish, encode_publish
+    from broker_plugin.mqtt311_codec import decode_publish, encode_publish
 
     payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     for qos, packet_id, retain, dup in ((0, None, False, False), (1, 65535, True, True)):

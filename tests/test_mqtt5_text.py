@@ -11,7 +11,7 @@ import pytest
 from broker_plugin.interfaces import DisconnectReason
 from broker_plugin.mqtt5_handler import decode
 from broker_plugin.mqtt5_text import has_invalid_text
-from broker_plugin.protocol_handler import MalformedPacket
+from broker_plugin.mqtt311_codec import MalformedPacket
 
 # Client packets with every kind of text field, each a marker that occurs once.
 PACKETS = {
