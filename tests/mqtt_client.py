@@ -3,6 +3,7 @@ collect what arrives, publish and wait for the PUBACK."""
 from __future__ import annotations
 
 import gc
+import json
 import queue
 import socket
 import ssl
@@ -21,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 TIMEOUT = 10.0
+QUIET = 1.0  # how long "nothing arrives" is watched for
 # paho 2 maps MQTT 3.1.1 CONNACK return codes onto MQTT 5 reason codes; this undoes it.
 _V5_TO_V3 = {0: 0, 132: 1, 133: 2, 136: 3, 134: 4, 135: 5}
 
@@ -182,6 +184,35 @@ def wait_until(condition, timeout: float = TIMEOUT, interval: float = 0.05) -> b
     return condition()
 
 
+def nothing_on(client: TestClient, predicate=lambda message: True, wait: float = QUIET) -> list:
+    """Messages matching `predicate` that arrive within `wait` seconds (expected: none)."""
+    deadline = time.monotonic() + wait
+    found = []
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            message = client.next_message(timeout=remaining)
+        except queue.Empty:
+            break
+        if predicate(message):
+            found.append((message.topic, message.payload))
+    return found
+
+
+def publish_unacked(client: TestClient, topic: str, payload, qos: int = 1):
+    """Publish without waiting; returns paho's MessageInfo to inspect later."""
+    return client.client.publish(topic, payload, qos=qos)
+
+
+def codes(reason_codes) -> list[int]:
+    """SUBACK (or other) reason codes as plain numbers, whether paho gave ReasonCodes or ints."""
+    return [getattr(code, "value", code) for code in reason_codes]
+
+
+def body(message):
+    """A message's JSON payload."""
+    return json.loads(message.payload)
+
+
 # --- raw MQTT 3.1.1 bytes, for what paho hides (exact CONNACK bytes, pipelining, silence) ------
 
 PINGREQ = bytes((0xC0, 0x00))
@@ -269,6 +300,22 @@ class RawClient:
                 break
             data += chunk
         return bytes(data)
+
+    def read_packet(self) -> tuple[int, bytes]:
+        """One MQTT packet: (first byte, body)."""
+        first = self.read(1)
+        assert first, "connection closed before a packet arrived"
+        length, multiplier = 0, 1
+        while True:
+            byte = self.read(1)
+            assert byte, "connection closed inside a packet header"
+            length += (byte[0] & 0x7F) * multiplier
+            multiplier *= 128
+            if not byte[0] & 0x80:
+                break
+        data = self.read(length)
+        assert len(data) == length, "connection closed inside a packet"
+        return first[0], data
 
     def closed_by_server(self, timeout: float = TIMEOUT) -> bool:
         """True once the server closes the connection within `timeout` (data before that is

@@ -22,6 +22,7 @@ from gatehouse.models import AttributeScope, ProvisionType
 from gatehouse.payloads import kv_entries
 from gatehouse.registry import Registry
 
+from .coap_client import coap, coap_request
 from .conftest import (
     broker_and_sidecar,
     free_port,
@@ -30,15 +31,12 @@ from .conftest import (
     start_sidecar,
 )
 from .devices import latest_telemetry, token_device, unique
-from .mqtt_client import wait_until
-from .test_mqtt_device_api import app_client, body
-from .test_thingsboard_sdk import SDK_PYTHON
-
-SCRIPTS = Path(__file__).parent / "sdk_scripts"
+from .mqtt_accounts import app_client
+from .mqtt_client import body, wait_until
+from .provisioning_answers import FAILURE_JSON, NOT_FOUND_JSON
+from .sdk_paths import SCRIPTS, SDK_PYTHON
 
 WAIT = 20  # seconds a test waits for anything that should happen
-NOT_FOUND_JSON = {"errorMsg": "Provision data was not found!", "status": "NOT_FOUND"}
-FAILURE_JSON = {"errorMsg": "Failed to provision device!", "status": "FAILURE"}
 COAP_CLIENT = "coap-client-notls"
 LOG_PROBLEMS = ("Traceback", "Task was destroyed", "Unclosed", "ResourceWarning", "never awaited",
                 "Warning:", "Exception in callback")
@@ -74,22 +72,6 @@ def gh(tmp_path_factory):
 
 
 # --- clients --------------------------------------------------------------------------------
-
-
-async def _request(uri: str, method=Code.GET, payload: bytes = b"", **options) -> Message:
-    context = await aiocoap.Context.create_client_context(transports=["udp6"])
-    try:
-        request = Message(code=method, uri=uri, payload=payload, **options)
-        return await asyncio.wait_for(context.request(request).response, WAIT)
-    finally:
-        await context.shutdown()
-
-
-def coap(uri: str, method=Code.GET, payload: bytes | str = b"", **options) -> Message:
-    """One CoAP request with aiocoap's client (CON unless mtype says otherwise)."""
-    if isinstance(payload, str):
-        payload = payload.encode()
-    return asyncio.run(_request(uri, method, payload, **options))
 
 
 def coap_client(*args: str) -> subprocess.CompletedProcess:
@@ -439,8 +421,8 @@ def test_client_side_rpc_is_2_05_with_the_applications_reply(gh, clients):
     app = app_client(gh.broker, clients, prefix + "+")
 
     async def call():
-        request = asyncio.create_task(_request(gh.uri(token, "rpc"), Code.POST,
-                                               b'{"method": "getCurrentTime", "params": {}}'))
+        request = asyncio.create_task(coap_request(gh.uri(token, "rpc"), Code.POST,
+                                                   b'{"method": "getCurrentTime", "params": {}}'))
         message = await asyncio.to_thread(app.next_message, WAIT)
         assert body(message) == {"method": "getCurrentTime", "params": {}}
         assert await asyncio.to_thread(app.publish, f"gatehouse/devices/{device.id}/rpc/reply/"

@@ -51,6 +51,7 @@ from gatehouse.pki import (
 )
 from gatehouse.registry import Registry
 
+from .admin_api_client import Api
 from .conftest import (
     RunningBroker,
     RunningSidecar,
@@ -60,8 +61,7 @@ from .conftest import (
     start_coap_bridge,
 )
 from .devices import latest_telemetry, token_device, unique
-from .test_admin_api import Api
-from .test_mqtt_device_api import app_client
+from .mqtt_accounts import app_client
 
 OPENSSL_CLIENT, GNUTLS_CLIENT = "coap-client-openssl", "coap-client-gnutls"
 needs_libcoap = pytest.mark.usefixtures("libcoap_clients")

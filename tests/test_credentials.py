@@ -109,6 +109,45 @@ def test_credentials_from_rest_json():
             credentials_from_json(*bad)
 
 
+@pytest.mark.parametrize("credentials_type, credentials_id, value, expected", [
+    pytest.param("ACCESS_TOKEN", "tok", "a value", AccessToken("tok"), id="token: the id, any value ignored"),
+    pytest.param("MQTT_BASIC", None, {"clientId": None, "userName": "u", "password": "p"}, MqttBasic(None, "u", "p"),
+                 id="mqtt basic as an object"),
+    pytest.param("MQTT_BASIC", "ignored", '{"userName": "u"}', MqttBasic(None, "u", None),
+                 id="mqtt basic, missing parts are null"),
+    pytest.param("X509_CERTIFICATE", "ignored", "-----BEGIN CERTIFICATE-----\nAB\r\nCD\n-----END CERTIFICATE-----\n",
+                 X509Certificate("ABCD"), id="x509: the body, the id ignored"),
+])
+def test_credentials_from_thingsboards_json_shape(credentials_type, credentials_id, value, expected):
+    assert credentials_from_json(credentials_type, credentials_id, value) == expected
+
+
+@pytest.mark.parametrize("credentials_type, credentials_id, value, message", [
+    pytest.param("ACCESS_TOKEN", None, None, "Device credentials id should be specified!", id="token without an id"),
+    pytest.param("ACCESS_TOKEN", "to\tken", None, "Device credentials id should not contain control characters!",
+                 id="token with a control character"),
+    pytest.param("MQTT_BASIC", None, None, "Invalid credentials body for simple mqtt credentials!",
+                 id="mqtt basic without a value"),
+    pytest.param("MQTT_BASIC", None, '["c", "u"]', "Invalid credentials body for simple mqtt credentials!",
+                 id="mqtt basic as a list"),
+    pytest.param("MQTT_BASIC", None, {"userName": ["u"]}, "Invalid credentials body for simple mqtt credentials!",
+                 id="mqtt basic part not text"),
+    pytest.param("MQTT_BASIC", None, "{}", "Both mqtt client id and user name are empty!", id="mqtt basic empty"),
+    pytest.param("MQTT_BASIC", None, '{"clientId": "c", "password": "p"}',
+                 "Password cannot be specified along with client id", id="mqtt basic client id and password"),
+    pytest.param("X509_CERTIFICATE", "id", None, "Device credentials value should be specified!",
+                 id="x509 without a value"),
+    pytest.param("X509_CERTIFICATE", None, "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----",
+                 "Device credentials value should be specified!", id="x509 armour only"),
+    pytest.param("access_token", "tok", None, "Unsupported credentials type: 'access_token'", id="type in lower case"),
+    pytest.param("LWM2M_CREDENTIALS", "x", None, "Unsupported credentials type: 'LWM2M_CREDENTIALS'", id="lwm2m"),
+])
+def test_credentials_thingsboard_refuses_to_save(credentials_type, credentials_id, value, message):
+    with pytest.raises(CredentialsError) as refused:
+        credentials_from_json(credentials_type, credentials_id, value)
+    assert str(refused.value) == message
+
+
 def test_generated_secrets_are_20_alphanumerics():
     values = {generate_secret() for _ in range(50)}
     assert len(values) == 50

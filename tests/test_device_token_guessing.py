@@ -34,8 +34,8 @@ from .conftest import (
     start_coap_bridge,
 )
 from .devices import latest_telemetry, token_device, unique
+from .metrics_scrape import scrape
 from .mqtt_client import wait_until
-from .test_metrics import scrape
 
 MAX_FAILED_LOGINS = 3
 BLOCK_SECONDS = 600  # longer than the module: a block seen once stays for every later assertion

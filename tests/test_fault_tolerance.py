@@ -33,12 +33,12 @@ from . import async_mqtt
 from .conftest import CHILD_ENV, free_port, start_coap_bridge
 from .devices import database, stored_values, token_device, token_devices, unique
 from .load_generators import TELEMETRY, import_csv, telemetry_payload
-from .test_metrics import counts, scrape
+from .metrics_scrape import counts, scrape
+from .provisioning_answers import FAILURE_JSON
 
 HANG_GUARD = 60  # seconds: far beyond anything healthy, so only a hang trips it
 ALLOW_KEY, ALLOW_SECRET = "stormAllowKey", "storm-allow-secret"
 CHECK_KEY, CHECK_SECRET = "stormCheckKey", "storm-check-secret"
-FAILURE_JSON = {"errorMsg": "Failed to provision device!", "status": "FAILURE"}
 TS_BASE = int(time.time() * 1000)  # telemetry timestamps: TS_BASE + the message's seq
 
 

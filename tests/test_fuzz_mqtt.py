@@ -40,9 +40,9 @@ from gatehouse.registry import Registry
 from .conftest import start_broker
 from .devices import token_device, unique
 from .fuzz_budget import budget
+from .fuzz_inputs import row_counts
 from .mqtt_client import TestClient as MqttClient
 from .mqtt_client import connect, connect_packet, next_on
-from .test_fuzz_payloads import row_counts
 
 FUZZ_ADDRESS = "127.0.0.2"
 CONCURRENCY = 40

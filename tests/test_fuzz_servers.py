@@ -29,10 +29,15 @@ from gatehouse.registry import Registry
 from .conftest import broker_and_sidecar, start_coap_bridge
 from .devices import token_device, unique
 from .fuzz_budget import fuzz_settings
+from .fuzz_inputs import (
+    TABLES,
+    add_provisioning_profiles,
+    hostile_payloads,
+    provision_requests,
+    provisioning_changes,
+    row_counts,
+)
 from .mqtt_client import PINGREQ, PINGRESP, RawClient, connect, connect_packet, publish_packet, subscribe_packet
-from .test_fuzz_payloads import (TABLES, add_provisioning_profiles, hostile_payloads, provision_requests,
-                                 provisioning_changes, row_counts)
-from .test_mqtt5 import _read_packet as read_packet
 
 WAIT = 10
 
@@ -286,7 +291,7 @@ def test_mqtt_provisioning_with_any_body_is_answered_on_provision_response_or_cl
         # The PUBACK and the response (published although not subscribed); ThingsBoard sends the
         # PUBACK first, Gatehouse may send it second: MQTT does not order the two.
         # (first byte, body) of each: the PUBLISH (0x3_) sorts before the PUBACK (0x40).
-        (first, response), puback = sorted((read_packet(raw), read_packet(raw)))
+        (first, response), puback = sorted((raw.read_packet(), raw.read_packet()))
         assert puback == (0x40, b"\x00\x05"), puback
         assert first >> 4 == 3, (first, response)
         topic_end = 2 + int.from_bytes(response[:2], "big")

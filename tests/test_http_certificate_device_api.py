@@ -26,8 +26,8 @@ from .conftest import (
     broker_and_sidecar,
 )
 from .devices import latest_telemetry, token_device, unique
+from .mqtt_accounts import app_client
 from .mqtt_client import next_on
-from .test_mqtt_device_api import app_client
 
 WAIT = 20
 RPC_LIMIT = 65_536  # SidecarSettings.max_rpc_payload_size

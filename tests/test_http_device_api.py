@@ -41,11 +41,11 @@ from .conftest import (
     broker_and_sidecar,
 )
 from .devices import stored_row_counts, token_device, unique
+from .mqtt_accounts import app_client
 from .mqtt_client import TestClient as MqttClient
-from .mqtt_client import connect, next_on, wait_until
-from .test_mqtt_device_api import app_client, body
-from .test_mqtt_logins import FAILURE_JSON, NOT_FOUND_JSON
-from .test_mqtt_logins import provision as provision_over_mqtt
+from .mqtt_client import body, connect, next_on, wait_until
+from .provisioning_answers import FAILURE_JSON, NOT_FOUND_JSON
+from .provisioning_answers import provision as provision_over_mqtt
 
 RPC_LIMIT = 65_536  # SidecarSettings.max_rpc_payload_size: /api/v1/*/rpc/**
 PAYLOAD_LIMIT = 52_428_800  # SidecarSettings.max_payload_size: the rest of /api/v1/**

@@ -14,7 +14,7 @@ from broker_plugin.hardened_broker import LISTEN_BACKLOG
 
 from . import async_mqtt, load_generators
 from .devices import stored_values, token_devices
-from .test_metrics import counts
+from .metrics_scrape import counts
 
 HANG_GUARD = 120  # seconds
 STORM_DEVICES = 2_000

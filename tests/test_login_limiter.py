@@ -2,7 +2,9 @@
 moves: the broker's device logins and the sidecar's administrator logins both use it."""
 from __future__ import annotations
 
-from gatehouse.login_limiter import LoginLimiter
+import pytest
+
+from gatehouse.login_limiter import LoginLimiter, whole_seconds
 
 
 class Clock:
@@ -58,3 +60,10 @@ def test_failures_sprayed_from_many_addresses_are_remembered_for_the_newest_only
         limits.failed(f"2001:db8:1::{i:x}")
         limits.failed(f"2001:db8:1::{i:x}")
     assert limits.blocked_addresses() == [f"2001:db8:1::{i:x}" for i in range(997, 1_000)]
+
+
+@pytest.mark.parametrize("seconds_blocked, retry_after", [
+    (60.0, 60), (59.2, 60), (0.001, 1), (0.0, 1), (1.0, 1), (1.5, 2),
+], ids=["whole", "a fraction rounds up", "a moment", "none left", "one", "one and a half"])
+def test_the_time_left_is_told_in_whole_seconds_rounded_up_and_at_least_one(seconds_blocked, retry_after):
+    assert whole_seconds(seconds_blocked) == retry_after

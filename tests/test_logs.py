@@ -25,11 +25,11 @@ from gatehouse.logs import RateLimit, announce, configure_logging, redact_token_
 from gatehouse.models import ProvisionType
 from gatehouse.registry import Registry
 
+from .coap_client import coap
 from .conftest import CHILD_ENV, NO_BLOCKING, broker_and_sidecar, module_broker, start_coap_bridge
 from .devices import unique
 from .mqtt_client import RawClient, connect, next_on
-from .test_coap_bridge import coap
-from .test_web_ui import HttpClient, Ui, new_device, upload, wait_for_import
+from .web_ui_client import HttpClient, Ui, new_device, upload, wait_for_import
 
 LISTENING = ("MQTT  listening on ", "MQTTS listening on ", "HTTP  listening on ", "COAP  listening on ",
              "COAPS listening on ", "METRICS listening on ")

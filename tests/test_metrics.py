@@ -14,38 +14,20 @@ import urllib.request
 import aiocoap
 import pytest
 from aiocoap import Code, Message
-from prometheus_client.parser import text_string_to_metric_families
 
 from gatehouse.credentials import AccessToken, X509Certificate
 from gatehouse.models import ProvisionType
 from gatehouse.pki import DevelopmentPki, issue_device_certificate
 from gatehouse.registry import Registry
 
+from .admin_api_client import Api, login_from
+from .coap_client import coap
 from .conftest import broker_and_sidecar, start_coap_bridge
 from .devices import unique
+from .metrics_scrape import counts, scrape
 from .mqtt_client import connack, connect, next_on, raw_login, wait_until
-from .test_admin_api import Api, login_from
-from .test_coap_bridge import coap
 
 MAX_FAILED_LOGINS = 3
-
-
-def scrape(port: int) -> dict[str, dict[tuple, float]]:
-    """Every sample of /metrics on `port`: {sample name: {label values sorted by label name: value}}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    found: dict[str, dict[tuple, float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            key = tuple(value for _, value in sorted(sample.labels.items()))
-            found.setdefault(sample.name, {})[key] = sample.value
-    return found
-
-
-def counts(port: int, name: str) -> dict[tuple, float]:
-    """A counter's (or a histogram's _count) samples that are not zero."""
-    return {labels: value for labels, value in scrape(port).get(name, {}).items() if value}
 
 
 def http(method: str, url: str, body: dict | None = None) -> int:

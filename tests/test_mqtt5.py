@@ -25,11 +25,11 @@ from gatehouse.registry import Registry
 
 from .conftest import module_broker
 from .devices import token_device, unique
-from .mqtt_client import TIMEOUT, RawClient, V5Client, connect, connect5, connect_packet, next_on
+from .mqtt_client import QUIET, TIMEOUT, RawClient, V5Client, body, codes, connect, connect5, connect_packet, next_on
+from .provisioning_answers import PROVISION_REQUEST, PROVISION_RESPONSE
 
 TELEMETRY, ATTRIBUTES = "v1/devices/me/telemetry", "v1/devices/me/attributes"
 RPC_REQUESTS = "v1/devices/me/rpc/request/+"
-PROVISION_REQUEST, PROVISION_RESPONSE = "/provision/request", "/provision/response"
 
 # MQTT 5 reason codes (SPEC §2.1, §2.2, §2.7, §3.1)
 SUCCESS = 0x00
@@ -51,8 +51,6 @@ PAYLOAD_FORMAT_INVALID = 0x99
 RETAIN_NOT_SUPPORTED = 0x9A
 QOS_NOT_SUPPORTED = 0x9B
 MALFORMED_PACKET = 0x81
-
-QUIET = 1.0  # how long "nothing arrives" is watched for
 
 
 # --- fixtures and helpers -----------------------------------------------------------------------
@@ -90,10 +88,6 @@ def app5(broker, *filters: str, qos: int = 1, account: tuple[str, str] | None = 
     return client
 
 
-def codes(reason_codes) -> list[int]:
-    return [getattr(code, "value", code) for code in reason_codes]
-
-
 def subscribe_many(client, filters: list[tuple[str, int]]) -> list[int]:
     """One SUBSCRIBE packet with several filters; the SUBACK codes in order."""
     client.client.subscribe(filters)
@@ -105,10 +99,6 @@ def properties(packet_type=PacketTypes.PUBLISH, **values) -> Properties:
     for name, value in values.items():
         setattr(props, name, value)
     return props
-
-
-def body(message):
-    return json.loads(message.payload)
 
 
 def latest(broker, device_id: str) -> dict:
@@ -338,11 +328,11 @@ def test_subscribe_with_a_topic_filter_that_is_not_utf8_gets_disconnect_0x81_and
     _, token = token_device(broker)
     with RawClient(broker.mqtt_port) as raw:
         raw.send(connect_packet(unique("cid"), token, protocol_level=5))
-        packet_type, connack = _read_packet(raw)
+        packet_type, connack = raw.read_packet()
         assert packet_type == 0x20 and connack[1] == SUCCESS
         body = b"\x00\x01" + b"\x00" + b"\x00\x03a\xffb" + b"\x01"  # packet id, no properties, filter, options
         raw.send(bytes((0x82, len(body))) + body)
-        assert _read_packet(raw) == (0xE0, bytes((0x81,)))  # DISCONNECT, malformed packet
+        assert raw.read_packet() == (0xE0, bytes((0x81,)))  # DISCONNECT, malformed packet
         assert raw.closed_by_server()
 
 
@@ -612,23 +602,6 @@ def test_session_is_dropped_once_its_expiry_interval_has_passed(broker):
 # --- client DISCONNECT --------------------------------------------------------------------------
 
 
-def _read_packet(raw: RawClient) -> tuple[int, bytes]:
-    """One MQTT packet from a raw connection: (first byte, body)."""
-    first = raw.read(1)
-    assert first, "connection closed before a packet arrived"
-    length, multiplier = 0, 1
-    while True:
-        byte = raw.read(1)
-        assert byte, "connection closed inside a packet header"
-        length += (byte[0] & 0x7F) * multiplier
-        multiplier *= 128
-        if not byte[0] & 0x80:
-            break
-    data = raw.read(length)
-    assert len(data) == length, "connection closed inside a packet"
-    return first[0], data
-
-
 def test_client_disconnect_with_reason_0x00_closes_cleanly(broker):
     app = app5(broker, "gatehouse/devices/+/events")
     device, token = token_device(broker)
@@ -636,7 +609,7 @@ def test_client_disconnect_with_reason_0x00_closes_cleanly(broker):
     log_before = len(broker.log())
     with RawClient(broker.mqtt_port) as raw:
         raw.send(connect_packet(unique("cid"), token, protocol_level=5))
-        packet_type, connack = _read_packet(raw)
+        packet_type, connack = raw.read_packet()
         assert packet_type == 0x20 and connack[1] == SUCCESS, f"CONNACK {packet_type:#x} {connack.hex()}"
         assert body(next_on(app, events))["event"] == "connected"
         raw.send(bytes((0xE0, 0x02, SUCCESS, 0x00)))  # DISCONNECT, reason 0x00, no properties
@@ -694,9 +667,9 @@ def test_silent_client_is_disconnected_with_0x8d_after_one_and_a_half_keep_alive
     _device, token = token_device(broker)
     with RawClient(broker.mqtt_port) as raw:
         raw.send(connect_packet(unique("cid"), token, keepalive=1, protocol_level=5))
-        packet_type, connack = _read_packet(raw)
+        packet_type, connack = raw.read_packet()
         assert packet_type == 0x20 and connack[1] == SUCCESS
-        packet_type, disconnect = _read_packet(raw)  # nothing sent for 1.5 s
+        packet_type, disconnect = raw.read_packet()  # nothing sent for 1.5 s
         assert packet_type == 0xE0 and disconnect[0] == KEEP_ALIVE_TIMEOUT, f"{packet_type:#x} {disconnect.hex()}"
         assert raw.closed_by_server(2)
 

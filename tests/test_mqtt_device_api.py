@@ -8,7 +8,6 @@ account, so the tests do not depend on each other even though they share the bro
 from __future__ import annotations
 
 import json
-import queue
 import socket
 import threading
 import time
@@ -23,12 +22,10 @@ from gatehouse.payloads import kv_entries
 from gatehouse.registry import Registry
 
 from .conftest import module_broker
-from .devices import latest_telemetry, token_device, unique
+from .devices import attributes, latest_telemetry, token_device, unique
+from .mqtt_accounts import app_client, device_client
 from .mqtt_client import TestClient as MqttClient
-from .mqtt_client import acknowledged, connect, next_on, wait_until
-
-QUIET = 1.0  # how long "nothing arrives" is watched for
-
+from .mqtt_client import acknowledged, body, codes, connect, next_on, nothing_on, publish_unacked, wait_until
 
 # --- fixtures and helpers -----------------------------------------------------------------------
 
@@ -39,31 +36,6 @@ def broker(tmp_path_factory):
     with module_broker(tmp_path_factory.mktemp("mqtt-device-api"), "--provision-close-seconds", "2") as running:
         yield running
 
-
-
-def device_client(broker, clients, prefix: str = "dev", *, device_and_token=None):
-    """A new device logged in over plain MQTT: (device, client)."""
-    device, token = device_and_token or token_device(broker, prefix)
-    client = connect(broker.mqtt_port, unique("cid"), token)
-    clients.append(client)
-    assert client.connack == 0, f"device login refused: {client.connack}"
-    return device, client
-
-
-def app_client(broker, clients, *filters: str, qos: int = 1) -> MqttClient:
-    """A fresh application account logged in and subscribed to `filters`."""
-    with Registry.open(broker.data_dir) as registry:
-        username, password = registry.create_application(unique("app"))
-    client = connect(broker.mqtt_port, unique("app-cid"), username, password)
-    clients.append(client)
-    assert client.connack == 0, f"application login refused: {client.connack}"
-    for topic_filter in filters:
-        assert codes(client.subscribe(topic_filter, qos)) == [qos], topic_filter
-    return client
-
-
-def codes(reason_codes) -> list[int]:
-    return [getattr(code, "value", code) for code in reason_codes]
 
 
 def subscribe_many(client: MqttClient, filters: list[tuple[str, int]]) -> list[int]:
@@ -80,37 +52,9 @@ def unsubscribe(client: MqttClient, topic_filter: str, timeout: float = 10.0) ->
     assert done.wait(timeout), f"no UNSUBACK for {topic_filter}"
 
 
-def nothing_on(client: MqttClient, predicate=lambda message: True, wait: float = QUIET) -> list:
-    """Messages matching `predicate` that arrive within `wait` seconds (expected: none)."""
-    deadline = time.monotonic() + wait
-    found = []
-    while (remaining := deadline - time.monotonic()) > 0:
-        try:
-            message = client.next_message(timeout=remaining)
-        except queue.Empty:
-            break
-        if predicate(message):
-            found.append((message.topic, message.payload))
-    return found
-
-
-def body(message):
-    return json.loads(message.payload)
-
-
-def attributes(broker, device_id: str, scope: AttributeScope) -> dict:
-    with Registry.open(broker.data_dir) as registry:
-        return registry.get_attributes(device_id, scope)
-
-
 def save_attributes(broker, device_id: str, scope: AttributeScope, values: dict) -> None:
     with Registry.open(broker.data_dir) as registry:
         registry.save_attributes(device_id, scope, kv_entries(values))
-
-
-def publish_unacked(client: MqttClient, topic: str, payload, qos: int = 1):
-    """Publish without waiting; returns paho's MessageInfo to inspect later."""
-    return client.client.publish(topic, payload, qos=qos)
 
 
 def still_open(client: MqttClient, broker, device_id: str) -> None:

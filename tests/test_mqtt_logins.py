@@ -36,6 +36,7 @@ from gatehouse.registry import Registry
 from .async_mqtt import CONNACK, PUBACK, PUBLISH, read_packet
 from .conftest import module_broker
 from .devices import unique
+from .metrics_scrape import counts
 from .mqtt_client import (
     RawClient,
     acknowledged,
@@ -44,12 +45,16 @@ from .mqtt_client import (
     publish_packet,
     wait_until,
 )
-from .test_metrics import counts
+from .provisioning_answers import (
+    FAILURE_JSON,
+    NOT_FOUND_JSON,
+    PROVISION_REQUEST,
+    PROVISION_RESPONSE,
+    provision,
+    provision_client,
+)
 
 TELEMETRY = "v1/devices/me/telemetry"
-PROVISION_REQUEST, PROVISION_RESPONSE = "/provision/request", "/provision/response"
-NOT_FOUND_JSON = {"errorMsg": "Provision data was not found!", "status": "NOT_FOUND"}
-FAILURE_JSON = {"errorMsg": "Failed to provision device!", "status": "FAILURE"}
 PROVISION_CLOSE_SECONDS = 2.0
 SUBACK_FAILURE = 0x80
 
@@ -431,16 +436,6 @@ def test_x509_chain_profile_created_while_running_provisions_after_the_trust_ref
 
 # --- §3 / §9.1 provisioning over MQTT ------------------------------------------------------------
 
-def provision_client(broker, via: str = "username"):
-    """A provision-only session entered by username `provision` or by client id `provision`."""
-    if via == "username":
-        client = mqtt(broker.mqtt_port, unique("prov"), "provision", "any-password")
-    else:
-        client = mqtt(broker.mqtt_port, "provision")
-    assert rc(client) == 0
-    return client
-
-
 def assert_closed_without_answer(client, topic: str, payload) -> None:
     """QoS 1 PUBLISH, then: closed at once (well before the provisioning close timer), no
     PUBACK, no response."""
@@ -448,18 +443,6 @@ def assert_closed_without_answer(client, topic: str, payload) -> None:
     assert client.wait_disconnected(PROVISION_CLOSE_SECONDS - 0.5)
     assert not acknowledged(info)
     assert client.no_message(0.2)
-
-
-def provision(broker, request, via: str = "username", subscribe_qos: int | None = None):
-    """One exchange on a fresh provisioning session; returns (response JSON, the message)."""
-    client = provision_client(broker, via)
-    if subscribe_qos is not None:
-        assert [c.value for c in client.subscribe(PROVISION_RESPONSE, subscribe_qos)] == [subscribe_qos]
-    body = request if isinstance(request, (bytes, str)) else json.dumps(request)
-    assert client.publish(PROVISION_REQUEST, body)
-    message = client.next_message(5)
-    assert message.topic == PROVISION_RESPONSE
-    return json.loads(message.payload), message
 
 
 def allow_profile(broker):

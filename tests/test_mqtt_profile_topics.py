@@ -15,15 +15,18 @@ from gatehouse.mqtt_transport import MqttTransport
 from gatehouse.registry import Registry
 
 from .conftest import module_broker
-from .devices import latest_telemetry, unique
-from .mqtt_client import acknowledged, connect, connect5, next_on, wait_until
-from .test_mqtt_device_api import (
-    app_client,
-    attributes,
+from .devices import attributes, latest_telemetry, unique
+from .mqtt_accounts import app_client
+from .mqtt_client import (
+    acknowledged,
     body,
     codes,
+    connect,
+    connect5,
+    next_on,
     nothing_on,
     publish_unacked,
+    wait_until,
 )
 
 CUSTOM = MqttTransport(telemetry_topic="sensors/+/data", attributes_topic="sensors/+/state",

@@ -12,8 +12,8 @@ from gatehouse.registry import Registry
 
 from .conftest import module_broker
 from .devices import token_device, unique
-from .mqtt_client import connect, next_on
-from .test_mqtt_device_api import app_client, body, codes, device_client, nothing_on
+from .mqtt_accounts import app_client, device_client
+from .mqtt_client import body, codes, connect, next_on, nothing_on
 
 SHARED, CALL, REPLY = "attributes/shared", "rpc/call", "rpc/reply"
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from gatehouse.models import AttributeScope
 from gatehouse.registry import Registry
 
 from .conftest import module_broker, operator_certificate
-from .devices import latest_telemetry, token_device, unique
+from .devices import issue_certificate, latest_telemetry, token_device, unique, x509_device
 from .mqtt_client import connect, wait_until
 
 MOSQUITTO_PUB = shutil.which("mosquitto_pub")
@@ -32,29 +31,6 @@ VERSIONS = ["mqttv311", "mqttv5"]
 def broker(tmp_path_factory):
     with module_broker(tmp_path_factory.mktemp("mqtt-tls-clients")) as running:
         yield running
-
-
-def gatehouse_cli(broker, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "gatehouse", "--data-dir", str(broker.data_dir), *args],
-                            capture_output=True, text=True, timeout=30, check=False)
-    assert result.returncode == 0, f"gatehouse {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
-def issue_certificate(broker, name: str, out: Path) -> tuple[Path, Path]:
-    gatehouse_cli(broker, "pki", "issue", name, "--out", str(out))
-    cert, key = out / f"{name}.pem", out / f"{name}.key"
-    assert cert.is_file() and key.is_file()
-    return cert, key
-
-
-def x509_device(broker, tmp_path: Path) -> tuple[str, Path, Path]:
-    """A device registered with a certificate from the development CA: (device id, cert, key)."""
-    name = unique("x509")
-    cert, key = issue_certificate(broker, name, tmp_path / "certs")
-    created = json.loads(gatehouse_cli(broker, "device", "create", name, "--cert", str(cert), "--json"))
-    assert created["credentials"]["credentialsType"] == "X509_CERTIFICATE"
-    return created["device"]["id"]["id"], cert, key
 
 
 def tls_args(broker, cert: Path | None = None, key: Path | None = None, version: str = "mqttv311") -> list[str]:

@@ -16,6 +16,7 @@ from gatehouse.payloads import (
     RpcRequest,
     TelemetryRecord,
     ValueKind,
+    attribute_request_from_keys,
     entry_to_json_value,
     json_bytes,
     kv_entries,
@@ -520,6 +521,20 @@ def test_attribute_request_malformed(payload, message):
 
 def test_attribute_request_with_empty_body_is_an_error_as_in_tb():
     assert error_message(parse_attribute_request(b"")) == "Payload is empty"
+
+
+@pytest.mark.parametrize(("client_keys", "shared_keys", "client", "shared"), [
+    pytest.param(None, None, None, None, id="no keys: all"),
+    pytest.param("a,b", None, ("a", "b"), None, id="client keys"),
+    pytest.param(None, "s1, s2", None, ("s1", "s2"), id="shared keys trimmed"),
+    pytest.param("a", "s", ("a",), ("s",), id="both"),
+    pytest.param(" a , ,b,a,\t", None, ("a", "b"), None, id="empty pieces and repeats dropped"),
+    pytest.param("", "s", None, ("s",), id="an empty list is absent"),
+    pytest.param(" , ", " ", None, None, id="only separators: all"),
+    pytest.param("\u00a0a", None, ("\u00a0a",), None, id="java's trim keeps u+00a0"),
+])
+def test_attribute_request_from_query_keys_reads_them_as_the_json_request(client_keys, shared_keys, client, shared):
+    assert attribute_request_from_keys(client_keys, shared_keys) == AttributeRequest(client, shared)
 
 
 # --- client-side RPC request --------------------------------------------------------------------

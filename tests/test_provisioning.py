@@ -20,9 +20,9 @@ from gatehouse.provisioning import ProvisionRequest, ProvisionRequestError, Prov
 from gatehouse.registry import Registry
 from gatehouse.server_key import ServerKey
 
+from .provisioning_answers import FAILURE_JSON, NOT_FOUND_JSON
+
 SUCCESS, NOT_FOUND, FAILURE = ProvisionStatus.SUCCESS, ProvisionStatus.NOT_FOUND, ProvisionStatus.FAILURE
-NOT_FOUND_JSON = {"errorMsg": "Provision data was not found!", "status": "NOT_FOUND"}
-FAILURE_JSON = {"errorMsg": "Failed to provision device!", "status": "FAILURE"}
 
 ALLOW_KEY, ALLOW_SECRET = "allowProvisionKey", "allow-Secret-7f3a9c"
 CHECK_KEY, CHECK_SECRET = "checkProvisionKey", "check-Secret-2b8d4e"

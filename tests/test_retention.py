@@ -81,6 +81,21 @@ def test_zero_days_keeps_everything():
     assert set(RetentionPolicy(0, 365).cutoffs(now_ms())) == {Prunable.AUDIT}
 
 
+NOW_MS = 1_700_000_000_000
+
+
+@pytest.mark.parametrize("policy, cutoffs", [
+    pytest.param(RetentionPolicy(), {Prunable.TELEMETRY: NOW_MS - 30 * DAY_MS, Prunable.AUDIT: NOW_MS - 365 * DAY_MS},
+                 id="defaults: 30 days of telemetry, a year of audit events"),
+    pytest.param(RetentionPolicy(1, 2), {Prunable.TELEMETRY: NOW_MS - DAY_MS, Prunable.AUDIT: NOW_MS - 2 * DAY_MS},
+                 id="whole days"),
+    pytest.param(RetentionPolicy(0.5, 0), {Prunable.TELEMETRY: NOW_MS - DAY_MS // 2}, id="half a day, audit kept"),
+    pytest.param(RetentionPolicy(0, 0.001), {Prunable.AUDIT: NOW_MS - 86_400}, id="a thousandth of a day"),
+])
+def test_each_kind_is_pruned_before_now_minus_its_days(policy, cutoffs):
+    assert policy.cutoffs(NOW_MS) == cutoffs
+
+
 def test_the_lease_has_one_holder_until_it_runs_out(data_dir):
     Registry.initialise(data_dir).close()
     with Registry.open(data_dir) as first, Registry.open(data_dir) as second:

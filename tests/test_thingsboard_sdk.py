@@ -31,14 +31,11 @@ from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
 from gatehouse.payloads import KvEntry, TelemetryRecord, ValueKind, kv_entries
 from gatehouse.registry import Registry
 
-from .devices import token_device, unique
+from .devices import token_device, unique, x509_device
 from .mqtt_client import TestClient as MqttClient
 from .mqtt_client import connect, next_on
-from .test_mqtt_tls_clients import x509_device
+from .sdk_paths import REPO_ROOT, SCRIPTS, SDK_PYTHON
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SDK_PYTHON = REPO_ROOT / ".venv-sdk" / "bin" / "python"
-SCRIPTS = Path(__file__).resolve().parent / "sdk_scripts"
 SDK_TIMEOUT = 90  # the SDK's provisioning client itself gives up after 60 s without an answer
 STEP_TIMEOUT = 20  # how long device_session.py waits for any one thing (a CONNACK, a callback)
 

@@ -5,15 +5,12 @@ The browser scenarios against a running broker and sidecar are in test_web_ui_br
 from __future__ import annotations
 
 import contextlib
-import io
 import re
 import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
-from flask import Response
 
 from gatehouse.credentials import AccessToken, MqttBasic
 from gatehouse.data_dir import DataDir
@@ -28,63 +25,7 @@ from gatehouse.provisioning import ProvisionRequest
 from sidecar.app import create_app
 from sidecar.context import SidecarSettings
 
-ADMIN, PASSWORD = "operator@gatehouse.test", "operator-Password-7"
-CSRF = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
-
-
-class HttpClient:
-    """What Ui uses of Flask's test client, over HTTP to a running sidecar: for tests that need
-    the real process (its logs). It keeps the cookie; answers are werkzeug responses, read as
-    the test client's are."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.session = requests.Session()
-
-    def get(self, path: str, query_string: dict | None = None):
-        return self._response(self.session.get(self.url + path, params=query_string, allow_redirects=False,
-                                               timeout=30))
-
-    def post(self, path: str, data: dict, content_type: str | None = None):
-        # The test client's form values are text, or (stream, file name) for an upload.
-        files = {key: (value[1], value[0]) for key, value in data.items() if isinstance(value, tuple)}
-        fields = {key: value for key, value in data.items() if key not in files}
-        return self._response(self.session.post(self.url + path, data=fields, files=files or None,
-                                                allow_redirects=False, timeout=30))
-
-    @staticmethod
-    def _response(answer: requests.Response) -> Response:
-        return Response(answer.content, status=answer.status_code, headers=list(answer.headers.items()))
-
-
-class Ui:
-    """A browser-like client of the UI: it keeps the session cookie and sends the CSRF token of
-    the last page it read. Flask's test client on `app`, or an HttpClient."""
-
-    def __init__(self, app=None, *, client: HttpClient | None = None):
-        self.client = client if client is not None else app.test_client()
-        self.token: str | None = None
-
-    def get(self, path: str, **kwargs):
-        response = self.client.get(path, **kwargs)
-        found = CSRF.search(response.get_data(as_text=True))
-        if found:
-            self.token = found.group(1)
-        return response
-
-    def post(self, path: str, data: dict | None = None, *, csrf: bool = True, **kwargs):
-        data = dict(data or {})
-        if csrf:
-            data.setdefault("csrf_token", self.token)
-        response = self.client.post(path, data=data, content_type="multipart/form-data", **kwargs)
-        found = CSRF.search(response.get_data(as_text=True))
-        if found:
-            self.token = found.group(1)
-        return response
-
-    def login(self, username: str = ADMIN, password: str = PASSWORD):
-        self.get("/ui/login")
-        return self.post("/ui/login", {"username": username, "password": password})
+from .web_ui_client import ADMIN, PASSWORD, Ui, new_device, upload, wait_for_import
 
 
 def _field_errors(html: str, field: str) -> list[str]:
@@ -103,10 +44,6 @@ def ui(app) -> Ui:
     client = Ui(app)
     assert client.login().status_code == 302
     return client
-
-
-def upload(text: str, name: str = "file.pem"):
-    return (io.BytesIO(text.encode()), name)
 
 
 # --- logins, sessions, CSRF ---------------------------------------------------------------------
@@ -331,11 +268,6 @@ def test_an_unused_profile_is_deleted(ui, registry):
 
 # --- devices ------------------------------------------------------------------------------------
 
-def new_device(ui, **fields):
-    ui.get("/ui/devices/new")
-    return ui.post("/ui/devices/new", {"credentials_type": "ACCESS_TOKEN", **fields})
-
-
 def test_device_refusals_are_shown_next_to_their_field_and_nothing_is_saved(ui, registry):
     registry.create_device("existing", credentials=AccessToken("TAKEN_TOKEN"))
     profile_id = registry.default_profile().id
@@ -505,17 +437,6 @@ def test_an_unknown_device_is_a_404_page(ui):
 
 
 # --- bulk import --------------------------------------------------------------------------------
-
-def wait_for_import(ui, location: str) -> dict:
-    status_path = location + "/status"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        status = ui.get(status_path).get_json()
-        if status["finished"]:
-            return status
-        time.sleep(0.05)
-    raise AssertionError("the import did not finish")
-
 
 def test_a_csv_import_keeps_the_good_lines_and_reports_the_bad_one(ui, registry):
     csv_text = ("NAME,TYPE,ACCESS_TOKEN,SHARED_ATTRIBUTE:model\n"
