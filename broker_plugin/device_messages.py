@@ -12,23 +12,14 @@ from collections.abc import Callable, Coroutine
 
 from amqtt.session import Session
 
+from gatehouse import device_requests
 from gatehouse import metrics as m
-from gatehouse.application_namespace import attributes_message, device_topic, rpc_request_message, telemetry_message
+from gatehouse.application_namespace import device_topic, rpc_request_message
 from gatehouse.clock import now_ms
 from gatehouse.device_activity import ActivityTracker
+from gatehouse.device_requests import PROVISIONED_EVENT, attributes_upload, telemetry_upload
 from gatehouse.models import CredentialsType, Device
-from gatehouse.payloads import (
-    PayloadError,
-    TelemetryRecord,
-    json_bytes,
-    parse_attribute_request,
-    parse_attributes,
-    parse_json,
-    parse_rpc_request,
-    parse_telemetry,
-)
-from gatehouse.provisioning import ProvisionRequest, ProvisionRequestError, ProvisionStatus
-from gatehouse.registry import DeviceDataWrite, Registry
+from gatehouse.payloads import PayloadError, json_bytes, parse_attribute_request, parse_rpc_request
 
 from .connections import Connections
 from .interfaces import MAX_IN_FLIGHT, DisconnectReason, MessageProperties, PublishVerdict
@@ -79,20 +70,15 @@ class DeviceMessages:
         if action is DeviceAction.CLAIM:
             return PublishVerdict.ACK  # claiming is out of scope; accepted like ThingsBoard does
 
-        if action is DeviceAction.TELEMETRY:
-            records = parse_telemetry(payload, max_bytes=self._max_payload_size)
-            if isinstance(records, PayloadError):
-                return self._invalid_payload(session, topic, records)
-            stamp = now_ms()  # one server time for the stored and the republished copy
-            records = [TelemetryRecord(stamp if r.ts is None else r.ts, r.values) for r in records]
-            await self._worker.write(DeviceDataWrite(device.id, telemetry=tuple(records)))
-            await connections.republish(device_topic(device.id, "telemetry"), telemetry_message(records), properties)
-        elif action is DeviceAction.ATTRIBUTES:
-            entries = parse_attributes(payload, max_bytes=self._max_payload_size)
-            if isinstance(entries, PayloadError):
-                return self._invalid_payload(session, topic, entries)
-            await self._worker.write(DeviceDataWrite(device.id, attributes=entries))
-            await connections.republish(device_topic(device.id, "attributes"), attributes_message(entries), properties)
+        if action in (DeviceAction.TELEMETRY, DeviceAction.ATTRIBUTES):
+            if action is DeviceAction.TELEMETRY:
+                upload = telemetry_upload(device.id, payload, now=now_ms(), max_bytes=self._max_payload_size)
+            else:
+                upload = attributes_upload(device.id, payload, max_bytes=self._max_payload_size)
+            if isinstance(upload, PayloadError):
+                return self._invalid_payload(session, topic, upload)
+            await self._worker.write(upload.write)
+            await connections.republish(device_topic(device.id, upload.topic), upload.message, properties)
         elif action is DeviceAction.ATTRIBUTE_REQUEST:
             request = parse_attribute_request(payload)
             if isinstance(request, PayloadError):
@@ -147,24 +133,20 @@ class Provisioning:
     async def process(self, session: Session, topic: str, payload: bytes) -> PublishVerdict:
         if topic != PROVISION_REQUEST:
             return PublishVerdict.NOT_ALLOWED  # a provisioning session may do nothing else (SPEC §3.1)
-        parsed = parse_json(payload)
-        if isinstance(parsed, PayloadError):
-            _provisioning(m.NO_PROFILE, m.PROVISION_INVALID).inc()
+        answer = await self._worker.call_write(device_requests.provision, payload, transport="MQTT",
+                                               remote_address=session.remote_address)
+        _provisioning(*answer.metric_labels).inc()
+        if isinstance(answer.refused, PayloadError):
             return PublishVerdict.PAYLOAD_FORMAT_INVALID
-        try:
-            request = ProvisionRequest.from_json(parsed)
-            result = await self._worker.call_write(Registry.provision, request, transport="MQTT",
-                                                   remote_address=session.remote_address)
-        except ProvisionRequestError as e:
-            _provisioning(m.NO_PROFILE, m.PROVISION_INVALID).inc()
-            log.info("closing provisioning session from %s: %s", session.remote_address, e)
+        if answer.refused is not None:
+            log.info("closing provisioning session from %s: %s", session.remote_address, answer.why_refused)
             return PublishVerdict.FAILED
-        _provisioning(m.provision_strategy(result), result.status.value).inc()
+        result = answer.result
         connections = self._connections
         connections.send_after_answer(session, PROVISION_RESPONSE, json_bytes(result.to_json()),
                                       reply_qos(session, PROVISION_RESPONSE), kind="provision_response")
-        if result.status is ProvisionStatus.SUCCESS:
-            await connections.publish_event(result.device_id, "provisioned")
+        if answer.succeeded:
+            await connections.publish_event(result.device_id, PROVISIONED_EVENT)
             if result.credentials_type is CredentialsType.X509_CERTIFICATE:
                 await self._trust_store.refresh()  # the device brought its own certificate
         # ThingsBoard closes provisioning connections 60 s after answering, whatever the answer.

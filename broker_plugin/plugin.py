@@ -15,7 +15,7 @@ database work on the registry thread.
 Under the hardened broker (broker_plugin.server) each PUBLISH reaches `process_publish` before
 any PUBACK. Loaded into a plain amqtt by dotted path, the plugin still authenticates, filters and
 processes messages (from `on_broker_message_received`), but amqtt then acknowledges every QoS 1
-message at once and keeps its own session bugs (README: "Using the plugin in your own amqtt").
+message at once and keeps its own session bugs (docs/mqtt.md#using-the-plugin-in-your-own-amqtt).
 """
 from __future__ import annotations
 

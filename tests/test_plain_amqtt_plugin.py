@@ -1,5 +1,5 @@
 """The plugin dropped into someone else's amqtt by dotted path in a YAML config, run by amqtt's
-own `amqtt` command (README: "Using the plugin in your own amqtt")."""
+own `amqtt` command (docs/mqtt.md#using-the-plugin-in-your-own-amqtt)."""
 import socket
 import subprocess
 import sys

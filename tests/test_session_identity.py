@@ -1,5 +1,5 @@
 """Sessions belong to identities, not to client ids: regression tests for the take-overs found
-by trying the broker as a hostile client would (README, "Sessions belong to identities").
+by trying the broker as a hostile client would (docs/security.md#sessions-belong-to-identities).
 
 Against a real broker with paho (MQTT 3.1.1 and 5) and raw sockets (exact CONNACK bytes):
 1. a login that proves another identity (or nothing: `provision`) never resumes someone else's
