@@ -13,10 +13,12 @@ from pathlib import Path
 from amqtt.errors import BrokerError
 
 from gatehouse.data_dir import DataDir
+from gatehouse.login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES
 from gatehouse.logs import RateLimit, announce, configure_logging
-from gatehouse.metrics import serve_metrics
-from gatehouse.readiness import notify_ready
 from gatehouse.retention import RetentionPolicy
+from gatehouse.runtime import ports
+from gatehouse.runtime.metrics_server import serve_metrics
+from gatehouse.runtime.readiness import notify_ready
 
 from .hardened_broker import HardenedBroker
 from .plugin import GatehousePlugin
@@ -29,15 +31,15 @@ PLUGIN_PATH = f"{GatehousePlugin.__module__}.{GatehousePlugin.__name__}"
 class BrokerSettings:
     data_dir: Path
     host: str = "0.0.0.0"
-    mqtt_port: int = 1883
-    mqtts_port: int = 8883
+    mqtt_port: int = ports.MQTT_PORT
+    mqtts_port: int = ports.MQTTS_PORT
     tls_cert: Path | None = None  # default: the development server certificate in the data dir
     tls_key: Path | None = None
     connect_timeout: float = 10.0
-    max_failed_logins: int = 10
-    block_seconds: float = 60.0
+    max_failed_logins: int = DEFAULT_MAX_FAILURES
+    block_seconds: float = DEFAULT_BLOCK_SECONDS
     provision_close_seconds: float = 60.0
-    metrics_port: int | None = 9883  # Prometheus /metrics; 0: any free port, None: not served
+    metrics_port: int | None = ports.BROKER_METRICS_PORT  # Prometheus /metrics; 0: any free port, None: not served
     log_format: str = "text"
     log_level: str = "INFO"
     retention: RetentionPolicy = RetentionPolicy()

@@ -21,10 +21,12 @@ from gatehouse.login_limiter import (
     LoginLimiter,
 )
 from gatehouse.logs import announce, configure_logging
-from gatehouse.metrics import export_blocked_addresses, serve_metrics
+from gatehouse.metrics import export_blocked_addresses
 from gatehouse.pki import DevelopmentPki
-from gatehouse.readiness import notify_ready
 from gatehouse.registry import Registry
+from gatehouse.runtime import ports
+from gatehouse.runtime.metrics_server import serve_metrics
+from gatehouse.runtime.readiness import notify_ready
 
 from .dtls import add_dtls_listener
 from .forwarding import DEFAULT_TIMEOUT, HttpForwarder
@@ -38,13 +40,13 @@ SERVICE_ACCOUNT = "coap"
 class CoapSettings:
     data_dir: Path
     host: str = "0.0.0.0"
-    coap_port: int = 5683
-    coaps_port: int = 5684
-    sidecar_url: str = "http://127.0.0.1:8080"
+    coap_port: int = ports.COAP_PORT
+    coaps_port: int = ports.COAPS_PORT
+    sidecar_url: str = ports.SIDECAR_URL
     sidecar_timeout: float = DEFAULT_TIMEOUT  # seconds for the sidecar's answer to a device request
     tls_cert: Path | None = None  # default: the development server certificate in the data dir
     tls_key: Path | None = None
-    metrics_port: int | None = 9884  # Prometheus /metrics; 0: any free port, None: not served
+    metrics_port: int | None = ports.COAP_METRICS_PORT  # Prometheus /metrics; 0: any free port, None: not served
     # CoAP clients' requests with unknown tokens, per UDP source address (resources.ApiV1)
     max_failed_logins: int = DEFAULT_MAX_FAILURES
     block_seconds: float = DEFAULT_BLOCK_SECONDS

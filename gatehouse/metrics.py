@@ -8,13 +8,15 @@ never device names, addresses or anything a client chose.
 
 Hot paths bind their label values once (`Counter.labels(...)` returns a child) and keep the child:
 `child.inc()` is a lock and an addition.
+
+Serving them over HTTP is running a process, not domain code: gatehouse.runtime.metrics_server.
 """
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 from .login import (
     APPLICATION_USERNAME_PREFIX,
@@ -122,10 +124,3 @@ def export_blocked_addresses(*limiters: LoginLimiter) -> None:
     the limiters of its last call."""
     gauge_function(BLOCKED_ADDRESSES, lambda: len({a for limiter in limiters for a in limiter.blocked_addresses()}))
 
-
-def serve_metrics(host: str, port: int):
-    """Serve the default registry on http://host:port/metrics from a daemon thread (prometheus_client's
-    own server); returns (server, bound port). Raises OSError if the port is busy. Stop it with
-    `server.shutdown(); server.server_close()`."""
-    server, _thread = start_http_server(port, addr=host)
-    return server, server.server_port

@@ -22,6 +22,7 @@ from gatehouse.login_limiter import (
 from gatehouse.models import AttributeScope, Device
 from gatehouse.payloads import KvEntry
 from gatehouse.registry import Registry
+from gatehouse.runtime import ports
 from gatehouse.token_logins import TokenLogins
 
 from .broker_link import BrokerLink
@@ -36,9 +37,9 @@ T = TypeVar("T")
 class SidecarSettings:
     data_dir: Path
     host: str = "0.0.0.0"
-    http_port: int = 8080
-    broker_host: str = "127.0.0.1"
-    broker_port: int = 1883
+    http_port: int = ports.HTTP_PORT
+    broker_host: str = ports.LOOPBACK
+    broker_port: int = ports.MQTT_PORT
     threads: int = 64  # waitress worker threads: each open long poll holds one
     # ThingsBoard's transport.http.max_payload_size: /api/v1/*/rpc/** 64 KiB, /api/v1/** 50 MiB
     max_payload_size: int = 52_428_800

@@ -11,8 +11,8 @@ import waitress
 
 from gatehouse.clock import now_ms
 from gatehouse.logs import announce, configure_logging
-from gatehouse.readiness import notify_ready
 from gatehouse.registry import Registry
+from gatehouse.runtime.readiness import notify_ready
 
 from .app import create_app
 from .broker_link import SERVICE_ACCOUNT, BrokerLink

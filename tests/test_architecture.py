@@ -1,7 +1,8 @@
 """The one direction of dependencies (docs/architecture.md), checked on every product module's
 imports, lazy ones included: the domain (gatehouse) never imports a component nor the process
-launcher; components (broker_plugin, sidecar, coap_bridge) never import each other; only the
-registry uses the storage seam."""
+launcher; components (broker_plugin, sidecar, coap_bridge) never import each other; what a
+running process needs (gatehouse.runtime) stands on its own; only the registry uses the storage
+seam."""
 from __future__ import annotations
 
 import ast
@@ -11,8 +12,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ("broker_plugin", "sidecar", "coap_bridge")
-# Running processes, not domain code: the CLI's process-launching commands may start components.
-LAUNCHER = ("gatehouse.cli", "gatehouse.supervisor", "gatehouse.__main__")
+# Not domain code: the command line (whose process-launching commands start components) and what
+# a running process needs (default ports, /metrics server, readiness), which components use.
+LAUNCHER = ("gatehouse.cli", "gatehouse.__main__")
+RUNTIME = ("gatehouse.runtime",)
 
 
 def module_name(path: Path) -> str:
@@ -47,9 +50,15 @@ def _within(name: str, prefixes) -> bool:
 
 
 @pytest.mark.parametrize("path", [p for p in PRODUCT if p.parts[len(ROOT.parts)] == "gatehouse"
-                                  and not _within(module_name(p), LAUNCHER)], ids=module_name)
+                                  and not _within(module_name(p), LAUNCHER + RUNTIME)], ids=module_name)
 def test_the_domain_imports_no_component_and_not_the_launcher(path):
-    assert not {i for i in imports_of(path) if _within(i, COMPONENTS + LAUNCHER)}
+    assert not {i for i in imports_of(path) if _within(i, COMPONENTS + LAUNCHER + RUNTIME)}
+
+
+@pytest.mark.parametrize("path", [p for p in PRODUCT if _within(module_name(p), RUNTIME)], ids=module_name)
+def test_the_runtime_helpers_import_nothing_else_of_the_product(path):
+    product = ("gatehouse", *COMPONENTS)
+    assert not {i for i in imports_of(path) if _within(i, product) and not _within(i, RUNTIME)}
 
 
 @pytest.mark.parametrize("path", [p for p in PRODUCT if p.parts[len(ROOT.parts)] in COMPONENTS], ids=module_name)

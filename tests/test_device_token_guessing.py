@@ -352,7 +352,7 @@ def test_http_and_coap_blocks_end_after_block_seconds(gh, short_blocks):
 # --- gatehouse up -------------------------------------------------------------------------------
 
 def test_gatehouse_up_passes_the_limits_to_every_component(tmp_path):
-    from gatehouse.supervisor import Settings, components
+    from gatehouse.cli.supervisor import Settings, components
 
     parts = components(Settings(data_dir=tmp_path, max_failed_logins=5, block_seconds=7.5))
     for part in parts:

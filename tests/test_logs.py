@@ -376,7 +376,7 @@ def test_log_level_leaves_out_less_severe_records_and_never_the_listening_lines(
 
 
 def test_every_component_of_up_gets_the_log_level():
-    from gatehouse.supervisor import Settings, components
+    from gatehouse.cli.supervisor import Settings, components
 
     for part in components(Settings(data_dir=Path("d"), log_level="WARNING")):
         argv = list(part.argv)

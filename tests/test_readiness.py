@@ -1,7 +1,7 @@
 """systemd's notify protocol, both ends: a component says READY=1 to NOTIFY_SOCKET, if it is set."""
 import socket
 
-from gatehouse.readiness import ReadinessSocket, notify_ready
+from gatehouse.runtime.readiness import ReadinessSocket, notify_ready
 
 
 def test_without_a_notify_socket_nothing_is_said(monkeypatch):

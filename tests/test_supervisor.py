@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from gatehouse.supervisor import Component, Restarts, Settings, first_steps, supervise
+from gatehouse.cli.supervisor import Component, Restarts, Settings, first_steps, supervise
 
 from .conftest import free_port
 from .mqtt_client import connect as mqtt_connect
@@ -56,7 +56,7 @@ def test_a_component_killed_by_a_signal_is_named_with_the_signal():
 def test_sigterm_stops_every_component_and_exits_cleanly(tmp_path):
     script = textwrap.dedent(f"""
         import sys
-        from gatehouse.supervisor import Component, supervise
+        from gatehouse.cli.supervisor import Component, supervise
         parts = [Component("one", {SLEEPER!r}, "port 1"), Component("two", {SLEEPER!r}, "port 2")]
         sys.exit(supervise(parts, say=lambda line: print(line, flush=True)))
     """)
@@ -78,7 +78,7 @@ def test_with_restart_on_failure_a_component_that_dies_is_started_again_and_the_
              "sys.exit(3) if n < 2 else time.sleep(120)"]
     script = textwrap.dedent(f"""
         import sys
-        from gatehouse.supervisor import Component, supervise
+        from gatehouse.cli.supervisor import Component, supervise
         parts = [Component("steady", {SLEEPER!r}, "port 1"), Component("flaky", {flaky!r}, "port 2")]
         sys.exit(supervise(parts, say=lambda line: print(line, flush=True), restart_on_failure=True))
     """)
@@ -122,7 +122,7 @@ def _says_ready_after(seconds: float, marker) -> list[str]:
     """A component that opens "its listeners" after `seconds`, notes it in `marker`, says READY=1."""
     return [sys.executable, "-c", f"import pathlib, time; time.sleep({seconds}); "
             f"pathlib.Path({str(marker)!r}).write_text('ready'); "
-            "from gatehouse.readiness import notify_ready; assert notify_ready(); time.sleep(120)"]
+            "from gatehouse.runtime.readiness import notify_ready; assert notify_ready(); time.sleep(120)"]
 
 
 def test_what_to_do_next_is_said_only_once_every_component_said_it_is_ready(tmp_path):
@@ -288,7 +288,7 @@ def test_up_says_nothing_of_a_first_administrator_once_there_is_one(tmp_path):
 
 
 def test_up_passes_the_operators_certificate_to_the_broker(tmp_path):
-    from gatehouse.supervisor import Settings, components
+    from gatehouse.cli.supervisor import Settings, components
 
     settings = Settings(data_dir=tmp_path, tls_cert=tmp_path / "own.pem", tls_key=tmp_path / "own.key")
     broker = components(settings)[0]
@@ -299,7 +299,7 @@ def test_up_passes_the_operators_certificate_to_the_broker(tmp_path):
 
 
 def test_up_passes_metrics_ports_and_log_format_on_and_lists_the_metrics(tmp_path):
-    from gatehouse.supervisor import Settings, components
+    from gatehouse.cli.supervisor import Settings, components
 
     settings = Settings(data_dir=tmp_path, host="127.0.0.1", broker_metrics_port=19883, coap_metrics_port=19884,
                         log_format="json")
@@ -316,7 +316,7 @@ def test_up_passes_metrics_ports_and_log_format_on_and_lists_the_metrics(tmp_pat
 
 
 def test_up_passes_the_retention_settings_to_the_broker(tmp_path):
-    from gatehouse.supervisor import Settings, components
+    from gatehouse.cli.supervisor import Settings, components
 
     parts = {part.name: part for part in components(Settings(data_dir=tmp_path, telemetry_retention_days=7,
                                                                  audit_retention_days=0))}
@@ -326,7 +326,7 @@ def test_up_passes_the_retention_settings_to_the_broker(tmp_path):
 
 
 def test_up_passes_no_telemetry_history_to_the_broker_and_the_sidecar(tmp_path):
-    from gatehouse.supervisor import Settings, components
+    from gatehouse.cli.supervisor import Settings, components
 
     parts = {part.name: part for part in components(Settings(data_dir=tmp_path, telemetry_history=False))}
     assert "--no-telemetry-history" in parts["broker"].argv and "--no-telemetry-history" in parts["sidecar"].argv

@@ -3,7 +3,7 @@
 Each component is a `gatehouse` sub-command in a child process, so a crash in one cannot take
 the others' state with it, and each can also be run alone. If one dies, the supervisor says which
 and how, and stops the rest: a half-running system is worse than a stopped one. Each child says
-when all its listeners are open (gatehouse.readiness, systemd's notify protocol); what to do next
+when all its listeners are open (gatehouse.runtime.readiness, systemd's notify protocol); what to do next
 is said only once every one of them has.
 """
 from __future__ import annotations
@@ -18,9 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES
-from .readiness import NOTIFY_SOCKET, ReadinessSocket
-from .retention import AUDIT_RETENTION_DAYS, TELEMETRY_RETENTION_DAYS
+from ..login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES
+from ..retention import AUDIT_RETENTION_DAYS, TELEMETRY_RETENTION_DAYS
+from ..runtime import ports
+from ..runtime.readiness import NOTIFY_SOCKET, ReadinessSocket
 
 STOP_GRACE_SECONDS = 10.0
 POLL_SECONDS = 0.2
@@ -30,15 +31,15 @@ POLL_SECONDS = 0.2
 class Settings:
     data_dir: Path
     host: str = "0.0.0.0"
-    mqtt_port: int = 1883
-    mqtts_port: int = 8883
-    http_port: int = 8080
-    coap_port: int = 5683
-    coaps_port: int = 5684
+    mqtt_port: int = ports.MQTT_PORT
+    mqtts_port: int = ports.MQTTS_PORT
+    http_port: int = ports.HTTP_PORT
+    coap_port: int = ports.COAP_PORT
+    coaps_port: int = ports.COAPS_PORT
     tls_cert: Path | None = None  # None: the data dir's development certificate
     tls_key: Path | None = None
-    broker_metrics_port: int = 9883  # the sidecar serves its /metrics on http_port
-    coap_metrics_port: int = 9884
+    broker_metrics_port: int = ports.BROKER_METRICS_PORT  # the sidecar serves its /metrics on http_port
+    coap_metrics_port: int = ports.COAP_METRICS_PORT
     # Every component's per-address limits on failed logins (MQTT, HTTP and CoAP unknown tokens, admins)
     max_failed_logins: int = DEFAULT_MAX_FAILURES
     block_seconds: float = DEFAULT_BLOCK_SECONDS
@@ -96,7 +97,7 @@ def components(settings: Settings) -> list[Component]:
 
 def _loopback_of(host: str) -> str:
     """Where the sidecar reaches a broker listening on `host`."""
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return ports.LOOPBACK if host in ("0.0.0.0", "", "::") else host
 
 
 def first_steps(settings: Settings, *, has_admins: bool) -> list[str]:
@@ -114,8 +115,7 @@ def first_steps(settings: Settings, *, has_admins: bool) -> list[str]:
 
 def _sidecar_url(settings: Settings) -> str:
     """Where the CoAP bridge reaches the sidecar's HTTP device API."""
-    host = _loopback_of(settings.host)
-    return f"http://[{host}]:{settings.http_port}" if ":" in host else f"http://{host}:{settings.http_port}"
+    return ports.http_url(_loopback_of(settings.host), settings.http_port)
 
 
 def _describe_exit(code: int) -> str:
