@@ -8,9 +8,9 @@ around every statement, cost a busy loop three times the write itself. If the lo
 the write goes to the thread as before.
 
 Telemetry is the write-heavy path and SQLite has one writer at a time, so device data that
-arrives while a commit is running waits for the next one and then shares its transaction (a few
-statements for the whole batch; a bad item fails alone), and a QoS 1 message is acknowledged only
-once its transaction has committed. An idle broker commits at once: no fixed delay.
+arrives while a commit is running waits for the next one and then shares its transaction
+(gatehouse.group_commit), and a QoS 1 message is acknowledged only once its transaction has
+committed.
 """
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from gatehouse import group_commit
 from gatehouse.errors import StoreBusy
+from gatehouse.group_commit import PendingWrite
 from gatehouse.registry import DeviceDataWrite, Registry
 
 T = TypeVar("T")
-GROUP_COMMIT_MAX = 1000
 
 
 class RegistryWorker:
@@ -36,7 +37,7 @@ class RegistryWorker:
         self._registry: Registry | None = None
         self.reader: Registry | None = None  # read-only use from the event loop
         self._loop_writer: Registry | None = None  # short writes from the event loop, never waiting
-        self._writes: asyncio.Queue[tuple[DeviceDataWrite, asyncio.Future]] = asyncio.Queue()
+        self._writes: asyncio.Queue[tuple[PendingWrite, asyncio.Future]] = asyncio.Queue()
         self._writer_task: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -81,22 +82,23 @@ class RegistryWorker:
         """Store `data` in the next group commit; returns once it is committed, raises if it
         could not be stored."""
         done = asyncio.get_running_loop().create_future()
-        await self._writes.put((data, done))
+        await self._writes.put((PendingWrite(data), done))
         await done
 
     async def _group_commit_loop(self) -> None:
         while True:
-            batch = [await self._writes.get()]
-            while len(batch) < GROUP_COMMIT_MAX and not self._writes.empty():
-                batch.append(self._writes.get_nowait())
-            try:
-                outcomes = await self.call(Registry.save_device_data, [data for data, _ in batch])
-            except Exception as e:  # the commit itself failed: nothing was written
-                outcomes = [e] * len(batch)
-            for (_, done), outcome in zip(batch, outcomes, strict=True):
-                if done.done():
+            batch = group_commit.take_batch(await self._writes.get(), self._take_waiting)
+            await self.call(group_commit.commit, [write for write, _ in batch])
+            for write, done in batch:
+                if done.done():  # its publisher went away
                     continue
-                if outcome is None:
+                if write.error is None:
                     done.set_result(None)
                 else:
-                    done.set_exception(outcome)
+                    done.set_exception(write.error)
+
+    def _take_waiting(self) -> tuple[PendingWrite, asyncio.Future] | None:
+        try:
+            return self._writes.get_nowait()
+        except asyncio.QueueEmpty:
+            return None

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .application_namespace import attributes_message, telemetry_message
 from .metrics import NO_PROFILE, PROVISION_INVALID, provision_strategy
-from .payloads import PayloadError, TelemetryRecord, parse_attributes, parse_json, parse_telemetry
+from .payloads import DEFAULT_MAX_BYTES, PayloadError, TelemetryRecord, parse_attributes, parse_json, parse_telemetry
 from .provisioning import ProvisionRequest, ProvisionRequestError, ProvisionResult, ProvisionStatus
 from .registry import DeviceDataWrite, Registry
 
@@ -33,7 +33,7 @@ class DataUpload:
 
 
 def telemetry_upload(device_id: str, payload: bytes | str, *, now: int,
-                     max_bytes: int | None = None) -> DataUpload | PayloadError:
+                     max_bytes: int = DEFAULT_MAX_BYTES) -> DataUpload | PayloadError:
     """Records without a timestamp get `now`, one server time for the stored and the published copy."""
     records = parse_telemetry(payload, max_bytes=max_bytes)
     if isinstance(records, PayloadError):
@@ -42,7 +42,7 @@ def telemetry_upload(device_id: str, payload: bytes | str, *, now: int,
     return DataUpload(DeviceDataWrite(device_id, telemetry=tuple(records)), "telemetry", telemetry_message(records))
 
 
-def attributes_upload(device_id: str, payload: bytes | str, *, max_bytes: int | None = None) -> DataUpload | PayloadError:
+def attributes_upload(device_id: str, payload: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> DataUpload | PayloadError:
     entries = parse_attributes(payload, max_bytes=max_bytes)
     if isinstance(entries, PayloadError):
         return entries
@@ -76,7 +76,7 @@ class ProvisionAnswer:
         return provision_strategy(self.result), self.result.status.value
 
 
-def provision(registry: Registry, payload: bytes | str, *, max_bytes: int | None = None,
+def provision(registry: Registry, payload: bytes | str, *, max_bytes: int = DEFAULT_MAX_BYTES,
               transport: str | None = None, remote_address: str | None = None) -> ProvisionAnswer:
     """A provisioning request (`{"deviceName", "provisionDeviceKey", ...}`), run in one write
     transaction of `registry`; called as a registry write (worker.call_write(provision, ...))."""
