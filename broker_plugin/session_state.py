@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from amqtt.session import Session
 
-from gatehouse.mqtt_transport import MqttTransport
+from gatehouse.mqtt_topic_settings import MqttTopicSettings
 
 from .registry_worker import RegistryWorker
 
@@ -27,16 +27,16 @@ class ProfileTransports:
 
     def __init__(self, worker: RegistryWorker):
         self._worker = worker
-        self._by_profile: dict[str, MqttTransport | None] = {}
+        self._by_profile: dict[str, MqttTopicSettings | None] = {}
 
     def reload(self) -> None:
-        self._by_profile = self._worker.reader.mqtt_transports()
+        self._by_profile = self._worker.reader.profile_topic_settings()
 
     def know(self, profile_id: str) -> None:
         """Reload if `profile_id` is a profile newer than the last reload."""
         if profile_id not in self._by_profile:
             self.reload()
 
-    def of(self, session: Session) -> MqttTransport | None:
+    def of(self, session: Session) -> MqttTopicSettings | None:
         """The MQTT transport settings of a device session's profile."""
         return self._by_profile.get(session.attributes[DEVICE].profile_id)

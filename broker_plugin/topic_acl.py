@@ -11,7 +11,7 @@ from amqtt.contexts import Action
 from amqtt.session import Session
 
 from gatehouse.application_namespace import is_application_filter
-from gatehouse.mqtt_transport import MqttTransport
+from gatehouse.mqtt_topic_settings import MqttTopicSettings
 
 from .session_state import NAMESPACE_ROLES, ROLE, ROLE_PROVISION, SUBSCRIPTIONS, ProfileTransports
 from .topics import PROVISION_RESPONSE, SubscriptionKind, device_subscription
@@ -54,7 +54,7 @@ class TopicAcl:
             session.attributes.get(SUBSCRIPTIONS, {}).pop(topic, None)
 
 
-def push_target(session: Session, kind: SubscriptionKind, transport: MqttTransport | None) -> tuple[str, int] | None:
+def push_target(session: Session, kind: SubscriptionKind, transport: MqttTopicSettings | None) -> tuple[str, int] | None:
     """(topic or topic prefix, QoS) for server-pushed messages of `kind`, if the device session
     (whose profile's MQTT transport settings are `transport`) subscribed to them."""
     for topic_filter, qos in session.attributes.get(SUBSCRIPTIONS, {}).items():

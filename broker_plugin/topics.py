@@ -14,10 +14,10 @@ import enum
 import re
 from dataclasses import dataclass
 
-from gatehouse.mqtt_transport import (
+from gatehouse.mqtt_topic_settings import (
     DEFAULT_ATTRIBUTES_TOPIC,
     DEFAULT_TELEMETRY_TOPIC,
-    MqttTransport,
+    MqttTopicSettings,
 )
 
 PROVISION_REQUEST = "/provision/request"
@@ -68,7 +68,7 @@ _WITH_ID = (
 _REQUEST_ID = re.compile(r"\d{1,9}")
 
 
-def classify_device_publish(topic: str, transport: MqttTransport | None = None) -> DevicePublish:
+def classify_device_publish(topic: str, transport: MqttTopicSettings | None = None) -> DevicePublish:
     """`transport`: the device's profile's MQTT transport settings, None for the DEFAULT one."""
     if transport is None:
         action = _PROFILE_TOPICS.get(topic)
@@ -115,7 +115,7 @@ _DEVICE_SUBSCRIPTIONS = {
 }
 
 
-def device_subscription(topic_filter: str, transport: MqttTransport | None = None
+def device_subscription(topic_filter: str, transport: MqttTopicSettings | None = None
                         ) -> tuple[SubscriptionKind, str | None] | None:
     """What a device subscription means, or None if a device may not subscribe to it. The
     profile's attribute subscription topic gets its updates on the v1 attributes topic, as

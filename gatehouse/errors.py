@@ -9,7 +9,7 @@ class ValidationError(GatehouseError, ValueError):
     """Input that breaks a rule (duplicate name, malformed certificate, ...); nothing was stored.
     `field` names the input it concerns, when one does, for forms that show the message next
     to it: "name", "profile", "credentials", "provision_key", "provision_secret",
-    "ca_certificate", "cn_regex", "username", "password", "mqtt_transport",
+    "ca_certificate", "cn_regex", "username", "password", "mqtt_topics",
     "mqtt_telemetry_topic", "mqtt_attributes_topic", "mqtt_attributes_subscribe_topic"."""
 
     field: str | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from .mqtt_transport import MqttTransport
+from .mqtt_topic_settings import MqttTopicSettings
 
 
 class CredentialsType(str, enum.Enum):
@@ -40,11 +40,11 @@ class DeviceProfile:
     provision_device_secret: str | None
     certificate_regex: str | None = None
     allow_create_by_x509: bool | None = None
-    mqtt_transport: MqttTransport | None = None  # None: ThingsBoard's DEFAULT transport
+    mqtt_topics: MqttTopicSettings | None = None  # None: ThingsBoard's DEFAULT transport
 
     @property
     def transport_type(self) -> str:
-        return "DEFAULT" if self.mqtt_transport is None else "MQTT"
+        return "DEFAULT" if self.mqtt_topics is None else "MQTT"
 
     def to_json(self) -> dict:
         configuration: dict = {
@@ -66,8 +66,8 @@ class DeviceProfile:
             "provisionDeviceKey": self.provision_device_key,
             "profileData": {
                 "configuration": {"type": "DEFAULT"},
-                "transportConfiguration": ({"type": "DEFAULT"} if self.mqtt_transport is None
-                                           else self.mqtt_transport.to_json()),
+                "transportConfiguration": ({"type": "DEFAULT"} if self.mqtt_topics is None
+                                           else self.mqtt_topics.to_json()),
                 "provisionConfiguration": configuration,
             },
         }

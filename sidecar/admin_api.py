@@ -158,7 +158,7 @@ def save_device_profile() -> Response:
     options = {"key": fields.key, "secret": fields.secret, "ca_certificate_pem": fields.ca_certificate_pem,
                "cn_regex": fields.cn_regex or DEFAULT_CN_REGEX,
                "allow_create": True if fields.allow_create is None else fields.allow_create,
-               "description": fields.description, "mqtt_transport": fields.mqtt_transport}
+               "description": fields.description, "mqtt_topics": fields.mqtt_topics}
     if fields.id is None:
         profile = _registry().create_profile(fields.name, fields.strategy, **options)
     else:

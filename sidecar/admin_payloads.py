@@ -16,7 +16,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from gatehouse.credentials import NewCredentials, X509Certificate, credentials_from_json
 from gatehouse.errors import ValidationError
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
-from gatehouse.mqtt_transport import MqttTransport, check_payload_type
+from gatehouse.mqtt_topic_settings import MqttTopicSettings, check_payload_type
 from gatehouse.registry import HISTORY_LIMIT
 
 JAVA_INT_MAX = 2**31 - 1  # ThingsBoard's page parameters are Java ints
@@ -233,7 +233,7 @@ class ProfileFields:
     ca_certificate_pem: str | None
     cn_regex: str | None
     allow_create: bool | None
-    mqtt_transport: MqttTransport | None
+    mqtt_topics: MqttTopicSettings | None
 
 
 def _provision_type(value: object, field: str) -> ProvisionType | None:
@@ -257,7 +257,7 @@ def profile_fields(body: dict) -> ProfileFields:
     if _typed(body, "type", str) not in (None, PROFILE_TYPE):
         raise BadRequest(f"type {str(body['type'])[:32]!r} is not supported: Gatehouse profiles are DEFAULT")
     data = _typed(body, "profileData", dict) or {}
-    mqtt_transport = _mqtt_transport(body, data)
+    mqtt_topics = _mqtt_topics(body, data)
     config = _typed(data, "provisionConfiguration", dict, where="profileData.") or {}
     where = "profileData.provisionConfiguration."
     for field in ("type", "provisionDeviceSecret", "certificateRegExPattern"):
@@ -275,10 +275,10 @@ def profile_fields(body: dict) -> ProfileFields:
         key = secret = None  # ThingsBoard keeps them, unused; a DISABLED Gatehouse profile has none
     return ProfileFields(profile_id, body.get("name"), body.get("description"), strategy, key or None, secret or None,
                          ca_pem, config.get("certificateRegExPattern"), config.get("allowCreateNewDevicesByX509Certificate"),
-                         mqtt_transport)
+                         mqtt_topics)
 
 
-def _mqtt_transport(body: dict, data: dict) -> MqttTransport | None:
+def _mqtt_topics(body: dict, data: dict) -> MqttTopicSettings | None:
     """The profile's transport: DEFAULT (None) or MQTT with its topics (SPEC §2.8)."""
     config = _typed(data, "transportConfiguration", dict, where="profileData.") or {}
     where = "profileData.transportConfiguration."
@@ -297,7 +297,7 @@ def _mqtt_transport(body: dict, data: dict) -> MqttTransport | None:
         # Checked for a DEFAULT transport too: the document allows only JSON whatever the type.
         check_payload_type(_typed(payload, "transportPayloadType", str,
                                   where=where + "transportPayloadTypeConfiguration."))
-        return None if (top or inner or "DEFAULT") == "DEFAULT" else MqttTransport.from_json(config)
+        return None if (top or inner or "DEFAULT") == "DEFAULT" else MqttTopicSettings.from_json(config)
     except ValidationError as e:  # a 400 like the other shape errors, before anything is stored
         raise BadRequest(str(e)) from None
 

@@ -11,7 +11,7 @@ import pytest
 
 from gatehouse.credentials import AccessToken
 from gatehouse.models import AttributeScope, ProvisionType
-from gatehouse.mqtt_transport import MqttTransport
+from gatehouse.mqtt_topic_settings import MqttTopicSettings
 from gatehouse.registry import Registry
 
 from .conftest import module_broker
@@ -29,7 +29,7 @@ from .mqtt_client import (
     wait_until,
 )
 
-CUSTOM = MqttTransport(telemetry_topic="sensors/+/data", attributes_topic="sensors/+/state",
+CUSTOM = MqttTopicSettings(telemetry_topic="sensors/+/data", attributes_topic="sensors/+/state",
                        attributes_subscribe_topic="commands/settings")
 
 
@@ -39,16 +39,16 @@ def broker(tmp_path_factory):
         yield running
 
 
-def profile_device(broker, transport: MqttTransport | None, *, profile: str | None = None):
+def profile_device(broker, transport: MqttTopicSettings | None, *, profile: str | None = None):
     """A device on a new profile with `transport`: (device, token, profile name)."""
     profile, token = profile or unique("profile"), unique("TOKEN")
     with Registry.open(broker.data_dir) as registry:
-        registry.create_profile(profile, mqtt_transport=transport)
+        registry.create_profile(profile, mqtt_topics=transport)
         device = registry.create_device(unique("dev"), profile=profile, credentials=AccessToken(token))
     return device, token, profile
 
 
-def device_client(broker, clients, transport: MqttTransport | None, *, version: int = 4):
+def device_client(broker, clients, transport: MqttTopicSettings | None, *, version: int = 4):
     device, token, profile = profile_device(broker, transport)
     client = (connect5 if version == 5 else connect)(broker.mqtt_port, unique("cid"), token)
     clients.append(client)
@@ -78,7 +78,7 @@ def test_attributes_on_the_profiles_topic_are_stored_in_client_scope(broker, cli
 
 
 def test_a_topic_both_filters_match_carries_attributes_as_in_thingsboard(broker, clients):
-    transport = MqttTransport(telemetry_topic="plant/#", attributes_topic="plant/attributes")
+    transport = MqttTopicSettings(telemetry_topic="plant/#", attributes_topic="plant/attributes")
     device, client, _ = device_client(broker, clients, transport)
     assert client.publish("plant/attributes", '{"serial": "A7"}', qos=1)
     assert client.publish("plant/line/3", '{"speed": 12}', qos=1)
@@ -108,7 +108,7 @@ def test_the_profiles_subscribe_topic_gets_shared_attribute_updates_on_the_v1_to
 
 
 def test_a_wildcard_subscribe_topic_matches_the_devices_subscription(broker, clients):
-    device, client, _ = device_client(broker, clients, MqttTransport(attributes_subscribe_topic="config/+/updates"))
+    device, client, _ = device_client(broker, clients, MqttTopicSettings(attributes_subscribe_topic="config/+/updates"))
     assert codes(client.subscribe("config/device/updates", 1)) == [1]
     app = app_client(broker, clients)
     assert app.publish(f"gatehouse/devices/{device.id}/attributes/shared", '{"deleted": ["old"]}')
@@ -124,20 +124,20 @@ def test_the_v1_attribute_subscription_still_works_beside_the_profiles(broker, c
 
 
 def test_send_ack_on_validation_exception_acknowledges_an_invalid_qos1_payload_on_mqtt_311(broker, clients):
-    device, client, _ = device_client(broker, clients, MqttTransport(send_ack_on_validation_exception=True))
+    device, client, _ = device_client(broker, clients, MqttTopicSettings(send_ack_on_validation_exception=True))
     assert client.publish("v1/devices/me/telemetry", '{"temperature": 25,,, ', qos=1), "no PUBACK"
     assert client.publish("v1/devices/me/telemetry", '{"after": 1}', qos=1)  # still connected
     assert set(latest_telemetry(broker, device.id)) == {"after"}
 
 
 def test_send_ack_on_validation_exception_still_closes_on_an_invalid_qos0_payload(broker, clients):
-    _device, client, _ = device_client(broker, clients, MqttTransport(send_ack_on_validation_exception=True))
+    _device, client, _ = device_client(broker, clients, MqttTopicSettings(send_ack_on_validation_exception=True))
     publish_unacked(client, "v1/devices/me/telemetry", "[1, 2", qos=0)
     assert client.wait_disconnected(5), "an invalid QoS 0 payload kept the connection open"
 
 
 def test_without_send_ack_on_validation_exception_an_invalid_payload_closes_unacknowledged(broker, clients):
-    device, client, _ = device_client(broker, clients, MqttTransport(telemetry_topic="t/#"))
+    device, client, _ = device_client(broker, clients, MqttTopicSettings(telemetry_topic="t/#"))
     info = publish_unacked(client, "t/x", "not json", qos=1)
     assert client.wait_disconnected(5)
     assert not acknowledged(info)
@@ -145,7 +145,7 @@ def test_without_send_ack_on_validation_exception_an_invalid_payload_closes_unac
 
 
 def test_mqtt5_gets_0x99_for_an_invalid_payload_whatever_the_flag(broker, clients):
-    _device, client, _ = device_client(broker, clients, MqttTransport(send_ack_on_validation_exception=True),
+    _device, client, _ = device_client(broker, clients, MqttTopicSettings(send_ack_on_validation_exception=True),
                                        version=5)
     assert client.publish_code("v1/devices/me/telemetry", "{oops", qos=1) == 0x99
     assert client.publish_code("v1/devices/me/telemetry", '{"ok": 1}', qos=1) == 0
@@ -157,7 +157,7 @@ def test_a_profile_changed_by_another_process_applies_to_the_connected_device(br
     with Registry.open(broker.data_dir) as registry:
         current = registry.get_profile(profile)
         registry.update_profile(current.id, current.name, ProvisionType.DISABLED,
-                                mqtt_transport=MqttTransport(telemetry_topic="moved/here"))
+                                mqtt_topics=MqttTopicSettings(telemetry_topic="moved/here"))
 
     def moved() -> bool:
         client.publish("moved/here", json.dumps({"after": 2}), qos=1)

@@ -18,8 +18,8 @@ from gatehouse.device_activity import ActivityTracker
 from gatehouse.errors import NotFoundError
 from gatehouse.login import LoginOutcome
 from gatehouse.models import AttributeScope, CredentialsType, ProvisionType
+from gatehouse.mqtt_topic_settings import MqttTopicSettings
 from gatehouse.payloads import KvEntry, TelemetryRecord, ValueKind
-from gatehouse.mqtt_transport import MqttTransport
 from gatehouse.pki import DevelopmentPki, issue_device_certificate
 from gatehouse.provisioning import ProvisionRequest
 from sidecar.app import create_app
@@ -228,11 +228,11 @@ def test_a_profile_takes_mqtt_topics_shows_them_again_and_keeps_them_on_regenera
     assert registry.find_device_by_name("custom-topics") is None
     assert ui.post("/ui/profiles/new", mqtt).status_code == 302
     profile = registry.get_profile("custom-topics")
-    assert profile.mqtt_transport == MqttTransport("sensors/+/data", "sensors/+/state", send_ack_on_validation_exception=True)
+    assert profile.mqtt_topics == MqttTopicSettings("sensors/+/data", "sensors/+/state", send_ack_on_validation_exception=True)
     page = ui.get(f"/ui/profiles/{profile.id}").get_data(as_text=True)
     assert 'value="sensors/+/state"' in page and '<option selected value="MQTT">' in page
     assert ui.post(f"/ui/profiles/{profile.id}/regenerate").status_code == 302
-    assert registry.get_profile(profile.id, by_id=True).mqtt_transport == profile.mqtt_transport
+    assert registry.get_profile(profile.id, by_id=True).mqtt_topics == profile.mqtt_topics
 
 
 def test_the_cn_preview_applies_the_provisioning_rule(ui):

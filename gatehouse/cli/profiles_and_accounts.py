@@ -14,10 +14,10 @@ import click
 from .. import pki
 from ..data_dir import DataDir
 from ..models import DeviceProfile, ProvisionType
-from ..mqtt_transport import (
+from ..mqtt_topic_settings import (
     DEFAULT_ATTRIBUTES_TOPIC,
     DEFAULT_TELEMETRY_TOPIC,
-    MqttTransport,
+    MqttTopicSettings,
 )
 from ..registry import Registry
 from .output import emit, json_option, open_registry
@@ -56,8 +56,8 @@ def _profile_text(p: DeviceProfile) -> str:
         lines += [f"  key:       {p.provision_device_key} (SHA3 of the CA certificate)",
                   f"  CN regex:  {p.certificate_regex}",
                   f"  creates devices: {'yes' if p.allow_create_by_x509 else 'no'}"]
-    if p.mqtt_transport is not None:
-        t = p.mqtt_transport
+    if p.mqtt_topics is not None:
+        t = p.mqtt_topics
         lines += [f"  MQTT telemetry topic:            {t.telemetry_topic}",
                   f"  MQTT attributes topic:           {t.attributes_topic}",
                   f"  MQTT attributes subscribe topic: {t.attributes_subscribe_topic}",
@@ -98,10 +98,10 @@ def profile_create(ctx, name, strategy, key, secret, ca_cert, cn_regex, allow_cr
         ("telemetry_topic", mqtt_telemetry_topic), ("attributes_topic", mqtt_attributes_topic),
         ("attributes_subscribe_topic", mqtt_attributes_subscribe_topic),
         ("send_ack_on_validation_exception", ack_invalid_payloads)) if value}
-    mqtt_transport = MqttTransport(**given) if given else None
+    mqtt_topics = MqttTopicSettings(**given) if given else None
     created = open_registry(ctx).create_profile(
         name, STRATEGIES[strategy], key=key, secret=secret, ca_certificate_pem=ca_cert.read() if ca_cert else None,
-        cn_regex=cn_regex, allow_create=allow_create, default=is_default, mqtt_transport=mqtt_transport)
+        cn_regex=cn_regex, allow_create=allow_create, default=is_default, mqtt_topics=mqtt_topics)
     emit(as_json, created.to_json(), _profile_text(created))
 
 

@@ -141,7 +141,7 @@ class Registry:
     default_profile = _Forward("profiles", Profiles.default)
     set_default_profile = _Forward("profiles", Profiles.set_default)
     delete_profile = _Forward("profiles", Profiles.delete)
-    mqtt_transports = _Forward("profiles", Profiles.topic_settings)
+    profile_topic_settings = _Forward("profiles", Profiles.topic_settings)
     # devices.py
     create_device = _Forward("devices", Devices.create)
     save_device = _Forward("devices", Devices.save)

@@ -10,7 +10,7 @@ from ..credentials import generate_secret, sha3_hash
 from ..errors import NotFoundError, ValidationError
 from ..ids import new_id
 from ..models import DeviceProfile, ProvisionType
-from ..mqtt_transport import MqttTransport
+from ..mqtt_topic_settings import MqttTopicSettings
 from ..storage import PROFILE_SORT_KEYS, IntegrityError
 from .context import RegistryContext
 from .rules import (
@@ -54,16 +54,16 @@ class Profiles:
         allow_create: bool = True,
         description: str | None = None,
         default: bool = False,
-        mqtt_transport: MqttTransport | None = None,
+        mqtt_topics: MqttTopicSettings | None = None,
     ) -> DeviceProfile:
         """Key and secret are generated when not given; an X.509 chain profile's key is the
-        SHA3 hash of its CA certificate, as in ThingsBoard. `mqtt_transport` None is
+        SHA3 hash of its CA certificate, as in ThingsBoard. `mqtt_topics` None is
         ThingsBoard's DEFAULT transport."""
         strategy = ProvisionType(strategy)
         with self._store.transaction():
             profile_id = self.insert(
                 name, strategy, is_default=default, key=key, secret=secret, ca_certificate_pem=ca_certificate_pem,
-                cn_regex=cn_regex, allow_create=allow_create, description=description, mqtt_transport=mqtt_transport)
+                cn_regex=cn_regex, allow_create=allow_create, description=description, mqtt_topics=mqtt_topics)
             return self.from_row(self._store.profile(id=profile_id))
 
     def update(
@@ -78,7 +78,7 @@ class Profiles:
         cn_regex: str = DEFAULT_CN_REGEX,
         allow_create: bool = True,
         description: str | None = None,
-        mqtt_transport: MqttTransport | None = None,
+        mqtt_topics: MqttTopicSettings | None = None,
     ) -> DeviceProfile:
         """Replace a profile's name, description, provisioning and transport settings in place
         (ThingsBoard's save with an id); its id, devices and default flag stay. A key or secret
@@ -93,7 +93,7 @@ class Profiles:
             changes = {"name": profile_name(name), "description": description, "provision_type": strategy.value,
                        **self._provision_columns(row["id"], strategy, key, secret, ca_certificate_pem, cn_regex,
                                                  allow_create),
-                       **_topic_columns(mqtt_transport)}
+                       **_topic_columns(mqtt_topics)}
             try:
                 self._store.update_profile(row["id"], changes)
             except IntegrityError as e:
@@ -101,14 +101,14 @@ class Profiles:
             return self.from_row(self._store.profile(id=row["id"]))
 
     def insert(self, name, strategy, *, is_default=False, key=None, secret=None, ca_certificate_pem=None,
-               cn_regex=DEFAULT_CN_REGEX, allow_create=True, description=None, mqtt_transport=None) -> str:
+               cn_regex=DEFAULT_CN_REGEX, allow_create=True, description=None, mqtt_topics=None) -> str:
         """A new profile row, inside the caller's transaction; returns its id."""
         profile_id = new_id()
         row = {"id": profile_id, "created_time": now_ms(), "name": profile_name(name), "description": description,
                "is_default": int(is_default), "provision_type": strategy.value,
                **self._provision_columns(profile_id, strategy, key, secret, ca_certificate_pem, cn_regex,
                                          allow_create),
-               **_topic_columns(mqtt_transport)}
+               **_topic_columns(mqtt_topics)}
         try:
             if is_default:
                 self._store.clear_default_profile()
@@ -148,7 +148,7 @@ class Profiles:
             is_default=bool(row["is_default"]), provision_type=strategy,
             provision_device_key=row["provision_device_key"], provision_device_secret=secret,
             certificate_regex=row["certificate_regex"], allow_create_by_x509=None if allow is None else bool(allow),
-            mqtt_transport=_topic_settings(row))
+            mqtt_topics=_topic_settings(row))
 
     def row(self, name_or_id: str, by_id: bool = False) -> dict:
         if by_id:
@@ -182,7 +182,7 @@ class Profiles:
         return [self.from_row(row)
                 for row in self._store.profiles(provision_type=ProvisionType.X509_CERTIFICATE_CHAIN.value)]
 
-    def topic_settings(self) -> dict[str, MqttTransport | None]:
+    def topic_settings(self) -> dict[str, MqttTopicSettings | None]:
         """Every profile's MQTT topic settings by profile id (None: the DEFAULT transport)."""
         return {row["id"]: _topic_settings(row) for row in self._store.profile_transports()}
 
@@ -246,7 +246,7 @@ def _x509_chain_columns(ca_pem: str | None, cn_regex: str, allow_create: bool) -
             "certificate_regex": cn_regex, "allow_create_by_x509": int(bool(allow_create))}
 
 
-def _topic_columns(transport: MqttTransport | None) -> dict:
+def _topic_columns(transport: MqttTopicSettings | None) -> dict:
     if transport is None:
         return dict.fromkeys(("mqtt_telemetry_topic", "mqtt_attributes_topic", "mqtt_attributes_subscribe_topic",
                               "mqtt_send_ack_on_validation_exception"))
@@ -255,8 +255,8 @@ def _topic_columns(transport: MqttTransport | None) -> dict:
             "mqtt_send_ack_on_validation_exception": int(transport.send_ack_on_validation_exception)}
 
 
-def _topic_settings(row: dict) -> MqttTransport | None:
+def _topic_settings(row: dict) -> MqttTopicSettings | None:
     if row["mqtt_telemetry_topic"] is None:
         return None
-    return MqttTransport(row["mqtt_telemetry_topic"], row["mqtt_attributes_topic"],
+    return MqttTopicSettings(row["mqtt_telemetry_topic"], row["mqtt_attributes_topic"],
                          row["mqtt_attributes_subscribe_topic"], bool(row["mqtt_send_ack_on_validation_exception"]))

@@ -25,7 +25,7 @@ from gatehouse.credentials import (
     X509Certificate,
 )
 from gatehouse.models import CredentialsType, ProvisionType
-from gatehouse.mqtt_transport import DEFAULT_ATTRIBUTES_TOPIC, DEFAULT_TELEMETRY_TOPIC
+from gatehouse.mqtt_topic_settings import DEFAULT_ATTRIBUTES_TOPIC, DEFAULT_TELEMETRY_TOPIC
 from gatehouse.registry import DEFAULT_CN_REGEX
 
 STRATEGY_LABELS = {
@@ -55,7 +55,7 @@ class FieldError(Exception):
 # names differ; the others are the same. A refusal that names no field of this form is shown
 # above the form.
 _FORM_FIELDS = {"credentials": "credentials_type", "provision_key": "key", "provision_secret": "secret",
-                "mqtt_transport": "transport"}
+                "mqtt_topics": "transport"}
 
 
 def show_error(form: FlaskForm, error: Exception) -> None:

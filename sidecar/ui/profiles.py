@@ -10,7 +10,7 @@ from flask import flash, jsonify, redirect, render_template, request, url_for
 from gatehouse.credentials import generate_secret
 from gatehouse.errors import ValidationError
 from gatehouse.models import DeviceProfile, ProvisionType
-from gatehouse.mqtt_transport import MqttTransport
+from gatehouse.mqtt_topic_settings import MqttTopicSettings
 from gatehouse.provisioning import device_name_from_common_name
 from gatehouse.registry import DEFAULT_CN_REGEX, KEY_SECRET_STRATEGIES
 
@@ -30,7 +30,7 @@ def _settings(form: ProfileForm, current: DeviceProfile | None) -> dict:
     strategy = ProvisionType(form.strategy.data)
     settings = {"key": None, "secret": None, "ca_certificate_pem": None, "cn_regex": DEFAULT_CN_REGEX,
                 "allow_create": True, "description": form.description.data or None,
-                "mqtt_transport": _mqtt_transport(form)}
+                "mqtt_topics": _mqtt_topics(form)}
     if strategy in KEY_SECRET_STRATEGIES:
         settings.update(key=form.key.data or None, secret=form.secret.data or None)
     elif strategy is ProvisionType.X509_CERTIFICATE_CHAIN:
@@ -44,10 +44,10 @@ def _settings(form: ProfileForm, current: DeviceProfile | None) -> dict:
     return settings
 
 
-def _mqtt_transport(form: ProfileForm) -> MqttTransport | None:
+def _mqtt_topics(form: ProfileForm) -> MqttTopicSettings | None:
     if form.transport.data != "MQTT":
         return None
-    return MqttTransport(form.mqtt_telemetry_topic.data, form.mqtt_attributes_topic.data,
+    return MqttTopicSettings(form.mqtt_telemetry_topic.data, form.mqtt_attributes_topic.data,
                          form.mqtt_attributes_subscribe_topic.data, form.mqtt_send_ack.data)
 
 
@@ -90,7 +90,7 @@ def profile(profile_id: str):
 def _form_values(profile: DeviceProfile) -> SimpleNamespace:
     """A profile's settings as the form's fields name them (key, secret and CA are not prefilled:
     left empty, an edit keeps them)."""
-    transport = profile.mqtt_transport or MqttTransport()
+    transport = profile.mqtt_topics or MqttTopicSettings()
     return SimpleNamespace(
         name=profile.name, description=profile.description, strategy=profile.provision_type.value,
         cn_regex=profile.certificate_regex or DEFAULT_CN_REGEX,
@@ -121,7 +121,7 @@ def regenerate_profile_secrets(profile_id: str):
     else:
         registry().update_profile(current.id, current.name, current.provision_type, key=generate_secret(),
                                    secret=generate_secret(), description=current.description,
-                                   mqtt_transport=current.mqtt_transport)
+                                   mqtt_topics=current.mqtt_topics)
         flash("New provision key and secret generated.")
     return redirect(url_for("ui.profile", profile_id=current.id))
 

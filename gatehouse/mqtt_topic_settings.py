@@ -1,4 +1,4 @@
-"""A device profile's MQTT transport settings (SPEC §2.8), without I/O.
+"""A device profile's MQTT topic settings (ThingsBoard's MQTT transport configuration, SPEC §2.8), without I/O.
 
 ThingsBoard lets a profile of transport type MQTT move a device's telemetry and client attributes
 to topics of its own choosing (MQTT wildcards allowed), name the subscription that stands for
@@ -22,7 +22,7 @@ MAX_TOPIC_BYTES = 65_535  # an MQTT string
 
 
 @dataclass(frozen=True)
-class MqttTransport:
+class MqttTopicSettings:
     telemetry_topic: str = DEFAULT_TELEMETRY_TOPIC
     attributes_topic: str = DEFAULT_ATTRIBUTES_TOPIC
     attributes_subscribe_topic: str = DEFAULT_ATTRIBUTES_TOPIC
@@ -58,29 +58,29 @@ class MqttTransport:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> MqttTransport:
+    def from_json(cls, data: dict) -> MqttTopicSettings:
         """From a transportConfiguration of type MQTT; a blank topic is the default one, as in
         ThingsBoard. Raises ValidationError for what Gatehouse cannot honour."""
         payload = data.get("transportPayloadTypeConfiguration") or {}
         if not isinstance(payload, dict):
-            raise ValidationError("transportPayloadTypeConfiguration must be an object", field="mqtt_transport")
+            raise ValidationError("transportPayloadTypeConfiguration must be an object", field="mqtt_topics")
         check_payload_type(payload.get("transportPayloadType"))
         sparkplug = data.get("sparkplug", False)
         if not isinstance(sparkplug, bool | None):
-            raise ValidationError("sparkplug must be a boolean", field="mqtt_transport")
+            raise ValidationError("sparkplug must be a boolean", field="mqtt_topics")
         if sparkplug:
-            raise ValidationError("Sparkplug is not supported", field="mqtt_transport")
+            raise ValidationError("Sparkplug is not supported", field="mqtt_topics")
 
         def topic(key: str, default: str) -> str:
             value = data.get(key)
             if value is not None and not isinstance(value, str):
-                raise ValidationError(f"{key} must be a string", field="mqtt_transport")
+                raise ValidationError(f"{key} must be a string", field="mqtt_topics")
             return value if value and value.strip() else default
 
         ack = data.get("sendAckOnValidationException")
         ack = False if ack is None else ack
         if not isinstance(ack, bool):
-            raise ValidationError("sendAckOnValidationException must be a boolean", field="mqtt_transport")
+            raise ValidationError("sendAckOnValidationException must be a boolean", field="mqtt_topics")
         return cls(topic("deviceTelemetryTopic", DEFAULT_TELEMETRY_TOPIC),
                    topic("deviceAttributesTopic", DEFAULT_ATTRIBUTES_TOPIC),
                    topic("deviceAttributesSubscribeTopic", DEFAULT_ATTRIBUTES_TOPIC), ack)
@@ -90,7 +90,7 @@ def check_payload_type(payload_type: object) -> None:
     """Only JSON payloads (a missing type is JSON); protobuf is out of scope (SPEC)."""
     if (payload_type or "JSON") != "JSON":
         raise ValidationError(f"MQTT payload type {str(payload_type)[:32]!r} is not supported: "
-                              "Gatehouse devices send JSON", field="mqtt_transport")
+                              "Gatehouse devices send JSON", field="mqtt_topics")
 
 
 def _check_filter(topic_filter: str, *, field: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gatehouse.errors import ValidationError
-from gatehouse.mqtt_transport import MqttTransport
+from gatehouse.mqtt_topic_settings import MqttTopicSettings
 from gatehouse.registry import Registry
 
 
@@ -24,11 +24,11 @@ from gatehouse.registry import Registry
     ("+/+", "x/y", True),
 ])
 def test_topic_filters_match_as_thingsboard_matches_them(topic_filter, topic, matches):
-    assert MqttTransport(telemetry_topic=topic_filter).is_telemetry_topic(topic) is matches
+    assert MqttTopicSettings(telemetry_topic=topic_filter).is_telemetry_topic(topic) is matches
 
 
 def test_the_subscribe_filter_is_matched_against_the_devices_subscription_string():
-    transport = MqttTransport(attributes_subscribe_topic="config/+/updates")
+    transport = MqttTopicSettings(attributes_subscribe_topic="config/+/updates")
     assert transport.is_attributes_subscription("config/dev1/updates")
     assert not transport.is_attributes_subscription("config/updates")
 
@@ -44,15 +44,15 @@ def test_the_subscribe_filter_is_matched_against_the_devices_subscription_string
 @pytest.mark.parametrize("field", ["telemetry_topic", "attributes_topic", "attributes_subscribe_topic"])
 def test_a_filter_breaking_mqtts_rules_is_refused_and_named(topic_filter, message, field):
     with pytest.raises(ValidationError, match=message) as refused:
-        MqttTransport(**{field: topic_filter})
+        MqttTopicSettings(**{field: topic_filter})
     assert refused.value.field == f"mqtt_{field}"
 
 
 def test_thingsboard_json_round_trips_and_blank_topics_are_the_defaults():
-    transport = MqttTransport("t/+", "a/#", "s/x", True)
-    assert MqttTransport.from_json(transport.to_json()) == transport
-    assert MqttTransport.from_json({"type": "MQTT", "deviceTelemetryTopic": " ", "deviceAttributesTopic": None}) \
-        == MqttTransport()
+    transport = MqttTopicSettings("t/+", "a/#", "s/x", True)
+    assert MqttTopicSettings.from_json(transport.to_json()) == transport
+    assert MqttTopicSettings.from_json({"type": "MQTT", "deviceTelemetryTopic": " ", "deviceAttributesTopic": None}) \
+        == MqttTopicSettings()
 
 
 @pytest.mark.parametrize("data, message", [
@@ -67,19 +67,19 @@ def test_thingsboard_json_round_trips_and_blank_topics_are_the_defaults():
 ])
 def test_settings_gatehouse_cannot_honour_are_refused_from_json(data, message):
     with pytest.raises(ValidationError, match=message):
-        MqttTransport.from_json({"type": "MQTT", **data})
+        MqttTopicSettings.from_json({"type": "MQTT", **data})
 
 
 def test_a_profile_keeps_its_transport_until_saved_without_one(tmp_path):
     with Registry.initialise(tmp_path / "data") as registry:
-        transport = MqttTransport("sensors/+/data", send_ack_on_validation_exception=True)
-        profile = registry.create_profile("custom", mqtt_transport=transport)
-        assert registry.get_profile("custom").mqtt_transport == transport
+        transport = MqttTopicSettings("sensors/+/data", send_ack_on_validation_exception=True)
+        profile = registry.create_profile("custom", mqtt_topics=transport)
+        assert registry.get_profile("custom").mqtt_topics == transport
         shown = profile.to_json()
         assert shown["transportType"] == "MQTT"
         assert shown["profileData"]["transportConfiguration"]["deviceTelemetryTopic"] == "sensors/+/data"
-        assert registry.mqtt_transports()[profile.id] == transport
+        assert registry.profile_topic_settings()[profile.id] == transport
         registry.update_profile(profile.id, "custom")  # ThingsBoard's save replaces the whole profile
-        assert registry.get_profile("custom").mqtt_transport is None
+        assert registry.get_profile("custom").mqtt_topics is None
         assert registry.get_profile("custom").to_json()["profileData"]["transportConfiguration"] == {"type": "DEFAULT"}
-        assert registry.mqtt_transports()[registry.default_profile().id] is None
+        assert registry.profile_topic_settings()[registry.default_profile().id] is None
