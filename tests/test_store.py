@@ -60,7 +60,7 @@ def test_a_database_from_before_profile_mqtt_transports_gets_their_columns(tmp_p
     assert "0005_profile_mqtt_transport" in store.schema_version()
     present = {row[1] for row in store.conn.execute("PRAGMA table_info(device_profile)")}
     assert columns <= present
-    assert store.profile_transports() == []
+    assert store.profile_topic_settings() == []
 
 
 def test_a_database_from_before_retention_gets_its_lease_table_and_audit_index(tmp_path):

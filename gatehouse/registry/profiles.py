@@ -184,7 +184,7 @@ class Profiles:
 
     def topic_settings(self) -> dict[str, MqttTopicSettings | None]:
         """Every profile's MQTT topic settings by profile id (None: the DEFAULT transport)."""
-        return {row["id"]: _topic_settings(row) for row in self._store.profile_transports()}
+        return {row["id"]: _topic_settings(row) for row in self._store.profile_topic_settings()}
 
     def count(self, *, name_contains: str | None = None) -> int:
         return self._store.count_profiles(name_contains=name_contains)

@@ -177,7 +177,7 @@ class SqliteStore:
                              if v is not None)
         return self._one(f"SELECT * FROM device_profile WHERE {column} = ?", [value])
 
-    def profile_transports(self) -> list[dict]:
+    def profile_topic_settings(self) -> list[dict]:
         return self._all("SELECT id, mqtt_telemetry_topic, mqtt_attributes_topic, mqtt_attributes_subscribe_topic, "
                          "mqtt_send_ack_on_validation_exception FROM device_profile")
 
