@@ -14,6 +14,10 @@ not-yet-valid certificates fail the handshake, as in ThingsBoard.
 
 This relies on aiocoap internals (`Context._append_tokenmanaged_messagemanaged_transport`,
 `GenericMessageInterface`), hence `aiocoap==0.4.17` in setup.cfg.
+
+Why one module of about 500 lines: it is one transport, in the shape of aiocoap's own transport
+modules (records, the OpenSSL context, sessions, the endpoint, in that order), and its parts are
+each other's only users; every one of them depends on the same pinned aiocoap internals.
 """
 from __future__ import annotations
 

@@ -17,6 +17,11 @@ fastest first, and each payload meets one strict parser and, only if that fails,
    only tried on payloads up to LENIENT_MAX_BYTES.
 
 The public functions never raise on bad input: they return a PayloadError.
+
+Why one module of about 550 lines: it is one algorithm, ThingsBoard's reading of a payload, whose
+three stages (the public API, the strict-then-lenient JSON loading, the JsonConverter typing)
+share the literal-keeping number hooks and the error texts; split, each part would be
+unreadable without the others.
 """
 
 from __future__ import annotations
