@@ -8,8 +8,9 @@ BIN    := $(VENV)/bin
 SDK_VENV := .venv-sdk
 # Real clients the tests drive, from Debian (chromium: the web UI's browser tests, via Playwright;
 # iproute2: ss, which reads a listening socket's backlog; systemd: systemd-analyze, which checks
-# the units in deploy/).
-DEBIAN_TEST_PACKAGES := mosquitto-clients libcoap3-bin chromium iproute2 systemd
+# the units in deploy/; postgresql: the server of the PostgreSQL store's tests, a throwaway
+# cluster per run, tests/postgres_cluster.py).
+DEBIAN_TEST_PACKAGES := mosquitto-clients libcoap3-bin chromium iproute2 systemd postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: up test bench soak clean debian-test-packages

@@ -170,3 +170,11 @@ CREATE TABLE maintenance_lease (
 );
 -- Audit retention deletes by age.
 CREATE INDEX provisioning_event_by_ts ON provisioning_event (ts);
+
+-- What the server key opens (gatehouse/server_key.py's check value, sealed; migration 0007): a
+-- process whose key cannot open it, another deployment's key, refuses to start before it serves
+-- anyone, instead of finding no device's credentials.
+CREATE TABLE server_key_check (
+    id                        INTEGER PRIMARY KEY CHECK (id = 1),
+    sealed_check              BLOB NOT NULL
+);

@@ -20,6 +20,7 @@ from gatehouse.device_activity import ActivityTracker
 from gatehouse.device_requests import PROVISIONED_EVENT, attributes_upload, telemetry_upload
 from gatehouse.models import CredentialsType, Device
 from gatehouse.payloads import PayloadError, json_bytes, parse_attribute_request, parse_rpc_request
+from gatehouse.registry import Registry
 
 from .connections import Connections
 from .interfaces import MAX_IN_FLIGHT, DisconnectReason, MessageProperties, PublishVerdict
@@ -83,7 +84,8 @@ class DeviceMessages:
             request = parse_attribute_request(payload)
             if isinstance(request, PayloadError):
                 return self._invalid_payload(session, topic, request)
-            answer = self._worker.reader.device_attributes(device.id, request.client_keys, request.shared_keys)
+            answer = await self._worker.read(Registry.device_attributes, device.id, request.client_keys,
+                                            request.shared_keys)
             connections.send(session, publish.reply_topic, json_bytes(answer), reply_qos(session, publish.reply_topic),
                              kind="attributes_response")
         elif action is DeviceAction.RPC_RESPONSE:

@@ -43,7 +43,7 @@ class Housekeeping:
 
     async def start(self) -> None:
         self._version = await self._worker.call(Registry.change_counter)
-        self._transports.reload()
+        await self._transports.reload()
 
     def tasks(self):
         """The coroutines to run in the background until the plugin closes."""
@@ -62,7 +62,7 @@ class Housekeeping:
             if version == self._version:
                 continue
             self._version = version
-            self._transports.reload()
+            await self._transports.reload()
             await self._logout_changed_devices()
             await self._trust_store.refresh()
 

@@ -73,10 +73,10 @@ class Logins:
             return False
         cert_der = session.ssl_object.getpeercert(binary_form=True) if session.ssl_object else None
         client_id = "" if session.attributes.get(CLIENT_ID_GENERATED) else session.client_id
-        # Logins only read, on the event loop's own connection; an unknown certificate may have
-        # to provision its device (a write), and that goes to the database thread.
-        result = self._worker.reader.mqtt_login(client_id, session.username, session.password, cert_der,
-                                                provision=False)
+        # Logins only read (RegistryWorker.read); an unknown certificate may have to provision
+        # its device (a write), and that goes to the database thread.
+        result = await self._worker.read(Registry.mqtt_login, client_id, session.username, session.password, cert_der,
+                                         provision=False)
         if cert_der is not None and result.outcome is LoginOutcome.NOT_AUTHORIZED:
             result = await self._worker.call(Registry.mqtt_login, client_id, session.username, session.password,
                                              cert_der)
@@ -97,7 +97,7 @@ class Logins:
         elif result.outcome is LoginOutcome.SERVICE:
             session.attributes.update({ROLE: ROLE_SERVICE, SESSION_OWNER: f"service:{result.application}"})
         elif result.outcome is LoginOutcome.ACCEPTED:
-            self._transports.know(result.device.profile_id)
+            await self._transports.know(result.device.profile_id)
             session.attributes.update({ROLE: ROLE_DEVICE, DEVICE: result.device, SESSION_OWNER: f"device:{result.device.id}",
                                        CREDENTIALS_VERSION: result.credentials_version, CLIENT_RPC_REPLIES: {}})
         else:

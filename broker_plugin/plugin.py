@@ -23,12 +23,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from amqtt.contexts import Action
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from gatehouse import metrics as m
+from gatehouse.data_dir import DataDir
 from gatehouse.device_activity import ActivityTracker
 from gatehouse.login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES, LoginLimiter
 from gatehouse.retention import AUDIT_RETENTION_DAYS, TELEMETRY_RETENTION_DAYS, RetentionPolicy
@@ -52,6 +54,8 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
     @dataclass
     class Config:
         data_dir: str = "gatehouse-data"
+        database: str | None = None  # a database URL (gatehouse.storage.urls); None: SQLite in data_dir
+        server_key_file: str | None = None  # None: gatehouse.key in data_dir
         max_failed_logins: int = DEFAULT_MAX_FAILURES
         block_seconds: float = DEFAULT_BLOCK_SECONDS
         provision_close_seconds: float = 60.0
@@ -67,7 +71,9 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
     def __init__(self, context):
         super().__init__(context)
         config = self.config
-        self.worker = RegistryWorker(config.data_dir, telemetry_history=config.telemetry_history)
+        data_dir = DataDir(Path(config.data_dir), config.database,
+                           Path(config.server_key_file) if config.server_key_file else None)
+        self.worker = RegistryWorker(data_dir, telemetry_history=config.telemetry_history)
         self.limiter = LoginLimiter(config.max_failed_logins, config.block_seconds)
         self.activity = ActivityTracker()
         self.ready = False

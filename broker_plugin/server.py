@@ -29,7 +29,7 @@ PLUGIN_PATH = f"{GatehousePlugin.__module__}.{GatehousePlugin.__name__}"
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    data_dir: Path
+    data_dir: DataDir | Path
     host: str = "0.0.0.0"
     mqtt_port: int = ports.MQTT_PORT
     mqtts_port: int = ports.MQTTS_PORT
@@ -48,7 +48,8 @@ class BrokerSettings:
 
 
 def broker_config(settings: BrokerSettings) -> dict:
-    pki = DataDir(settings.data_dir).pki
+    data_dir = DataDir.of(settings.data_dir)
+    pki = data_dir.pki
     return {
         "listeners": {
             "default": {"type": "tcp", "bind": f"{settings.host}:{settings.mqtt_port}"},
@@ -58,7 +59,9 @@ def broker_config(settings: BrokerSettings) -> dict:
                     "cafile": str(pki / "ca.pem")},
         },
         "plugins": {PLUGIN_PATH: {
-            "data_dir": str(settings.data_dir), "max_failed_logins": settings.max_failed_logins,
+            "data_dir": str(data_dir.root), "database": data_dir.database_url,
+            "server_key_file": str(data_dir.server_key_file) if data_dir.server_key_file else None,
+            "max_failed_logins": settings.max_failed_logins,
             "block_seconds": settings.block_seconds, "provision_close_seconds": settings.provision_close_seconds,
             "telemetry_retention_days": settings.retention.telemetry_days,
             "audit_retention_days": settings.retention.audit_days,

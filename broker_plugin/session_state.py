@@ -6,6 +6,7 @@ from __future__ import annotations
 from amqtt.session import Session
 
 from gatehouse.mqtt_topic_settings import MqttTopicSettings
+from gatehouse.registry import Registry
 
 from .registry_worker import RegistryWorker
 
@@ -29,13 +30,13 @@ class ProfileTransports:
         self._worker = worker
         self._by_profile: dict[str, MqttTopicSettings | None] = {}
 
-    def reload(self) -> None:
-        self._by_profile = self._worker.reader.profile_topic_settings()
+    async def reload(self) -> None:
+        self._by_profile = await self._worker.read(Registry.profile_topic_settings)
 
-    def know(self, profile_id: str) -> None:
+    async def know(self, profile_id: str) -> None:
         """Reload if `profile_id` is a profile newer than the last reload."""
         if profile_id not in self._by_profile:
-            self.reload()
+            await self.reload()
 
     def of(self, session: Session) -> MqttTopicSettings | None:
         """The MQTT transport settings of a device session's profile."""

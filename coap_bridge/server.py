@@ -69,7 +69,7 @@ async def add_secure_listeners(context: aiocoap.Context, settings: CoapSettings,
                                announce: Callable[[str], None]) -> None:
     """CoAP over DTLS on `settings.coaps_port`, serving the same site in the same context, with
     the operator's certificate or the data dir's development one; context.shutdown() closes it."""
-    pki = DevelopmentPki.in_directory(DataDir(settings.data_dir).pki)
+    pki = DevelopmentPki.in_directory(DataDir.of(settings.data_dir).pki)
     try:
         dtls = await add_dtls_listener(context, (_bind_host(settings.host), settings.coaps_port),
                                        cert_file=settings.tls_cert or pki.server_cert,

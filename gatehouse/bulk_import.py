@@ -233,16 +233,19 @@ class _LockSharing:
     """How big the next batch is and how long to pause after one: flat out while the import
     is the only writer; once another connection has committed between two batches (SQLite's
     data_version tells), and until it has been quiet for QUIET_SECONDS, short batches and
-    pauses that leave it the lock most of the time."""
+    pauses that leave it the lock most of the time. A store whose device data does not wait
+    for the import's lock (PostgreSQL) needs none of this."""
 
     def __init__(self, registry: Registry):
         self._registry = registry
-        self._seen = registry.change_counter()
+        self._seen = 0 if registry.concurrent_device_data else registry.change_counter()
         self._others_wrote_at = -QUIET_SECONDS
         self.batch_size = BATCH_SIZE
 
     def written(self, rows: int, lock_seconds: float) -> None:
         """A batch of `rows` committed after holding the write lock `lock_seconds`."""
+        if self._registry.concurrent_device_data:
+            return
         seen, self._seen = self._seen, self._registry.change_counter()
         if seen != self._seen:
             self._others_wrote_at = time.monotonic()

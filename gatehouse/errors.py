@@ -27,3 +27,8 @@ class NotFoundError(GatehouseError, LookupError):
 class StoreBusy(Exception):
     """The database's write lock is held elsewhere (at once, for a registry that never waits:
     Registry.never_wait): nothing was done, and the same work may be tried again."""
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached (stopped, restarting, network down): nothing of the failed
+    call was stored, and the transports answer "server unavailable" until it is back."""

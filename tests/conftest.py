@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from gatehouse.data_dir import DataDir
 from gatehouse.registry import Registry
 
 from . import mqtt_client
+from .postgres_cluster import PostgresCluster
 
 # Unbuffered, so a test reads lines as they are printed; a fault handler, so a crash leaves a
 # traceback in the log instead of only a closed socket.
@@ -32,9 +34,52 @@ def data_dir(tmp_path):
     return tmp_path / "data"
 
 
+# --- the stores: SQLite, and PostgreSQL in a throwaway cluster -------------------------------------
+
+STORES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """Test modules marked `both_stores` run each test that uses the store (the `registry` or
+    `deployment` fixtures) once on SQLite and once on PostgreSQL."""
+    own = any("store" in marker.args[0] for marker in metafunc.definition.iter_markers("parametrize"))
+    if metafunc.definition.get_closest_marker("both_stores") and "store" in metafunc.fixturenames and not own:
+        metafunc.parametrize("store", STORES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster(tmp_path_factory) -> Iterator[PostgresCluster]:
+    """One PostgreSQL server for the whole run (Debian's postgresql, run as an unprivileged user)."""
+    cluster = PostgresCluster.start_new(tmp_path_factory.mktemp("postgres"))
+    yield cluster
+    cluster.destroy()
+
+
 @pytest.fixture
-def registry(data_dir):
-    with Registry.initialise(data_dir) as registry:
+def postgres_url(postgres_cluster) -> Iterator[str]:
+    """A fresh, empty database of its own for one test."""
+    url = postgres_cluster.create_database()
+    yield url
+    postgres_cluster.drop_database(url)
+
+
+@pytest.fixture
+def store(request) -> str:
+    """Which store the test's deployment uses: SQLite unless a `both_stores` module asks for both."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def deployment(store, data_dir, request) -> DataDir:
+    """The test's data dir and its database: gatehouse.db in it, or a fresh PostgreSQL database."""
+    if store == "postgresql":
+        return DataDir(data_dir, request.getfixturevalue("postgres_url"))
+    return DataDir(data_dir)
+
+
+@pytest.fixture
+def registry(deployment):
+    with Registry.initialise(deployment) as registry:
         yield registry
 
 
@@ -53,11 +98,13 @@ class _ProcessHandle:
         return self.process.wait(timeout)
 
 
-def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen:
-    """`python -m gatehouse ARGV`, its output (stdout and stderr) in `log_path`."""
+def _spawn(data_dir: DataDir | Path, argv: list[str], log_path: Path) -> subprocess.Popen:
+    """`python -m gatehouse --data-dir DATA_DIR ARGV` (its database URL in the environment, as
+    `gatehouse up` passes it), its output (stdout and stderr) in `log_path`."""
+    data_dir = DataDir.of(data_dir)
     with open(log_path, "w") as log_file:
-        return subprocess.Popen([sys.executable, "-m", "gatehouse", *argv], stdout=log_file,
-                                stderr=subprocess.STDOUT, env=CHILD_ENV)
+        return subprocess.Popen([sys.executable, "-m", "gatehouse", *data_dir.command_options(), *argv],
+                                stdout=log_file, stderr=subprocess.STDOUT, env={**CHILD_ENV, **data_dir.environment()})
 
 
 @dataclass
@@ -65,7 +112,7 @@ class RunningBroker(_ProcessHandle):
     """A real `gatehouse broker` process on free ports, for tests that use real MQTT clients."""
 
     process: subprocess.Popen
-    data_dir: Path
+    data_dir: DataDir | Path
     host: str
     mqtt_port: int
     mqtts_port: int
@@ -74,14 +121,14 @@ class RunningBroker(_ProcessHandle):
 
     @property
     def ca_cert(self) -> Path:
-        return self.data_dir / "pki" / "ca.pem"
+        return DataDir.of(self.data_dir).pki / "ca.pem"
 
 
 
-def start_broker(data_dir: Path, log_path: Path, *extra: str, timeout: float = 20) -> RunningBroker:
+def start_broker(data_dir: DataDir | Path, log_path: Path, *extra: str, timeout: float = 20) -> RunningBroker:
     """Start `gatehouse broker` on ports chosen by the OS and wait until it listens."""
     Registry.initialise(data_dir).close()
-    process = _spawn(["--data-dir", str(data_dir), "broker", "--host", "127.0.0.1", "--mqtt-port", "0",
+    process = _spawn(data_dir, ["broker", "--host", "127.0.0.1", "--mqtt-port", "0",
                       "--mqtts-port", "0", "--metrics-port", "0", *extra], log_path)
     deadline = time.monotonic() + timeout
     ports = {}
@@ -143,7 +190,7 @@ def start_sidecar(broker: RunningBroker, log_path: Path, *extra: str, timeout: f
                   wait_for_broker: bool = True) -> RunningSidecar:
     """Start `gatehouse sidecar` on a port chosen by the OS, publishing to `broker`; wait until
     it listens and (by default) until the broker has its service session."""
-    process = _spawn(["--data-dir", str(broker.data_dir), "sidecar", "--host", "127.0.0.1", "--http-port", "0",
+    process = _spawn(broker.data_dir, ["sidecar", "--host", "127.0.0.1", "--http-port", "0",
                       "--broker-host", "127.0.0.1", "--broker-port", str(broker.mqtt_port), *extra], log_path)
     deadline = time.monotonic() + timeout
     port = None
@@ -271,10 +318,10 @@ class RunningCoapBridge(_ProcessHandle):
 
 
 
-def start_coap_bridge(data_dir: Path, sidecar_url: str, log_path: Path, *extra: str,
+def start_coap_bridge(data_dir: DataDir | Path, sidecar_url: str, log_path: Path, *extra: str,
                       timeout: float = 20) -> RunningCoapBridge:
     """Start `gatehouse coap` on a UDP port chosen by the OS and wait until it listens."""
-    process = _spawn(["--data-dir", str(data_dir), "coap", "--host", "127.0.0.1", "--coap-port", "0",
+    process = _spawn(data_dir, ["coap", "--host", "127.0.0.1", "--coap-port", "0",
                       "--coaps-port", "0", "--sidecar-url", sidecar_url, "--metrics-port", "0", *extra], log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

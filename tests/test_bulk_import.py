@@ -24,6 +24,9 @@ from gatehouse.models import AttributeScope
 from gatehouse.pki import certificate_pem, create_ca, issue_certificate
 from gatehouse.storage import SqliteStore
 
+# Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.both_stores
+
 GENERATED = re.compile(r"[A-Za-z0-9]{20}")
 
 # Row keys used by the tests → the CLI's header cells (column type, `:key` for data columns).
@@ -78,13 +81,14 @@ def new_certificate():
 
 
 @pytest.fixture
-def import_cli(data_dir, tmp_path):
-    """`gatehouse --data-dir DATA device import FILE [options]` with `text` as FILE."""
+def import_cli(deployment, tmp_path):
+    """`gatehouse --data-dir DATA device import FILE [options]` with `text` as FILE (and the
+    deployment's database URL in the environment)."""
     def run(text: str, *options: str):
         csv_file = tmp_path / "devices.csv"
         csv_file.write_text(text)
-        return CliRunner().invoke(main, ["--data-dir", str(data_dir), "device", "import", str(csv_file), *options],
-                                  catch_exceptions=False, prog_name="gatehouse")
+        return CliRunner().invoke(main, [*deployment.command_options(), "device", "import", str(csv_file), *options],
+                                  env=deployment.environment(), catch_exceptions=False, prog_name="gatehouse")
     return run
 
 
@@ -352,6 +356,7 @@ def test_a_new_device_batch_with_a_clash_is_redone_row_by_row_so_only_the_clash_
     assert registry.token_login("token-299").name == "dev-299"
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)  # SQLite's one write lock
 def test_an_import_gives_way_to_another_writer_with_short_batches_and_pauses(registry, tmp_path):
     # The broker's telemetry commits from another connection all along; the import notices
     # (data_version) and leaves it the write lock most of the time instead of 500-row batches.

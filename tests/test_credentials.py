@@ -23,6 +23,9 @@ from gatehouse.errors import ValidationError
 from gatehouse.login import LoginOutcome
 from gatehouse.models import CredentialsType
 
+# Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.both_stores
+
 ACCEPTED = LoginOutcome.ACCEPTED
 BAD = LoginOutcome.BAD_USERNAME_OR_PASSWORD
 

@@ -8,6 +8,9 @@ from gatehouse.clock import now_ms
 from gatehouse.models import AttributeScope
 from gatehouse.payloads import parse_attribute_request, parse_attributes, parse_telemetry
 
+# Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.both_stores
+
 
 @pytest.fixture
 def device_id(registry):

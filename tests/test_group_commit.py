@@ -10,6 +10,9 @@ from gatehouse.group_commit import MAX_BATCH, PendingWrite, take_batch
 from gatehouse.payloads import TelemetryRecord, kv_entries
 from gatehouse.registry import DeviceDataWrite, Registry
 
+# Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.both_stores
+
 
 def telemetry(device_id: str, ts: int) -> PendingWrite:
     return PendingWrite(DeviceDataWrite(device_id, telemetry=(TelemetryRecord(ts, kv_entries({"t": ts})),)))

@@ -18,9 +18,11 @@ from gatehouse.payloads import kv_entries
 from gatehouse.pki import certificate_pem, create_ca, issue_certificate
 from gatehouse.provisioning import ProvisionRequest, ProvisionRequestError, ProvisionStatus
 from gatehouse.registry import Registry
-from gatehouse.server_key import ServerKey
 
 from .provisioning_answers import FAILURE_JSON, NOT_FOUND_JSON
+
+# Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.both_stores
 
 SUCCESS, NOT_FOUND, FAILURE = ProvisionStatus.SUCCESS, ProvisionStatus.NOT_FOUND, ProvisionStatus.FAILURE
 
@@ -64,10 +66,9 @@ def set_provision_state(registry, device_id, value):
     registry.save_attributes(device_id, AttributeScope.SERVER, kv_entries({"provisionState": value}))
 
 
-def open_own_registry(data_dir) -> Registry:
-    """A second, independent connection to the same data dir, as another process would have."""
-    paths = DataDir(data_dir)
-    return Registry(paths.database, ServerKey(paths.server_key.read_bytes()))
+def open_own_registry(deployment: DataDir) -> Registry:
+    """A second, independent connection to the same database, as another process would have."""
+    return Registry.open(deployment)
 
 
 # --- §3.4 pre-checks, in ThingsBoard's order -------------------------------------------------
@@ -301,13 +302,13 @@ def test_numeric_key_and_secret_match_a_profile(registry):
 
 # --- atomicity and concurrency ---------------------------------------------------------------
 
-def race(data_dir, workers: int, request_for):
+def race(deployment, workers: int, request_for):
     """Provision `request_for(i)` from `workers` threads, each on its own connection, released
     together so that all of them read before any of them writes if nothing serialises them."""
     barrier = threading.Barrier(workers)
 
     def work(i):
-        with open_own_registry(data_dir) as own:
+        with open_own_registry(deployment) as own:
             barrier.wait(timeout=30)
             return own.provision(ProvisionRequest.from_json(request_for(i)))
 
@@ -315,8 +316,8 @@ def race(data_dir, workers: int, request_for):
         return list(pool.map(work, range(workers)))
 
 
-def test_concurrent_threads_creating_one_name_yield_one_device(registry, allow, data_dir):
-    results = race(data_dir, 8, lambda i: request_json(allow, deviceName="contested"))
+def test_concurrent_threads_creating_one_name_yield_one_device(registry, allow, deployment):
+    results = race(deployment, 8, lambda i: request_json(allow, deviceName="contested"))
     statuses = sorted(r.status.value for r in results)
     assert statuses == ["FAILURE"] * 7 + ["SUCCESS"]
     assert registry.count_devices() == 1
@@ -324,12 +325,12 @@ def test_concurrent_threads_creating_one_name_yield_one_device(registry, allow, 
     assert registry.get_device("contested").id == winner.device_id
 
 
-def test_concurrent_threads_creating_different_names(registry, allow, data_dir):
+def test_concurrent_threads_creating_different_names(registry, allow, deployment):
     # 4 threads, each provisioning its own slice of 50 names one after the other.
     names = [f"bulk-{n:02d}" for n in range(50)]
 
     def slice_of(i):
-        with open_own_registry(data_dir) as own:
+        with open_own_registry(deployment) as own:
             return [own.provision(ProvisionRequest.from_json(request_json(allow, deviceName=name)))
                     for name in names[i::4]]
 
@@ -337,25 +338,25 @@ def test_concurrent_threads_creating_different_names(registry, allow, data_dir):
         results = [r for chunk in pool.map(slice_of, range(4)) for r in chunk]
     assert all(r.status is SUCCESS for r in results)
     assert registry.count_devices() == 50
-    credentials_rows = registry.store.conn.execute("SELECT count(*) FROM device_credentials").fetchone()[0]
+    credentials_rows = registry.store._scalar("SELECT count(*) FROM device_credentials")
     assert credentials_rows == 50
     tokens = {registry.get_credentials(name).credentials_id for name in names}
     assert len(tokens) == 50
     assert tokens == {r.credentials_value for r in results}
 
 
-def _provision_in_process(data_dir, request, barrier, statuses):
+def _provision_in_process(deployment, request, barrier, statuses):
     # Runs in a spawned child: module level so that it can be pickled by name.
-    with open_own_registry(data_dir) as own:
+    with open_own_registry(deployment) as own:
         barrier.wait(timeout=60)
         statuses.put(own.provision(ProvisionRequest.from_json(request)).status.value)
 
 
-def test_concurrent_processes_creating_one_name_yield_one_device(registry, allow, data_dir):
+def test_concurrent_processes_creating_one_name_yield_one_device(registry, allow, deployment):
     context = multiprocessing.get_context("spawn")
     barrier, statuses = context.Barrier(4), context.Queue()
     processes = [context.Process(target=_provision_in_process,
-                                 args=(data_dir, request_json(allow, deviceName="contested"), barrier, statuses))
+                                 args=(deployment, request_json(allow, deviceName="contested"), barrier, statuses))
                  for _ in range(4)]
     for process in processes:
         process.start()

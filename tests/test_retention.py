@@ -21,6 +21,9 @@ from .conftest import broker_and_sidecar, start_broker
 from .devices import unique
 from .mqtt_client import connect, wait_until
 
+# Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.both_stores
+
 DAY_MS = 86_400_000
 TELEMETRY = "v1/devices/me/telemetry"
 RACE_ROUNDS = 8
@@ -108,10 +111,11 @@ def test_the_lease_has_one_holder_until_it_runs_out(data_dir):
 
 
 @pytest.mark.parametrize("as_json", [True, False])
-def test_the_prune_command_removes_what_is_older_and_says_how_much(registry, data_dir, as_json):
+def test_the_prune_command_removes_what_is_older_and_says_how_much(registry, deployment, as_json):
     device_id = old_and_new_telemetry(registry, old=7, age_days=10)
-    result = CliRunner().invoke(main, ["--data-dir", str(data_dir), "telemetry", "prune", "--older-than-days", "5",
-                                       *(["--json"] if as_json else [])], catch_exceptions=False)
+    result = CliRunner().invoke(main, [*deployment.command_options(), "telemetry", "prune", "--older-than-days", "5",
+                                       *(["--json"] if as_json else [])], env=deployment.environment(),
+                                catch_exceptions=False)
     assert result.exit_code == 0, result.output
     if as_json:
         answer = json.loads(result.stdout)

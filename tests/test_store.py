@@ -24,7 +24,8 @@ def test_schema_is_applied_once_and_recorded(tmp_path):
     SqliteStore(tmp_path / "g.db").close()
     store = SqliteStore(tmp_path / "g.db")  # reopening applies nothing twice
     migrations = ["0001_initial", "0002_application_accounts", "0003_credentials_generation",
-                  "0004_values_without_affinity", "0005_profile_mqtt_transport", "0006_retention"]
+                  "0004_values_without_affinity", "0005_profile_mqtt_transport", "0006_retention",
+                  "0007_server_key_check"]
     assert store.schema_version() == migrations
     rows = store.conn.execute("SELECT migration_set, name FROM _sqlite_migrations").fetchall()
     assert [tuple(r) for r in rows] == [("gatehouse", name) for name in migrations]

@@ -8,6 +8,9 @@ from gatehouse.credentials import AccessToken
 from gatehouse.registry import Registry
 from gatehouse.token_logins import TokenLogins
 
+# Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.both_stores
+
 
 @pytest.fixture
 def data_dir(tmp_path):

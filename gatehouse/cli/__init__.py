@@ -1,4 +1,5 @@
-"""The `gatehouse` command: the root group (`--data-dir`, `--version`, one-line refusals) and the
+"""The `gatehouse` command: the root group (`--data-dir`, `--database`, `--server-key-file`,
+`--version`, one-line refusals) and the
 commands it gathers.
 
 Running processes is not domain code, so the command line is a package of its own, beside the
@@ -21,7 +22,7 @@ from pathlib import Path
 import click
 
 from .. import certificates, pki
-from ..data_dir import DEFAULT_DATA_DIR
+from ..data_dir import DATABASE_URL_VARIABLE, DEFAULT_DATA_DIR, DataDir
 from ..errors import GatehouseError
 from ..server_key import ServerKeyError
 from . import devices, profiles_and_accounts, serve
@@ -41,12 +42,20 @@ class GatehouseGroup(click.Group):
 
 @click.group(cls=GatehouseGroup)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="GATEHOUSE_DATA_DIR",
-              default=DEFAULT_DATA_DIR, show_default=True, help="Where the database, keys and certificates live.")
+              default=DEFAULT_DATA_DIR, show_default=True,
+              help="Where the server key, the certificates and (by default) the database live.")
+@click.option("--database", "database_url", envvar=DATABASE_URL_VARIABLE, metavar="URL",
+              help="The database: sqlite:///PATH (default: gatehouse.db in the data dir) or "
+                   "postgresql://USER:PASSWORD@HOST:PORT/DBNAME, shared by every node. Prefer the environment "
+                   f"variable {DATABASE_URL_VARIABLE} for a URL with a password.")
+@click.option("--server-key-file", type=click.Path(dir_okay=False, path_type=Path), envvar="GATEHOUSE_SERVER_KEY_FILE",
+              help="The server key (default: gatehouse.key in the data dir); every node of a deployment must use "
+                   "the same key.")
 @click.version_option(package_name="gatehouse")
 @click.pass_context
-def main(ctx: click.Context, data_dir: Path) -> None:
+def main(ctx: click.Context, data_dir: Path, database_url: str | None, server_key_file: Path | None) -> None:
     """Gatehouse: ThingsBoard-compatible device credentials and provisioning for MQTT fleets."""
-    ctx.obj = data_dir
+    ctx.obj = DataDir(data_dir, database_url or None, server_key_file)
 
 
 for _command in (*profiles_and_accounts.COMMANDS, *devices.COMMANDS, *serve.COMMANDS):

@@ -40,8 +40,8 @@ def init(ctx: click.Context, hostnames: tuple[str, ...]) -> None:
 
 def initialise(data_dir: Path, hostnames=()) -> None:
     Registry.initialise(data_dir, hostnames=hostnames).close()
-    paths = DataDir(data_dir)
-    click.echo(f"Gatehouse data in {paths.root}: database {paths.database.name}, "
+    paths = DataDir.of(data_dir)
+    click.echo(f"Gatehouse data in {paths.root}: database {paths.database_shown}, "
                f"CA certificate for clients {paths.pki / 'ca.pem'}")
 
 
@@ -149,7 +149,7 @@ def pki_group() -> None:
 @click.pass_context
 def pki_issue(ctx, name, out_dir, days) -> None:
     """Issue a client certificate for an X.509 device: OUT/NAME.pem and OUT/NAME.key."""
-    ca = pki.DevelopmentPki.in_directory(DataDir(ctx.obj).pki)
+    ca = pki.DevelopmentPki.in_directory(ctx.obj.pki)
     cert_path, key_path = pki.issue_device_certificate(ca, name, out_dir, days=days)
     click.echo(f"{cert_path}\n{key_path}")
 

@@ -14,10 +14,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data_dir import DataDir
 from ..login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES
 from ..retention import AUDIT_RETENTION_DAYS, TELEMETRY_RETENTION_DAYS
 from ..runtime import ports
@@ -29,7 +30,7 @@ POLL_SECONDS = 0.2
 
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path
+    data_dir: DataDir | Path
     host: str = "0.0.0.0"
     mqtt_port: int = ports.MQTT_PORT
     mqtts_port: int = ports.MQTTS_PORT
@@ -55,10 +56,11 @@ class Component:
     name: str
     argv: Sequence[str]
     listens_on: str  # shown to the operator
+    environment: Mapping[str, str] = field(default_factory=dict)  # beside the supervisor's own
 
 
 def gatehouse_command(settings: Settings, *args: str) -> list[str]:
-    return [sys.executable, "-m", "gatehouse", "--data-dir", str(settings.data_dir), *args]
+    return [sys.executable, "-m", "gatehouse", *DataDir.of(settings.data_dir).command_options(), *args]
 
 
 def components(settings: Settings) -> list[Component]:
@@ -67,6 +69,7 @@ def components(settings: Settings) -> list[Component]:
     logs = ["--log-format", settings.log_format, "--log-level", settings.log_level]
     limits = ["--max-failed-logins", str(settings.max_failed_logins), "--block-seconds", str(settings.block_seconds)]
     history = [] if settings.telemetry_history else ["--no-telemetry-history"]
+    environment = DataDir.of(settings.data_dir).environment()
     return [
         Component("broker", gatehouse_command(settings, "broker", "--host", settings.host,
                                               "--mqtt-port", str(settings.mqtt_port),
@@ -76,14 +79,14 @@ def components(settings: Settings) -> list[Component]:
                                               "--audit-retention-days", f"{settings.audit_retention_days:g}",
                                               *limits, *history, *logs),
                   f"MQTT on {settings.host}:{settings.mqtt_port}, MQTT over TLS on {settings.host}:{settings.mqtts_port}, "
-                  f"metrics on http://{settings.host}:{settings.broker_metrics_port}/metrics"),
+                  f"metrics on http://{settings.host}:{settings.broker_metrics_port}/metrics", environment),
         Component("sidecar", gatehouse_command(settings, "sidecar", "--host", settings.host,
                                                "--http-port", str(settings.http_port),
                                                "--broker-host", _loopback_of(settings.host),
                                                "--broker-port", str(settings.mqtt_port), *limits, *history,
                                                *logs),
                   f"HTTP device API and admin REST API on http://{settings.host}:{settings.http_port}, "
-                  f"metrics on http://{settings.host}:{settings.http_port}/metrics"),
+                  f"metrics on http://{settings.host}:{settings.http_port}/metrics", environment),
         Component("coap", gatehouse_command(settings, "coap", "--host", settings.host,
                                             "--coap-port", str(settings.coap_port),
                                             "--coaps-port", str(settings.coaps_port),
@@ -91,7 +94,7 @@ def components(settings: Settings) -> list[Component]:
                                             "--metrics-port", str(settings.coap_metrics_port), *limits, *logs),
                   f"CoAP device API on coap://{settings.host}:{settings.coap_port}, "
                   f"CoAP over DTLS on coaps://{settings.host}:{settings.coaps_port}, "
-                  f"metrics on http://{settings.host}:{settings.coap_metrics_port}/metrics"),
+                  f"metrics on http://{settings.host}:{settings.coap_metrics_port}/metrics", environment),
     ]
 
 
@@ -104,10 +107,11 @@ def first_steps(settings: Settings, *, has_admins: bool) -> list[str]:
     """What `gatehouse up` tells a new user once everything runs: where to look, what to do first."""
     ui = f"http://{_loopback_of(settings.host)}:{settings.http_port}/ui/"
     lines = [f"web UI: {ui} (admin REST API under /api, OpenAPI at /api/openapi.json)"]
+    options = " ".join(DataDir.of(settings.data_dir).command_options())
     if not has_admins:
-        lines.append(f"no administrator yet: create the first with `gatehouse --data-dir {settings.data_dir} "
+        lines.append(f"no administrator yet: create the first with `gatehouse {options} "
                      "admin add you@example.com` (it asks for a password), then log in to the web UI")
-    lines.append(f"devices: `gatehouse --data-dir {settings.data_dir} device create NAME --token TOKEN`, then MQTT "
+    lines.append(f"devices: `gatehouse {options} device create NAME --token TOKEN`, then MQTT "
                  f"with the token as user name on {settings.host}:{settings.mqtt_port}, or HTTP "
                  f"POST {ui.removesuffix('/ui/')}/api/v1/TOKEN/telemetry")
     return lines
@@ -155,7 +159,7 @@ def supervise(parts: Sequence[Component], *, say: Callable[[str], None] = print,
         # Own process group: a terminal Ctrl-C reaches only the supervisor, which then
         # stops the children in order instead of all of them racing to exit.
         readiness[part.name].said_ready()  # drop what an earlier run said before it died
-        env = {**os.environ, NOTIFY_SOCKET: readiness[part.name].path}
+        env = {**os.environ, **part.environment, NOTIFY_SOCKET: readiness[part.name].path}
         running[part.name] = subprocess.Popen(part.argv, start_new_session=True, env=env)
         restarts.started(part.name)
         waiting_for.add(part.name)

@@ -32,7 +32,7 @@ from ..data_dir import DataDir
 from ..errors import NotFoundError
 from ..pki import ensure_development_pki
 from ..server_key import ServerKey
-from ..storage import SqliteStore, Store
+from ..storage import DatabaseUrl, Store
 from .accounts import Accounts
 from .administrators import Administrators
 from .bulk_upsert import BulkUpsert, DeviceUpsert, PreparedUpsert, UpsertedDevice
@@ -41,6 +41,7 @@ from .context import RegistryContext
 from .device_data import HISTORY_LIMIT, AttributesAndTelemetry, DeviceDataWrite
 from .device_lookup import DeviceLookup
 from .devices import Devices
+from .key_check import check_server_key
 from .maintenance import Maintenance
 from .mqtt_login import MqttLogin
 from .profiles import Profiles
@@ -70,10 +71,19 @@ class _Forward:
 
 
 class Registry:
-    def __init__(self, database: Path | str | Store, server_key: ServerKey, *, telemetry_history: bool = True):
-        """`database`: a SQLite file, or a Store; `telemetry_history` off keeps the latest
-        telemetry values only (--no-telemetry-history)."""
-        self.store = database if not isinstance(database, (str, Path)) else SqliteStore(database)
+    def __init__(self, database: Path | DatabaseUrl | Store, server_key: ServerKey, *,
+                 telemetry_history: bool = True):
+        """`database`: a SQLite file, a database URL or a Store; `telemetry_history` off keeps
+        the latest telemetry values only (--no-telemetry-history). Raises ServerKeyError if
+        `server_key` is not the key of this database's secrets."""
+        if isinstance(database, (str, Path)):
+            database = DatabaseUrl.sqlite(Path(database))
+        self.store = database.open() if isinstance(database, DatabaseUrl) else database
+        try:
+            check_server_key(self.store, server_key, str(database))
+        except BaseException:
+            self.store.close()
+            raise
         self.key = server_key
         self._context = RegistryContext(self.store, server_key, keep_telemetry_history=telemetry_history)
         context = self._context
@@ -90,23 +100,30 @@ class Registry:
         self.administrators = Administrators(context)
 
     @classmethod
-    def initialise(cls, data_dir: Path | str, *, hostnames: Iterable[str] = ()) -> Registry:
+    def initialise(cls, data_dir: DataDir | Path | str, *, hostnames: Iterable[str] = ()) -> Registry:
         """`gatehouse init`: database, server key and development PKI; creates only what is
         missing, so running it again is harmless."""
-        paths = DataDir(Path(data_dir))
+        paths = DataDir.of(data_dir)
         paths.create()
         key = ServerKey.load_or_create(paths.server_key)
-        registry = cls(paths.database, key)
+        registry = cls(DatabaseUrl.parse(paths.database), key)
         ensure_development_pki(paths.pki, hostnames=hostnames)
         return registry
 
     @classmethod
-    def open(cls, data_dir: Path | str, *, telemetry_history: bool = True) -> Registry:
-        """Open a data dir made by `initialise`."""
-        paths = DataDir(Path(data_dir))
+    def open(cls, data_dir: DataDir | Path | str, *, telemetry_history: bool = True) -> Registry:
+        """Open a data dir made by `initialise` (and its database, wherever it lives)."""
+        paths = DataDir.of(data_dir)
         if not paths.exists():
             raise NotFoundError(f"no Gatehouse data in {paths.root} (run `gatehouse init`)")
-        return cls(paths.database, ServerKey(paths.server_key.read_bytes()), telemetry_history=telemetry_history)
+        return cls(DatabaseUrl.parse(paths.database), ServerKey(paths.server_key.read_bytes()),
+                   telemetry_history=telemetry_history)
+
+    @property
+    def concurrent_device_data(self) -> bool:
+        """Device data commits run beside other writes (PostgreSQL) instead of queueing for the
+        one write lock (SQLite)."""
+        return self.store.concurrent_device_data
 
     @property
     def keep_telemetry_history(self) -> bool:

@@ -85,15 +85,17 @@ class AttributesAndTelemetry:
         statements (the transports' group commits). If that fails (a device deleted meanwhile,
         say), each item is retried on its own so that one bad item fails alone; returns one
         outcome per item: None when stored, else the error."""
+        # Not exclusive: device data only adds rows to existing devices, so on a store with
+        # concurrent writers (PostgreSQL) several nodes' group commits run side by side.
         try:
-            with self._store.transaction():
+            with self._store.transaction(exclusive=False):
                 self.write(items)
             return [None] * len(items)
         except Exception:
             if len(items) == 1:
                 raise
         outcomes: list[Exception | None] = []
-        with self._store.transaction():
+        with self._store.transaction(exclusive=False):
             for item in items:
                 try:
                     with self._store.transaction():  # a savepoint

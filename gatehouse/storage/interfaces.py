@@ -3,17 +3,21 @@
 The registry (gatehouse.registry) is the store's only user; transports never touch it. A store
 keeps the tables of schema.sql and hands rows in and out as dicts keyed by their column names
 (secrets arrive sealed or digested: a store never sees a plain secret). SQLite
-(gatehouse.storage.sqlite) is the first implementation; a second one plugs in here by providing
-the same methods with the same meaning.
+(gatehouse.storage.sqlite) is the embedded default, PostgreSQL (gatehouse.storage.postgresql) the
+shared store of several machines; the statements they share are in gatehouse.storage.sql.
 
 Rules every implementation keeps:
 - `transaction()` is a write transaction that takes the write lock up front, so a
   read-then-write ("does this name exist? then create it") cannot be overtaken by another
-  process; nested, it is a savepoint that rolls back alone.
+  process; nested, it is a savepoint that rolls back alone. `transaction(exclusive=False)` is
+  for writes that only add device data to existing devices (group commits): a store whose
+  writers need not queue behind one lock (PostgreSQL) lets them run beside each other.
 - A broken uniqueness or reference rule raises IntegrityError naming the rule as
   "table.column" of schema.sql (e.g. "device.name"), whatever the database's own wording.
 - A write lock held elsewhere for longer than the store waits raises StoreBusy; after
   `never_wait()` (a connection on an event loop) it is raised at once.
+- A database that cannot be reached raises StoreUnavailable (the transports answer "server
+  unavailable"); nothing of the failed call was stored.
 """
 from __future__ import annotations
 
@@ -21,9 +25,10 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from ..errors import StoreBusy
+from ..errors import StoreBusy, StoreUnavailable
 
-__all__ = ["DEVICE_SORT_KEYS", "PROFILE_SORT_KEYS", "IntegrityError", "Store", "StoreBusy"]
+__all__ = ["DEVICE_SORT_KEYS", "PROFILE_SORT_KEYS", "IntegrityError", "Store", "StoreBusy",
+           "StoreUnavailable"]
 
 # What lists may be sorted by (ThingsBoard's sortProperty values the admin API accepts).
 PROFILE_SORT_KEYS = ("name", "created_time", "description")
@@ -39,16 +44,25 @@ class IntegrityError(Exception):
 
 
 class Store(Protocol):
+    # True when a point read is answered from this machine in microseconds (SQLite), so that an
+    # event loop may run it itself; False when it crosses a network (PostgreSQL): the broker then
+    # keeps every call off its event loop.
+    local: bool
+    # True when device data commits (transaction(exclusive=False)) run beside other writers
+    # (PostgreSQL), False when every write queues for one lock (SQLite).
+    concurrent_device_data: bool
+
     # --- the connection ------------------------------------------------------------------
     def close(self) -> None: ...
-    def transaction(self) -> AbstractContextManager[None]: ...
+    def transaction(self, *, exclusive: bool = True) -> AbstractContextManager[None]: ...
     def never_wait(self) -> None:
         """For a connection used on an event loop: never block it waiting for the write lock
         (StoreBusy at once) nor for housekeeping such as checkpoints."""
     def checkpoint(self) -> None:
         """Housekeeping the never-waiting connection leaves to others (SQLite: the WAL)."""
     def data_version(self) -> int:
-        """A number that changes whenever another connection commits (cheap to poll)."""
+        """A number that changes whenever another process commits a change to devices, their
+        credentials, profiles or accounts (cheap to poll; SQLite: any commit)."""
     def schema_version(self) -> list[str]:
         """The names of the applied migrations, oldest first."""
 
@@ -136,3 +150,9 @@ class Store(Protocol):
     def insert_admin_user(self, row: dict) -> None: ...
     def count_admin_users(self) -> int: ...
     def admin_user(self, username: str) -> dict | None: ...
+
+    # --- the server key's check value --------------------------------------------------------
+    def server_key_check(self) -> bytes | None:
+        """What the deployment's server key sealed when the database was first opened."""
+    def set_server_key_check(self, sealed: bytes) -> None:
+        """Record it, unless a value is there already (the first process wins)."""

@@ -91,3 +91,10 @@ def retention(db: sqlite_utils.Database) -> None:
         db.execute(_statement_creating("maintenance_lease"))
     if "provisioning_event_by_ts" not in {index.name for index in db["provisioning_event"].indexes}:
         db.execute("CREATE INDEX provisioning_event_by_ts ON provisioning_event (ts)")
+
+
+@MIGRATIONS(name="0007_server_key_check")
+def server_key_check(db: sqlite_utils.Database) -> None:
+    """The sealed value that tells whether a server key belongs to this database."""
+    if not db["server_key_check"].exists():  # a database created from the current schema.sql
+        db.execute(_statement_creating("server_key_check"))

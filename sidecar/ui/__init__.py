@@ -9,7 +9,6 @@ devices and scripts, which carry no cookies.
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 from flask import Flask, Request, redirect, url_for
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
@@ -37,7 +36,7 @@ class UiSessions(SecureCookieSessionInterface):
 
 def init_ui(app: Flask, data_dir, idle_seconds: int) -> None:
     app.session_interface = UiSessions()
-    app.secret_key = ServerKey(DataDir(Path(data_dir)).server_key.read_bytes()).web_session_key()
+    app.secret_key = ServerKey(DataDir.of(data_dir).server_key.read_bytes()).web_session_key()
     app.config.update(
         SESSION_COOKIE_NAME="gatehouse_ui",
         SESSION_COOKIE_PATH=UI_PATH,  # not sent with device or admin API calls
