@@ -3,8 +3,9 @@
 -- schema.sql is the reference for what every table and column means; this file says the same in
 -- PostgreSQL's dialect, table for table, column for column, constraint for constraint, so that
 -- rows move between the two stores unchanged (`gatehouse db copy`). tests/test_schema_parity.py
--- compares the two on live databases: the same tables, columns, nullability, primary keys,
--- unique and foreign keys, and the same CHECK rules broken by the same rows.
+-- compares the two on live databases: the same tables, columns in the same order, nullability,
+-- primary keys, unique and foreign keys with their ON DELETE rules. A schema change is an edit of
+-- both files and a migration for each store.
 --
 -- Applied once by the migration "0001_initial" (gatehouse/storage/postgresql_migrations.py),
 -- recorded in gatehouse_migrations. Dialect differences, each on purpose:
