@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from gatehouse.cli.supervisor import Component, Restarts, Settings, first_steps, supervise
+from gatehouse.data_dir import DataDir
 
 from .conftest import free_port
 from .mqtt_client import connect as mqtt_connect
@@ -332,3 +333,16 @@ def test_up_passes_no_telemetry_history_to_the_broker_and_the_sidecar(tmp_path):
     assert "--no-telemetry-history" in parts["broker"].argv and "--no-telemetry-history" in parts["sidecar"].argv
     parts = {part.name: part for part in components(Settings(data_dir=tmp_path))}
     assert not any("--no-telemetry-history" in part.argv for part in parts.values())
+
+
+def test_up_passes_the_database_url_in_the_environment_never_on_a_command_line(tmp_path):
+    from gatehouse.cli.supervisor import Settings, components
+
+    url = "postgresql://gatehouse:hunter2@db.example:5432/fleet"
+    settings = Settings(data_dir=DataDir(tmp_path, url, tmp_path / "shared.key"))
+    for component in components(settings):
+        assert component.environment == {"GATEHOUSE_DATABASE_URL": url}
+        assert not any("hunter2" in arg for arg in component.argv)
+        argv = list(component.argv)
+        assert argv[argv.index("--server-key-file") + 1] == str(tmp_path / "shared.key")
+    assert not any("hunter2" in line for line in first_steps(settings, has_admins=False))

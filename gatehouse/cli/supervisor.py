@@ -107,7 +107,11 @@ def first_steps(settings: Settings, *, has_admins: bool) -> list[str]:
     """What `gatehouse up` tells a new user once everything runs: where to look, what to do first."""
     ui = f"http://{_loopback_of(settings.host)}:{settings.http_port}/ui/"
     lines = [f"web UI: {ui} (admin REST API under /api, OpenAPI at /api/openapi.json)"]
-    options = " ".join(DataDir.of(settings.data_dir).command_options())
+    data_dir = DataDir.of(settings.data_dir)
+    options = " ".join(data_dir.command_options())
+    if data_dir.database_url:
+        lines.append(f"database: {data_dir.database_shown} (the commands below need the same URL, "
+                     "e.g. in GATEHOUSE_DATABASE_URL)")
     if not has_admins:
         lines.append(f"no administrator yet: create the first with `gatehouse {options} "
                      "admin add you@example.com` (it asks for a password), then log in to the web UI")
