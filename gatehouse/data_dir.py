@@ -42,6 +42,12 @@ class DataDir:
         return self.database_url or _SQLITE + str(self.root / "gatehouse.db")
 
     @property
+    def sqlite_file(self) -> Path | None:
+        """The database's file when it is SQLite."""
+        url = self.database
+        return Path(url[len(_SQLITE):]) if url.startswith(_SQLITE) else None
+
+    @property
     def database_shown(self) -> str:
         """The database as messages show it: the file's name, or the URL without its password."""
         return redacted_url(self.database_url) if self.database_url else "gatehouse.db"
@@ -57,7 +63,7 @@ class DataDir:
     def exists(self) -> bool:
         if not self.server_key.exists():
             return False
-        return not self.database.startswith(_SQLITE) or Path(self.database[len(_SQLITE):]).exists()
+        return self.sqlite_file is None or self.sqlite_file.exists()
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,19 @@ def postgres_url(postgres_cluster) -> Iterator[str]:
     postgres_cluster.drop_database(url)
 
 
+@pytest.fixture(scope="module", params=STORES)
+def module_database_url(request) -> Iterator[str | None]:
+    """For a module-scoped deployment that runs once on each store: None (SQLite in the data
+    dir), then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield None
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    url = cluster.create_database()
+    yield url
+    cluster.drop_database(url)
+
+
 @pytest.fixture
 def store(request) -> str:
     """Which store the test's deployment uses: SQLite unless a `both_stores` module asks for both."""
@@ -213,9 +226,10 @@ NO_BLOCKING = ("--max-failed-logins", "100000")
 
 
 @contextlib.contextmanager
-def module_broker(root: Path, *broker_options: str) -> Iterator[RunningBroker]:
-    """A real broker for a test module (its data dir and log in `root`), stopped after it."""
-    broker = start_broker(root / "data", root / "broker.log", *broker_options)
+def module_broker(root: Path, *broker_options: str, database_url: str | None = None) -> Iterator[RunningBroker]:
+    """A real broker for a test module (its data dir and log in `root`, its database there or at
+    `database_url`), stopped after it."""
+    broker = start_broker(DataDir(root / "data", database_url), root / "broker.log", *broker_options)
     try:
         yield broker
     finally:
@@ -224,11 +238,11 @@ def module_broker(root: Path, *broker_options: str) -> Iterator[RunningBroker]:
 
 
 @contextlib.contextmanager
-def broker_and_sidecar(root: Path, *broker_options: str,
-                       sidecar_options: tuple[str, ...] = ()) -> Iterator[tuple[RunningBroker, RunningSidecar]]:
+def broker_and_sidecar(root: Path, *broker_options: str, sidecar_options: tuple[str, ...] = (),
+                       database_url: str | None = None) -> Iterator[tuple[RunningBroker, RunningSidecar]]:
     """A real broker and a real sidecar linked to it, for a test module; both are stopped after
     it, and a broker whose sidecar did not start is stopped too."""
-    with module_broker(root, *broker_options) as broker:
+    with module_broker(root, *broker_options, database_url=database_url) as broker:
         sidecar = start_sidecar(broker, root / "sidecar.log", *sidecar_options)
         try:
             yield broker, sidecar

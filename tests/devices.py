@@ -78,7 +78,7 @@ def stored_row_counts(database: sqlite3.Connection, tables: Iterable[str]) -> di
 
 
 def database(data_dir: Path) -> sqlite3.Connection:
-    return sqlite3.connect(DataDir(data_dir).database)
+    return sqlite3.connect(DataDir(data_dir).sqlite_file)
 
 
 def stored_values(data_dir: Path, key: str) -> set[tuple[str, int]]:

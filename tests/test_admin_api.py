@@ -21,7 +21,6 @@ import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import jwt
 import pytest
@@ -60,7 +59,7 @@ class Gatehouse:
     sidecar: object
 
     @property
-    def data_dir(self) -> Path:
+    def data_dir(self) -> DataDir:
         return self.broker.data_dir
 
     def registry(self) -> Registry:
@@ -68,12 +67,13 @@ class Gatehouse:
 
 
 @pytest.fixture(scope="module")
-def gh(tmp_path_factory):
-    """The shared broker and sidecar, with one administrator. Many tests here log in wrongly on
-    purpose, so address blocking is pushed out of the way (the test of blocking has a sidecar of
-    its own)."""
+def gh(tmp_path_factory, module_database_url):
+    """The shared broker and sidecar, with one administrator, on each store in turn. Many tests
+    here log in wrongly on purpose, so address blocking is pushed out of the way (the test of
+    blocking has a sidecar of its own)."""
     root = tmp_path_factory.mktemp("admin-api")
-    with broker_and_sidecar(root, *NO_BLOCKING, sidecar_options=NO_BLOCKING) as (broker, sidecar):
+    with broker_and_sidecar(root, *NO_BLOCKING, sidecar_options=NO_BLOCKING,
+                            database_url=module_database_url) as (broker, sidecar):
         with Registry.open(broker.data_dir) as registry:
             registry.add_admin(ADMIN, ADMIN_PASSWORD)
         yield Gatehouse(broker, sidecar)
@@ -544,7 +544,7 @@ def test_a_device_with_mqtt_basic_credentials_logs_in_with_them(gh, api):
 
 def test_a_device_with_an_x509_certificate_logs_in_over_tls(gh, api, tmp_path):
     name = unique("x509")
-    cert, key = issue_device_certificate(DevelopmentPki.in_directory(DataDir(gh.data_dir).pki), name, tmp_path)
+    cert, key = issue_device_certificate(DevelopmentPki.in_directory(gh.data_dir.pki), name, tmp_path)
     device = api.ok("POST", "/api/device-with-credentials", {
         "device": {"name": name}, "credentials": {"credentialsType": "X509_CERTIFICATE",
                                                   "credentialsValue": cert.read_text()}})

@@ -4,16 +4,13 @@ field with nothing half-saved, secrets hidden until revealed, shared attributes,
 The browser scenarios against a running broker and sidecar are in test_web_ui_browser.py."""
 from __future__ import annotations
 
-import contextlib
 import re
-import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from gatehouse.credentials import AccessToken, MqttBasic
-from gatehouse.data_dir import DataDir
 from gatehouse.device_activity import ActivityTracker
 from gatehouse.errors import NotFoundError
 from gatehouse.login import LoginOutcome
@@ -27,6 +24,9 @@ from sidecar.context import SidecarSettings
 
 from .web_ui_client import ADMIN, PASSWORD, Ui, new_device, upload, wait_for_import
 
+# Each test that uses the store runs on SQLite and on PostgreSQL (conftest.py).
+pytestmark = pytest.mark.both_stores
+
 
 def _field_errors(html: str, field: str) -> list[str]:
     """The errors shown next to a field (the macro in _forms.html renders them there)."""
@@ -34,9 +34,9 @@ def _field_errors(html: str, field: str) -> list[str]:
 
 
 @pytest.fixture
-def app(registry, data_dir):
+def app(registry, deployment):
     registry.add_admin(ADMIN, PASSWORD)
-    return create_app(SidecarSettings(data_dir=data_dir))
+    return create_app(SidecarSettings(data_dir=deployment))
 
 
 @pytest.fixture
@@ -71,10 +71,10 @@ def test_login_refuses_a_wrong_password_next_to_the_field(app):
     assert client.get("/ui/devices").status_code == 302
 
 
-def test_an_address_that_failed_too_often_is_refused_even_the_right_password(registry, data_dir):
+def test_an_address_that_failed_too_often_is_refused_even_the_right_password(registry, deployment):
     """The admin API's blocking (test_admin_api.py), shared: failures count across both."""
     registry.add_admin(ADMIN, PASSWORD)
-    app = create_app(SidecarSettings(data_dir=data_dir, max_failed_logins=2, block_seconds=60))
+    app = create_app(SidecarSettings(data_dir=deployment, max_failed_logins=2, block_seconds=60))
     attacker = Ui(app)
     attacker.client.environ_base["REMOTE_ADDR"] = "192.0.2.7"
     assert app.test_client().post("/api/auth/login", json={"username": ADMIN, "password": "wrong"},
@@ -136,9 +136,9 @@ def test_the_admin_api_takes_no_csrf_token(app):
     assert response.status_code == 200 and "token" in response.get_json()
 
 
-def test_a_session_ends_after_its_idle_lifetime(registry, data_dir):
+def test_a_session_ends_after_its_idle_lifetime(registry, deployment):
     registry.add_admin(ADMIN, PASSWORD)
-    client = Ui(create_app(SidecarSettings(data_dir=data_dir, ui_session_idle_seconds=1)))
+    client = Ui(create_app(SidecarSettings(data_dir=deployment, ui_session_idle_seconds=1)))
     client.login()
     assert client.get("/ui/devices").status_code == 200
     time.sleep(2.2)  # the cookie's signature is older than the lifetime (whole seconds)
@@ -152,11 +152,11 @@ def test_logging_out_ends_the_session(ui):
     assert ui.get("/ui/devices").status_code == 302
 
 
-def test_a_removed_administrator_is_logged_out(ui, data_dir):
+def test_a_removed_administrator_is_logged_out(ui, registry):
     assert ui.get("/ui/devices").status_code == 200
     # The registry has no way to remove an administrator yet: as an operator would, in SQL.
-    with contextlib.closing(sqlite3.connect(DataDir(data_dir).database)) as db, db:
-        db.execute("DELETE FROM admin_user WHERE username = ?", [ADMIN])
+    with registry.batch():
+        registry.store._write("DELETE FROM admin_user WHERE username = ?", [ADMIN])
     assert ui.get("/ui/devices").status_code == 302
 
 
