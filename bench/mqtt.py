@@ -532,14 +532,14 @@ class Fleet:
     app: Login
 
 
-def prepare_data_dir(data_dir: Path, work: Path, *, tokens: int, basic: int, x509: int) -> Fleet:
+def prepare_data_dir(data_dir, work: Path, *, tokens: int, basic: int, x509: int) -> Fleet:
     from gatehouse import pki
     from gatehouse.credentials import AccessToken, MqttBasic, X509Certificate
     from gatehouse.data_dir import DataDir
     from gatehouse.models import ProvisionType
     from gatehouse.registry import Registry
 
-    ca_dir = DataDir(data_dir).pki
+    ca_dir = DataDir.of(data_dir).pki
     with Registry.initialise(data_dir) as registry:
         ca = pki.DevelopmentPki.in_directory(ca_dir)
         token_logins, basic_logins, x509_logins, device_ids = [], [], [], {}
@@ -568,16 +568,34 @@ def prepare_data_dir(data_dir: Path, work: Path, *, tokens: int, basic: int, x50
     return Fleet(token_logins, basic_logins, x509_logins, device_ids, Login("bench-app", username, password))
 
 
+# A benchmark's PostgreSQL commits as a production one does (the test suite's cluster does not).
+DURABLE_POSTGRESQL = {"fsync": "on", "full_page_writes": "on", "synchronous_commit": "on"}
+
+
+@contextlib.contextmanager
+def throwaway_postgresql(work: Path):
+    """A PostgreSQL server of its own for the run (Debian's postgresql); yields a database URL."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.postgres_cluster import PostgresCluster
+
+    cluster = PostgresCluster.start_new(work, settings=DURABLE_POSTGRESQL)
+    try:
+        yield cluster.create_database()
+    finally:
+        cluster.destroy()
+
+
 class Processes:
     """Broker subprocesses, each in its own process group, all killed on exit."""
 
     def __init__(self):
         self._running: list[subprocess.Popen] = []
 
-    def start(self, name: str, argv: list[str], log_path: Path, timeout: float = 30) -> Endpoint:
+    def start(self, name: str, argv: list[str], log_path: Path, timeout: float = 30,
+              env: dict[str, str] | None = None) -> Endpoint:
         log = open(log_path, "w")
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         log.close()
         self._running.append(process)
         deadline = time.monotonic() + timeout
@@ -692,7 +710,7 @@ def best(samples: list[Sample]) -> Sample:
 
 
 async def measure(settings: Settings, gatehouse: Endpoint, stock: Endpoint, fleet: Fleet,
-                  data_dir: Path) -> tuple[list[Row], list[Row]]:
+                  data_dir) -> tuple[list[Row], list[Row]]:
     """The rows of the Gatehouse / amqtt table, and those of the MQTT 5 / MQTT 3.1.1 one (where
     `gatehouse` is the MQTT 5 figure and `baseline` Gatehouse's MQTT 3.1.1 one)."""
     from gatehouse.registry import Registry
@@ -788,7 +806,7 @@ async def measure(settings: Settings, gatehouse: Endpoint, stock: Endpoint, flee
     return rows, v5_rows
 
 
-def check_stored(registry_class, data_dir: Path, fleet: Fleet, run: TelemetryRun) -> str:
+def check_stored(registry_class, data_dir, fleet: Fleet, run: TelemetryRun) -> str:
     """Every device's latest stored `seq` must be its last acknowledged one."""
     wrong = 0
     with registry_class.open(data_dir) as registry:
@@ -833,6 +851,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="alternating rounds per measurement, best kept (default 3, quick 1)")
     parser.add_argument("--idle-clients", type=int, help="idle clients for the memory figure (1000)")
     parser.add_argument("--tmpdir", type=Path, default=None, help="where the temporary directory goes")
+    parser.add_argument("--postgresql", action="store_true",
+                        help="Gatehouse on PostgreSQL (a throwaway, durable cluster: tests/postgres_cluster.py) "
+                             "instead of SQLite")
     results.add_json_option(parser)
     parser.add_argument("--serve-stock-amqtt", metavar="CONFIG_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -855,9 +876,15 @@ def main(argv: list[str] | None = None) -> int:
     print()
 
     processes = Processes()
-    with tempfile.TemporaryDirectory(prefix="gatehouse-mqtt-bench-", dir=args.tmpdir) as temp:
+    with tempfile.TemporaryDirectory(prefix="gatehouse-mqtt-bench-", dir=args.tmpdir) as temp, \
+            contextlib.ExitStack() as cleanup:
+        from gatehouse.data_dir import DataDir
+
         work = Path(temp)
-        data_dir = work / "data"
+        data_dir = DataDir(work / "data")
+        if args.postgresql:
+            data_dir = DataDir(work / "data", cleanup.enter_context(throwaway_postgresql(work)))
+            print(f"database: PostgreSQL, {DURABLE_POSTGRESQL}\n")
         try:
             setup_start = perf_counter()
             fleet = prepare_data_dir(data_dir, work, tokens=max(settings.idle_clients, settings.devices, 200),
@@ -865,11 +892,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"setup: {len(fleet.tokens)} token, {len(fleet.basic)} MQTT basic, {len(fleet.x509)} X.509 devices, "
                   f"1 application, 1 ALLOW_CREATE profile in {perf_counter() - setup_start:.1f} s")
             gatehouse = processes.start("Gatehouse", [
-                sys.executable, "-m", "gatehouse", "--data-dir", str(data_dir), "broker", "--host", "127.0.0.1",
-                "--mqtt-port", "0", "--mqtts-port", "0", "--metrics-port", "0"], work / "gatehouse.log")
+                sys.executable, "-m", "gatehouse", *data_dir.command_options(), "broker", "--host", "127.0.0.1",
+                "--mqtt-port", "0", "--mqtts-port", "0", "--metrics-port", "0"], work / "gatehouse.log",
+                env=data_dir.environment())
             stock = processes.start("amqtt", [
                 sys.executable, str(Path(__file__).resolve()), "--serve-stock-amqtt",
-                json.dumps(stock_amqtt_config(data_dir / "pki"))], work / "amqtt.log")
+                json.dumps(stock_amqtt_config(data_dir.pki))], work / "amqtt.log")
             print(f"brokers: Gatehouse pid {gatehouse.pid} (ports {gatehouse.mqtt_port}/{gatehouse.mqtts_port}), "
                   f"amqtt pid {stock.pid} (ports {stock.mqtt_port}/{stock.mqtts_port})\n")
             rows, v5_rows = asyncio.run(measure(settings, gatehouse, stock, fleet, data_dir))
