@@ -1,7 +1,7 @@
-"""Run every Gatehouse benchmark (registry, MQTT, HTTP, CoAP, and the soak: reconnect storm,
-memory over time, telemetry beside an import) one after another and write bench/RESULTS.md: each
-headline figure with the baseline measured in the same run and their ratio, the machine it ran
-on, the commands, and each benchmark's full output.
+"""Run every Gatehouse benchmark (registry, MQTT, HTTP, CoAP, the soak: reconnect storm, memory
+over time, telemetry beside an import; retention; PostgreSQL beside SQLite) one after another and
+write bench/RESULTS.md: each headline figure with the baseline measured in the same run and their
+ratio, the machine it ran on, the commands, and each benchmark's full output.
 
     python bench/report.py                     # the full runs (about 24 minutes on 2 cores)
     python bench/report.py --skip soak.py      # all but the 10-minute soak (about 12 minutes)
@@ -33,7 +33,10 @@ REPO_ROOT = BENCH_DIR.parent
 # (script, its arguments for a quick run); the registry benchmark's quick run is a smaller registry.
 BENCHMARKS = (("registry.py", ["--devices", "10000", "--seconds", "0.5", "--keys", "10000"]),
               ("mqtt.py", ["--quick"]), ("http.py", ["--quick"]), ("coap.py", ["--quick"]),
-              ("soak.py", ["--quick"]), ("retention.py", ["--quick"]))
+              ("soak.py", ["--quick"]), ("retention.py", ["--quick"]),
+              # without --million: its 1,000,000-device registries are run on their own
+              # (python bench/postgresql.py --million)
+              ("postgresql.py", ["--quick"]))
 
 
 @dataclass

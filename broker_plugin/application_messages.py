@@ -18,6 +18,7 @@ from gatehouse.application_namespace import (
     device_topic,
     rpc_request_message,
 )
+from gatehouse.errors import SERVER_UNAVAILABLE_ERRORS
 from gatehouse.models import AttributeScope
 from gatehouse.payloads import PayloadError, json_bytes, parse_attributes, parse_json, parse_rpc_request
 from gatehouse.registry import DeviceDataWrite
@@ -114,6 +115,8 @@ class ApplicationMessages:
                 if store:
                     await self._worker.write(DeviceDataWrite(device_id, attributes=entries, scope=AttributeScope.SHARED))
                 update = attributes_message(entries)
+        except SERVER_UNAVAILABLE_ERRORS:
+            raise  # not stored, so not acknowledged either (GatehousePlugin.process_publish)
         except Exception as e:  # an unknown device id, most likely
             log.info("shared attributes for %s not stored: %s", device_id, e)
             return None

@@ -2,15 +2,21 @@
 sidecar, another broker) and acting on them (profiles' MQTT transport settings, sessions whose
 credentials changed, new trust anchors); storing the devices' activity; and retention, on
 schedule, by whichever process sharing the database holds the lease.
+
+None of it may stop for good: a round that fails (the database away for a while) is logged, and
+the next round tries again (`_round`).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 
 from gatehouse.clock import now_ms, utc_text
 from gatehouse.device_activity import ActivityTracker
+from gatehouse.errors import SERVER_UNAVAILABLE_ERRORS
 from gatehouse.registry import Registry
 from gatehouse.retention import BATCH_PAUSE_SECONDS, BATCH_ROWS, LEASE_TASK, RetentionPolicy, lease_holder
 
@@ -21,6 +27,28 @@ from .registry_worker import RegistryWorker
 from .session_state import CREDENTIALS_VERSION, ProfileTransports
 
 log = logging.getLogger(__name__)
+# How soon retention tries again after a round that failed (rather than a whole interval later).
+RETENTION_RETRY_SECONDS = 60.0
+
+
+class _Outcome:
+    failed = False
+
+
+@contextlib.contextmanager
+def _round(what: str, *, again: bool = True) -> Iterator[_Outcome]:
+    """One round of a background loop (`again`: the loop tries again later): if it fails, it is
+    logged (and `failed` set) and the loop goes on."""
+    outcome = _Outcome()
+    then = "; trying again later" if again else ""
+    try:
+        yield outcome
+    except SERVER_UNAVAILABLE_ERRORS as e:  # expected while the database is away: one line each
+        outcome.failed = True
+        log.warning("%s failed%s: %s", what, then, e)
+    except Exception:
+        outcome.failed = True
+        log.exception("%s failed%s", what, then)
 
 
 class Housekeeping:
@@ -50,21 +78,29 @@ class Housekeeping:
         return self._watch_for_changes(), self._report_activity(), self._prune_on_schedule()
 
     async def close(self) -> None:
-        """Once the background tasks have stopped: the last activity, and the lease given up."""
-        await self._worker.call(Registry.record_activity, self._activity.take_changes(now_ms()))
-        await self._worker.call(Registry.release_lease, LEASE_TASK, self._lease_holder)
+        """Once the background tasks have stopped: the last activity, and the lease given up
+        (each tried once: a database that is away must not hold the broker's shutdown up)."""
+        with _round("storing the last device activity", again=False):
+            await self._worker.call(Registry.record_activity, self._activity.take_changes(now_ms()))
+        with _round("giving up the retention lease", again=False):
+            await self._worker.call(Registry.release_lease, LEASE_TASK, self._lease_holder)
 
     async def _watch_for_changes(self) -> None:
         while True:
             await asyncio.sleep(self._change_poll_seconds)
-            await self._worker.checkpoint()
-            version = await self._worker.call(Registry.change_counter)
-            if version == self._version:
-                continue
-            self._version = version
-            await self._transports.reload()
-            await self._logout_changed_devices()
-            await self._trust_store.refresh()
+            with _round("watching for changes"):
+                await self._apply_changes()
+
+    async def _apply_changes(self) -> None:
+        await self._worker.checkpoint()
+        version = await self._worker.call(Registry.change_counter)
+        if version == self._version:
+            return
+        await self._transports.reload()
+        await self._logout_changed_devices()
+        await self._trust_store.refresh()
+        # Only once all of it is done: a round that failed half-way is done again next time.
+        self._version = version
 
     async def _report_activity(self) -> None:
         """Store the devices' activity (gatehouse.device_activity) about once a second, and
@@ -75,10 +111,15 @@ class Housekeeping:
             now = now_ms()
             changes = self._activity.take_changes(now)
             if changes:
-                await self._worker.call(Registry.record_activity, changes)
+                with _round("storing device activity") as stored:
+                    await self._worker.call(Registry.record_activity, changes)
+                if stored.failed:
+                    self._activity.put_back(changes)  # for the next round
+                    continue
             if time.monotonic() >= next_check:
                 next_check = time.monotonic() + self._inactivity_check_seconds
-                await self._worker.call(Registry.expire_activity, now, connected=list(self._connections.devices))
+                with _round("marking quiet devices inactive"):
+                    await self._worker.call(Registry.expire_activity, now, connected=list(self._connections.devices))
 
     async def _prune_on_schedule(self) -> None:
         """Retention (gatehouse.retention), once per interval, by the one process of those
@@ -91,19 +132,25 @@ class Housekeeping:
         if not policy.cutoffs(0):
             return  # everything is kept
         while True:
-            if await self._worker.call(Registry.take_lease, LEASE_TASK, holder, lease_seconds):
-                for kind, before in policy.cutoffs(now_ms()).items():
-                    removed = 0
-                    while True:
-                        n = await self._worker.call(Registry.prune_batch, kind, before)
-                        removed += n
-                        if n < BATCH_ROWS:
-                            break
-                        await asyncio.sleep(BATCH_PAUSE_SECONDS)
-                    if removed:
-                        log.info("retention: removed %d %s recorded before %s", removed, kind.value,
-                                 utc_text(before))
-            await asyncio.sleep(self._retention_interval_seconds)
+            pause = min(self._retention_interval_seconds, RETENTION_RETRY_SECONDS)
+            with _round("retention"):
+                await self._prune(holder, lease_seconds)
+                pause = self._retention_interval_seconds
+            await asyncio.sleep(pause)
+
+    async def _prune(self, holder: str, lease_seconds: float) -> None:
+        if not await self._worker.call(Registry.take_lease, LEASE_TASK, holder, lease_seconds):
+            return
+        for kind, before in self._retention.cutoffs(now_ms()).items():
+            removed = 0
+            while True:
+                n = await self._worker.call(Registry.prune_batch, kind, before)
+                removed += n
+                if n < BATCH_ROWS:
+                    break
+                await asyncio.sleep(BATCH_PAUSE_SECONDS)
+            if removed:
+                log.info("retention: removed %d %s recorded before %s", removed, kind.value, utc_text(before))
 
     async def _logout_changed_devices(self) -> None:
         """Credentials changed or device deleted (by the CLI, the sidecar, ...): ThingsBoard

@@ -18,7 +18,8 @@ from gatehouse import certificates
 from gatehouse import metrics as m
 from gatehouse.clock import now_ms
 from gatehouse.device_activity import ActivityTracker
-from gatehouse.login import PROVISION_LOGIN, LoginOutcome
+from gatehouse.errors import SERVER_UNAVAILABLE_ERRORS
+from gatehouse.login import PROVISION_LOGIN, LoginOutcome, LoginResult
 from gatehouse.login_limiter import LoginLimiter
 from gatehouse.models import Device
 from gatehouse.registry import Registry
@@ -80,6 +81,12 @@ class Logins:
         if cert_der is not None and result.outcome is LoginOutcome.NOT_AUTHORIZED:
             result = await self._worker.call(Registry.mqtt_login, client_id, session.username, session.password,
                                              cert_der)
+        if result.outcome is LoginOutcome.ACCEPTED:
+            try:
+                await self._transports.know(result.device.profile_id)
+            except SERVER_UNAVAILABLE_ERRORS as e:  # the database went away since the lookup
+                log.warning("login from %s not completed: %s", address, e)
+                result = LoginResult(LoginOutcome.SERVER_UNAVAILABLE)
         _logins(m.login_credentials_type(result, session.username, cert_der is not None), m.login_outcome(result)).inc()
         if result.provisioning is not None:
             _provisioning(m.provision_strategy(result.provisioning), result.provisioning.status.value).inc()
@@ -97,7 +104,6 @@ class Logins:
         elif result.outcome is LoginOutcome.SERVICE:
             session.attributes.update({ROLE: ROLE_SERVICE, SESSION_OWNER: f"service:{result.application}"})
         elif result.outcome is LoginOutcome.ACCEPTED:
-            await self._transports.know(result.device.profile_id)
             session.attributes.update({ROLE: ROLE_DEVICE, DEVICE: result.device, SESSION_OWNER: f"device:{result.device.id}",
                                        CREDENTIALS_VERSION: result.credentials_version, CLIENT_RPC_REPLIES: {}})
         else:

@@ -32,6 +32,7 @@ from amqtt.session import Session
 from gatehouse import metrics as m
 from gatehouse.data_dir import DataDir
 from gatehouse.device_activity import ActivityTracker
+from gatehouse.errors import SERVER_UNAVAILABLE_ERRORS
 from gatehouse.login_limiter import DEFAULT_BLOCK_SECONDS, DEFAULT_MAX_FAILURES, LoginLimiter
 from gatehouse.retention import AUDIT_RETENTION_DAYS, TELEMETRY_RETENTION_DAYS, RetentionPolicy
 
@@ -178,6 +179,17 @@ class GatehousePlugin(BaseAuthPlugin, BaseTopicPlugin):
 
     async def process_publish(self, session: Session, topic: str, payload: bytes,
                               properties: MessageProperties | None = None) -> PublishVerdict:
+        try:
+            return await self._process_publish(session, topic, payload, properties)
+        except SERVER_UNAVAILABLE_ERRORS as e:
+            # Nothing of it was stored: no PUBACK (MQTT 5: 0x83) and the connection is closed, as
+            # ThingsBoard closes it when a message cannot be processed; the client sends it again
+            # once it is let back in, and until the database is back its logins hear 0x03 / 0x88.
+            log.warning("a PUBLISH from %s on %s was not processed: %s", session.client_id, topic, e)
+            return PublishVerdict.FAILED
+
+    async def _process_publish(self, session: Session, topic: str, payload: bytes,
+                               properties: MessageProperties | None) -> PublishVerdict:
         role = session.attributes.get(ROLE)
         if role == ROLE_DEVICE:
             return await self._device_messages.process(session, topic, payload, properties)

@@ -221,6 +221,14 @@ def check_basic(rec: StoredCredentials, client_id: str, username: str | None, pa
     return BasicCheck.VALID
 
 
+def basic_lookup_ids(client_id: str, username: str | None) -> list[str]:
+    """Every credentials id authenticate_basic may `find` for this login, in its order: a store
+    across a network fetches them in one round trip instead of one per lookup."""
+    if not username:
+        return [sha3_hash(client_id)]
+    return [sha3_hash(client_id, username), username]
+
+
 def authenticate_basic(client_id: str, username: str | None, password: str | None, *,
                        find: Find, matches: Matches) -> StoredCredentials | None:
     """ThingsBoard's lookup order for a username/password/client-id login (SPEC §1.3)."""

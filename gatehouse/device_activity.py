@@ -94,6 +94,14 @@ class ActivityTracker:
                               if now_ms - ts < self._period}
         return {device_id: _entries(values) for device_id, values in pending.items()}
 
+    def put_back(self, changes: dict[str, tuple[KvEntry, ...]]) -> None:
+        """Changes taken that could not be stored (the database away for a while): pending
+        again for the next take, under whatever was reported since."""
+        with self._lock:
+            for device_id, entries in changes.items():
+                self._pending[device_id] = {**{entry.key: entry.value for entry in entries},
+                                            **self._pending.get(device_id, {})}
+
 
 class ObservationSessions:
     """CoAP observations as sessions, as the sidecar sees them: the bridge feeds an observation

@@ -32,3 +32,15 @@ class StoreBusy(Exception):
 class StoreUnavailable(Exception):
     """The database cannot be reached (stopped, restarting, network down): nothing of the failed
     call was stored, and the transports answer "server unavailable" until it is back."""
+
+
+# What every transport answers "server unavailable" for (MQTT CONNACK 0x03 / 0x88, HTTP 503,
+# CoAP 5.03): the database out of reach, or its write lock held elsewhere for longer than a write
+# waits. Either way nothing of the failed call was stored and the same request may be sent again,
+# so the device is told to retry rather than that it did something wrong.
+SERVER_UNAVAILABLE_ERRORS = (StoreUnavailable, StoreBusy)
+
+
+def is_server_unavailable(error: BaseException) -> bool:
+    """Whether `error` means "try again later" to a device (SERVER_UNAVAILABLE_ERRORS)."""
+    return isinstance(error, SERVER_UNAVAILABLE_ERRORS)

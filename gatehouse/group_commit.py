@@ -54,12 +54,13 @@ def commit(registry: Registry, batch: Sequence[PendingWrite]) -> None:
     error; if the transaction itself fails, nothing was stored and every write has its error."""
     device_data = [write for write in batch if write.data is not None]
     try:
-        with registry.batch():
+        # Device data alone need not queue behind other writers (Store.transaction).
+        with registry.batch(exclusive=len(device_data) < len(batch)):
             if device_data:
                 try:
                     outcomes = registry.save_device_data([write.data for write in device_data])
-                except Exception as e:  # a batch of one raises instead of reporting
-                    outcomes = [e]
+                except Exception as e:  # a batch of one raises instead of reporting, and so does
+                    outcomes = [e] * len(device_data)  # any batch whose retry could not even begin
                 for write, outcome in zip(device_data, outcomes, strict=True):
                     write.error = outcome
             for write in batch:

@@ -12,8 +12,10 @@ from flask import current_app
 
 from gatehouse import metrics as gm
 from gatehouse.application_namespace import attributes_message
+from gatehouse.data_dir import DataDir
 from gatehouse.device_activity import ActivityTracker, ObservationSessions
 from gatehouse.device_requests import DataUpload
+from gatehouse.login import SERVICE_USERNAME_PREFIX
 from gatehouse.login_limiter import (
     DEFAULT_BLOCK_SECONDS,
     DEFAULT_MAX_FAILURES,
@@ -23,6 +25,7 @@ from gatehouse.models import AttributeScope, Device
 from gatehouse.payloads import KvEntry
 from gatehouse.registry import Registry
 from gatehouse.runtime import ports
+from gatehouse.server_key import ServerKey
 from gatehouse.token_logins import TokenLogins
 
 from .broker_link import BrokerLink
@@ -89,6 +92,7 @@ class Sidecar:
         self._opened: list[Registry] = []
         self._lock = threading.Lock()
         self._service_credentials: dict[str, tuple[str, str]] = {}
+        self._server_key = ServerKey(DataDir.of(settings.data_dir).server_key.read_bytes())
 
     @property
     def registry(self) -> Registry:
@@ -121,10 +125,13 @@ class Sidecar:
 
     def service_credentials(self, account: str) -> tuple[str, str]:
         """(username, password) of a Gatehouse service account, derived from the server key once
-        per account and kept: the key does not change while the process runs."""
+        per account and kept: the key does not change while the process runs. From the key file,
+        not a registry: every request checks for the CoAP bridge's account (its metrics too, after
+        the answer), and that must not need the database, which may be away."""
         found = self._service_credentials.get(account)
         if found is None:
-            found = self._service_credentials[account] = self.registry.service_credentials(account)
+            found = self._service_credentials[account] = (SERVICE_USERNAME_PREFIX + account,
+                                                          self._server_key.service_password(account))
         return found
 
     def write(self, fn: Callable[..., T], *args, **kwargs) -> T:

@@ -208,7 +208,8 @@ SCHEMAS = {
 
 ERROR_DESCRIPTIONS = {400: "Invalid request (ThingsBoard's message)", 401: "Missing, invalid or expired token",
                       404: "No such device or profile", 413: "Body larger than the limit",
-                      429: "Too many failed logins from this address (Retry-After: seconds)"}
+                      429: "Too many failed logins from this address (Retry-After: seconds)",
+                      503: "The database is unavailable; try again later (Retry-After: seconds)"}
 
 
 def _json(schema: dict) -> dict:
@@ -259,9 +260,11 @@ DEVICE_ID, PROFILE_ID = _path("deviceId"), _path("deviceProfileId")
 
 
 def _operation(operation_id: str, tag: str, summary: str, *, parameters=(), body: str | None = None,
-               ok: dict | None = None, errors=(400, 401, 404), public: bool = False, description: str = "") -> dict:
+               ok: dict | None = None, errors=(400, 401, 404), public: bool = False, description: str = "",
+               database: bool = True) -> dict:
+    """`database`: the operation reads or writes the database, and answers 503 while it is away."""
     responses = {"200": {"description": "OK", **({"content": _json(ok)} if ok is not None else {})}}
-    for status in (*errors, 413) if body is not None else errors:
+    for status in (*errors, *((413,) if body is not None else ()), *((503,) if database else ())):
         responses[str(status)] = {"description": ERROR_DESCRIPTIONS[status], "content": _json(_ref("Error"))}
     operation = {"operationId": operation_id, "tags": [tag], "summary": summary, "responses": responses}
     if description:
@@ -297,7 +300,8 @@ def _paths() -> dict:
         "/api/auth/user": {"get": _operation(
             "getUser", "Auth", "The logged-in administrator", ok=_ref("User"), errors=(401,))},
         "/api/openapi.json": {"get": _operation(
-            "getOpenApiDocument", "Meta", "This document", ok={"type": "object"}, errors=(), public=True)},
+            "getOpenApiDocument", "Meta", "This document", ok={"type": "object"}, errors=(), public=True,
+            database=False)},
         "/api/deviceProfile": {"post": _operation(
             "saveDeviceProfile", "Device profiles", "Create or update a device profile", body="DeviceProfileRequest",
             ok=_ref("DeviceProfile"), description="A duplicate name or provision key is 400 ('Device profile with "

@@ -10,6 +10,7 @@ import threading
 import waitress
 
 from gatehouse.clock import now_ms
+from gatehouse.errors import is_server_unavailable
 from gatehouse.logs import announce, configure_logging
 from gatehouse.registry import Registry
 from gatehouse.runtime.readiness import notify_ready
@@ -61,13 +62,18 @@ def serve(settings: SidecarSettings, announce=announce) -> int:
     context = app.extensions[EXTENSION]
 
     def store_activity() -> None:
+        changes = {}
         try:
             context.observations.expire(now_ms())  # CoAP observations the bridge stopped feeding
             changes = context.activity.take_changes(now_ms())
             if changes:
                 writer.call(Registry.record_activity, changes)
-        except Exception:  # the database busy for long, say: what was taken is lost, not the thread
-            log.exception("storing device activity failed")
+        except Exception as e:  # the database away for a while, say: kept for the next round, and the thread goes on
+            context.activity.put_back(changes)
+            if is_server_unavailable(e):
+                log.warning("storing device activity failed; trying again later: %s", e)
+            else:
+                log.exception("storing device activity failed")
 
     def housekeeping() -> None:
         while not stopping.wait(HOUSEKEEPING_SECONDS):

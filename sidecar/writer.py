@@ -5,7 +5,8 @@ and the threads queued for SQLite's write lock, which a waiting connection polls
 up to 100 ms (bench/http.py: p99 of 600-800 ms, a fifth of a bare endpoint's throughput). Here
 the request threads hand their writes to one thread, and what arrives while a transaction
 commits shares the next one. A request returns once its transaction has committed, so an
-answered request is stored.
+answered request is stored. A commit that fails (the database away for a while) fails its requests
+(the sidecar answers 503), never the thread: the next batch tries the database again.
 """
 from __future__ import annotations
 
@@ -82,7 +83,14 @@ class GroupCommitWriter:
         self._started.set()
         try:
             while (batch := self._next_batch()) is not None:
-                self._commit(registry, batch)
+                try:
+                    self._commit(registry, batch)
+                except Exception as e:  # the thread must outlive any batch, or every later request hangs
+                    log.exception("a group commit failed")
+                    for write in batch:
+                        if not write.done.is_set():
+                            write.result, write.error = None, e
+                            write.done.set()
         finally:
             registry.close()
 

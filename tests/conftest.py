@@ -229,7 +229,8 @@ NO_BLOCKING = ("--max-failed-logins", "100000")
 def module_broker(root: Path, *broker_options: str, database_url: str | None = None) -> Iterator[RunningBroker]:
     """A real broker for a test module (its data dir and log in `root`, its database there or at
     `database_url`), stopped after it."""
-    broker = start_broker(DataDir(root / "data", database_url), root / "broker.log", *broker_options)
+    data_dir = root / "data" if database_url is None else DataDir(root / "data", database_url)
+    broker = start_broker(data_dir, root / "broker.log", *broker_options)
     try:
         yield broker
     finally:

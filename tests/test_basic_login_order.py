@@ -12,6 +12,7 @@ from gatehouse.credentials import (
     MqttBasic,
     StoredCredentials,
     authenticate_basic,
+    basic_lookup_ids,
     check_basic,
     sha3_hash,
 )
@@ -120,6 +121,8 @@ def test_basic_login_looks_up_in_thingsboards_order(stored, client_id, username,
 
     found = authenticate_basic(client_id, username, password, find=find, matches=matches)
     assert (found.device_id if found else None, looked_up) == (device, lookups)
+    # What a networked store fetches in one round trip, up front, covers every lookup.
+    assert looked_up == basic_lookup_ids(client_id, username)[:len(looked_up)]
 
 
 @pytest.mark.parametrize("stored, client_id, username, password, expected", [

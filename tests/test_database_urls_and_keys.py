@@ -102,3 +102,10 @@ def _settled(store: PostgresStore) -> int:
     """The listener's count once notifications already sent have arrived."""
     time.sleep(0.3)
     return store.data_version()
+
+
+def test_a_command_against_an_unreachable_database_says_so_in_one_line(tmp_path):
+    url = f"postgresql://gatehouse:hunter2@127.0.0.1:{free_port()}/gatehouse"
+    result = CliRunner().invoke(main, ["--data-dir", str(tmp_path / "d"), "init"], env={"GATEHOUSE_DATABASE_URL": url})
+    assert result.exit_code == 1
+    assert result.output == f"Error: cannot reach the PostgreSQL database {redacted_url(url)}\n"

@@ -69,6 +69,21 @@ def test_tracker_keeps_the_latest_of_what_happened_between_takes():
         ACTIVE: False, LAST_CONNECT_TIME: 1_000, LAST_DISCONNECT_TIME: 2_000, LAST_ACTIVITY_TIME: 2_000}
 
 
+def test_changes_that_could_not_be_stored_are_taken_again_under_what_came_since():
+    # The database away for a while: what a round took is put back for the next one.
+    tracker = ActivityTracker(PERIOD)
+    tracker.connected("d1", 1_000)
+    tracker.active("d2", 1_000)
+    failed = tracker.take_changes(1_000)
+    tracker.disconnected("d1", 3_000)
+    tracker.put_back(failed)
+    changes = tracker.take_changes(3_000)
+    assert values(changes, "d1") == {ACTIVE: False, LAST_CONNECT_TIME: 1_000, LAST_DISCONNECT_TIME: 3_000,
+                                     LAST_ACTIVITY_TIME: 3_000}
+    assert values(changes, "d2") == {ACTIVE: True, LAST_ACTIVITY_TIME: 1_000}
+    assert tracker.take_changes(4_000) == {}
+
+
 def test_tracker_forgets_quiet_devices_and_reports_their_next_activity():
     tracker = ActivityTracker(PERIOD)
     for n in range(1_000):

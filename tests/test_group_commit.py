@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gatehouse import group_commit
-from gatehouse.errors import NotFoundError, StoreBusy, ValidationError
+from gatehouse.errors import NotFoundError, StoreBusy, StoreUnavailable, ValidationError
 from gatehouse.group_commit import MAX_BATCH, PendingWrite, take_batch
 from gatehouse.payloads import TelemetryRecord, kv_entries
 from gatehouse.registry import DeviceDataWrite, Registry
@@ -81,3 +81,18 @@ def test_a_transaction_that_cannot_begin_fails_every_write_and_stores_nothing(da
         assert all(isinstance(w.error, StoreBusy) for w in batch) and batch[1].result is None
         assert registry.store.telemetry_history(device.id, "t") == []
         assert registry.find_device_by_name("never") is None
+
+
+def test_a_batch_whose_device_data_cannot_be_stored_at_all_fails_each_write_with_that_error(registry, monkeypatch):
+    # Regression: a batch of several whose save_device_data raised (the database gone between its
+    # try and its retry) failed every write with zip()'s ValueError, which the sidecar answered 500.
+    device = registry.create_device("unreachable-device")
+
+    def unreachable(items):
+        raise StoreUnavailable("the database cannot be reached")
+
+    monkeypatch.setattr(registry, "save_device_data", unreachable)
+    batch = [telemetry(device.id, 1), telemetry(device.id, 2), PendingWrite(fn=lambda r: "kept")]
+    group_commit.commit(registry, batch)
+    assert [type(w.error) for w in batch[:2]] == [StoreUnavailable, StoreUnavailable]
+    assert (batch[2].result, batch[2].error) == ("kept", None)

@@ -5,8 +5,8 @@ commands it gathers.
 Running processes is not domain code, so the command line is a package of its own, beside the
 domain it drives:
 
-- .profiles_and_accounts, .devices: the operator's commands, thin clients of the library API
-  (gatehouse.registry), with .output for what they share;
+- .profiles_and_accounts, .devices, .database: the operator's commands, thin clients of the
+  library API (gatehouse.registry), with .output for what they share;
 - .serve: the process-launching commands (broker, sidecar, coap, up), the only code in
   `gatehouse` that imports a component, lazily, when the command runs;
 - .supervisor: `gatehouse up`'s process supervisor.
@@ -17,17 +17,23 @@ this package. The domain imports neither.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
 
 from .. import certificates, pki
 from ..data_dir import DATABASE_URL_VARIABLE, DEFAULT_DATA_DIR, DataDir
-from ..errors import GatehouseError
+from ..errors import GatehouseError, StoreUnavailable
 from ..server_key import ServerKeyError
-from . import devices, profiles_and_accounts, serve
+from . import database, devices, profiles_and_accounts, serve
 
-_EXPECTED_ERRORS = (GatehouseError, pki.PkiError, certificates.CertificateError, ServerKeyError, OSError)
+_EXPECTED_ERRORS = (GatehouseError, pki.PkiError, certificates.CertificateError, ServerKeyError, StoreUnavailable,
+                    OSError)
+# An operator's command configures no logging, so psycopg's pool would print each failed
+# connection attempt above the one-line error that says the same; the servers configure logging
+# and still log them.
+logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 
 class GatehouseGroup(click.Group):
@@ -36,6 +42,9 @@ class GatehouseGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except ServerKeyError as e:  # which of a deployment's key files this process read
+            key = f" (server key file: {ctx.obj.server_key})" if isinstance(ctx.obj, DataDir) else ""
+            raise click.ClickException(f"{e}{key}") from None
         except _EXPECTED_ERRORS as e:
             raise click.ClickException(str(e)) from None
 
@@ -58,5 +67,5 @@ def main(ctx: click.Context, data_dir: Path, database_url: str | None, server_ke
     ctx.obj = DataDir(data_dir, database_url or None, server_key_file)
 
 
-for _command in (*profiles_and_accounts.COMMANDS, *devices.COMMANDS, *serve.COMMANDS):
+for _command in (*profiles_and_accounts.COMMANDS, *devices.COMMANDS, *database.COMMANDS, *serve.COMMANDS):
     main.add_command(_command)

@@ -16,6 +16,7 @@ through the store (gatehouse.storage), which only they use:
     maintenance.py     retention and its lease
     accounts.py        application and service MQTT accounts
     administrators.py  admin users (scrypt)
+    database_copy.py   the whole database copied into another one (gatehouse db copy)
 
 `Registry` builds the services and forwards each public method to the one that implements it
 (`Registry.create_device` is `Devices.create`), so callers need one object and a reader finds
@@ -38,6 +39,7 @@ from .administrators import Administrators
 from .bulk_upsert import BulkUpsert, DeviceUpsert, PreparedUpsert, UpsertedDevice
 from .change_watch import ChangeWatch
 from .context import RegistryContext
+from .database_copy import CopyResult, DatabaseCopy, DatabaseCopyError
 from .device_data import HISTORY_LIMIT, AttributesAndTelemetry, DeviceDataWrite
 from .device_lookup import DeviceLookup
 from .devices import Devices
@@ -48,8 +50,8 @@ from .profiles import Profiles
 from .provisioning import Provisioning
 from .rules import DEFAULT_CN_REGEX, DEFAULT_PROFILE_NAME, KEY_SECRET_STRATEGIES
 
-__all__ = ["DEFAULT_CN_REGEX", "DEFAULT_PROFILE_NAME", "HISTORY_LIMIT", "KEY_SECRET_STRATEGIES", "DeviceDataWrite",
-           "DeviceUpsert", "PreparedUpsert", "Registry", "UpsertedDevice"]
+__all__ = ["DEFAULT_CN_REGEX", "DEFAULT_PROFILE_NAME", "HISTORY_LIMIT", "KEY_SECRET_STRATEGIES", "CopyResult",
+           "DatabaseCopyError", "DeviceDataWrite", "DeviceUpsert", "PreparedUpsert", "Registry", "UpsertedDevice"]
 
 
 class _Forward:
@@ -98,6 +100,7 @@ class Registry:
         self.changes = ChangeWatch(context, self.profiles)
         self.maintenance = Maintenance(context)
         self.administrators = Administrators(context)
+        self.database_copy = DatabaseCopy(context)
 
     @classmethod
     def initialise(cls, data_dir: DataDir | Path | str, *, hostnames: Iterable[str] = ()) -> Registry:
@@ -144,10 +147,10 @@ class Registry:
         to a caller that may wait."""
         self.store.never_wait()
 
-    def batch(self):
+    def batch(self, *, exclusive: bool = True):
         """One transaction around many calls: each call inside still succeeds or fails on its
-        own (a savepoint)."""
-        return self.store.transaction()
+        own (a savepoint). Not `exclusive`: it holds device data only (Store.transaction)."""
+        return self.store.transaction(exclusive=exclusive)
 
     # profiles.py
     create_profile = _Forward("profiles", Profiles.create)
@@ -218,3 +221,6 @@ class Registry:
     has_admins = _Forward("administrators", Administrators.any)
     admin_exists = _Forward("administrators", Administrators.exists)
     verify_admin = _Forward("administrators", Administrators.verify)
+    # database_copy.py
+    copy_database_to = _Forward("database_copy", DatabaseCopy.copy_to)
+    database_row_counts = _Forward("database_copy", DatabaseCopy.row_counts)

@@ -2,6 +2,8 @@
 access token (HTTP and CoAP), a client certificate (TLS and DTLS)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..credentials import StoredCredentials, certificate_thumbprint
 from ..models import CredentialsType, Device
 from .context import RegistryContext
@@ -18,6 +20,17 @@ class DeviceLookup:
     def credentials(self, credentials_id: str) -> StoredCredentials | None:
         row = self._store.credentials_by_digest(self._key.digest(credentials_id))
         return None if row is None else stored_credentials(row)
+
+    def prefetched(self, credentials_ids: list[str]) -> Callable[[str], StoredCredentials | None]:
+        """`credentials` for any of `credentials_ids`, all looked up at once (one round trip to a
+        networked store instead of one per id)."""
+        digests = {credentials_id: self._key.digest(credentials_id) for credentials_id in credentials_ids}
+        rows = self._store.credentials_by_digests(list(digests.values()))
+
+        def find(credentials_id: str) -> StoredCredentials | None:
+            row = rows.get(digests[credentials_id])
+            return None if row is None else stored_credentials(row)
+        return find
 
     def lookup_digest(self, secret: str) -> bytes:
         """The keyed digest a secret is looked up by; caches key by it, never by the secret."""

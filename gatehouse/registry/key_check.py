@@ -27,3 +27,12 @@ def check_server_key(store: Store, key: ServerKey, database: str) -> None:
             f"the server key does not open the secrets of the database {database}: every Gatehouse process of a "
             "deployment must use the same key (copy the data dir's gatehouse.key to each node, or point "
             "--server-key-file at a shared copy)") from None
+
+
+def opens_check(sealed: bytes, key: ServerKey) -> bool:
+    """Whether `key` opens a database's check value (`Store.server_key_check`)."""
+    try:
+        key.open(sealed, _CONTEXT)
+    except ServerKeyError:
+        return False
+    return True

@@ -7,7 +7,8 @@ import logging
 from dataclasses import replace
 
 from .. import certificates
-from ..credentials import StoredCredentials, authenticate_basic
+from ..credentials import StoredCredentials, authenticate_basic, basic_lookup_ids
+from ..errors import SERVER_UNAVAILABLE_ERRORS
 from ..login import (
     APPLICATION_USERNAME_PREFIX,
     SERVICE_USERNAME_PREFIX,
@@ -51,11 +52,15 @@ class MqttLogin:
                 return self._accounts.service_login(username, password)
             if cert_der is not None:
                 return self._certificate_login(cert_der, provision)
-            found = authenticate_basic(client_id, username, password, find=self._lookup.credentials,
-                                       matches=self._key.matches)
+            # Every id the lookup order may ask for, fetched at once: one round trip to the store.
+            find = self._lookup.prefetched(basic_lookup_ids(client_id, username))
+            found = authenticate_basic(client_id, username, password, find=find, matches=self._key.matches)
             if found is None:
                 return LoginResult(refusal_for_unknown_credentials(client_id, username, password))
             return self._accepted(found)
+        except SERVER_UNAVAILABLE_ERRORS as e:  # the database out of reach: one line, not a traceback a login
+            log.warning("login lookup failed: %s", e)
+            return LoginResult(LoginOutcome.SERVER_UNAVAILABLE)
         except Exception:
             log.exception("login lookup failed")
             return LoginResult(LoginOutcome.SERVER_UNAVAILABLE)

@@ -27,12 +27,28 @@ from typing import Protocol
 
 from ..errors import StoreBusy, StoreUnavailable
 
-__all__ = ["DEVICE_SORT_KEYS", "PROFILE_SORT_KEYS", "IntegrityError", "Store", "StoreBusy",
+__all__ = ["DEVICE_SORT_KEYS", "PROFILE_SORT_KEYS", "TABLE_KEYS", "IntegrityError", "Store", "StoreBusy",
            "StoreUnavailable"]
 
 # What lists may be sorted by (ThingsBoard's sortProperty values the admin API accepts).
 PROFILE_SORT_KEYS = ("name", "created_time", "description")
 DEVICE_SORT_KEYS = ("name", "created_time", "label", "profile_name")
+# Every table of schema.sql with its primary key, each after the tables it references: what a copy
+# of a whole database moves, in this order (table_rows, insert_copied_rows; `gatehouse db copy`).
+TABLE_KEYS = {
+    "device_profile": ("id",),
+    "device": ("id",),
+    "device_credentials": ("id",),
+    "attribute": ("device_id", "scope", "key"),
+    "telemetry_latest": ("device_id", "key"),
+    "telemetry_history": ("device_id", "key", "ts"),
+    "provisioning_event": ("id",),
+    "admin_user": ("username",),
+    "application_account": ("name",),
+    "maintenance_lease": ("task",),
+    "credentials_generation": ("id",),
+    "server_key_check": ("id",),
+}
 
 
 class IntegrityError(Exception):
@@ -105,6 +121,8 @@ class Store(Protocol):
     def credentials(self, device_id: str) -> dict | None: ...
     def credentials_by_digest(self, lookup_digest: bytes) -> dict | None:
         """The login lookup: one indexed probe by lookup_digest."""
+    def credentials_by_digests(self, lookup_digests: list[bytes]) -> dict[bytes, dict]:
+        """Several login lookups in one statement: lookup digest -> row, for those found."""
     def credentials_versions(self, device_ids: list[str]) -> dict[str, tuple[str, int]]:
         """device id -> (credentials row id, version), for those that exist."""
     def credentials_generation(self) -> int:
@@ -156,3 +174,17 @@ class Store(Protocol):
         """What the deployment's server key sealed when the database was first opened."""
     def set_server_key_check(self, sealed: bytes) -> None:
         """Record it, unless a value is there already (the first process wins)."""
+
+    # --- copying a whole database into another store (gatehouse.registry.database_copy) ---------
+    def count_rows(self, table: str) -> int:
+        """The rows of a TABLE_KEYS table."""
+    def table_rows(self, table: str, after: tuple | None, limit: int) -> list[dict]:
+        """At most `limit` rows of a TABLE_KEYS table in its primary key's order, from the first
+        one whose key comes after `after` (None: from the start), every column as a dict:
+        attribute and telemetry values as bound (save_attributes), so that any store's
+        insert_copied_rows takes the rows unchanged."""
+    def insert_copied_rows(self, table: str, rows: list[dict]) -> None:
+        """Rows of `table` as table_rows gives them (from this store or another), keeping every
+        column, ids included; a row whose primary key is already there is skipped (a copy run
+        again), any other broken rule raises IntegrityError. Ids the database generates itself
+        (provisioning_event) continue after the copied ones."""

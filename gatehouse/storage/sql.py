@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from .interfaces import TABLE_KEYS
+
 # interfaces.PROFILE_SORT_KEYS and DEVICE_SORT_KEYS -> ORDER BY expression.
 PROFILE_ORDER = {"name": "name", "created_time": "created_time", "description": "description"}
 DEVICE_ORDER = {"name": "d.name", "created_time": "d.created_time", "label": "d.label", "profile_name": "p.name"}
 SMALLEST_INTEGER = -(2**63)
+# The tables whose `value` column a store may keep in its own way (`_decoded`).
+VALUE_TABLES = ("attribute", "telemetry_latest", "telemetry_history")
 
 
 def contains_pattern(text: str) -> str:
@@ -221,11 +225,21 @@ class SqlStore:
     def credentials_generation(self) -> int:
         return self._scalar("SELECT value FROM credentials_generation")
 
+    _LOGIN_COLUMNS = ("id, version, device_id, credentials_type, client_id_digest, user_name_digest, "
+                      "password_digest, lookup_digest")
+
     def credentials_by_digest(self, lookup_digest: bytes) -> dict | None:
         """The login lookup: one indexed probe."""
-        return self._one(
-            "SELECT id, version, device_id, credentials_type, client_id_digest, user_name_digest, password_digest "
-            "FROM device_credentials WHERE lookup_digest = ?", [lookup_digest])
+        return self._one(f"SELECT {self._LOGIN_COLUMNS} FROM device_credentials WHERE lookup_digest = ?",
+                         [lookup_digest])
+
+    def credentials_by_digests(self, lookup_digests: list[bytes]) -> dict[bytes, dict]:
+        """Several login lookups in one statement: lookup digest -> row, for those found."""
+        found = {}
+        for condition, params in self._in("lookup_digest", lookup_digests):
+            found.update((bytes(row["lookup_digest"]), row) for row in self._all(
+                f"SELECT {self._LOGIN_COLUMNS} FROM device_credentials WHERE {condition}", params))
+        return found
 
     # --- attributes and telemetry ---------------------------------------------------------
 
@@ -328,3 +342,27 @@ class SqlStore:
     def set_server_key_check(self, sealed: bytes) -> None:
         self._write("INSERT INTO server_key_check (id, sealed_check) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
                     [sealed])
+
+    # --- copying a whole database (gatehouse.registry.database_copy) -----------------------------
+
+    def count_rows(self, table: str) -> int:
+        if table not in TABLE_KEYS:  # a table of schema.sql, never a caller's text
+            raise KeyError(table)
+        return self._scalar(f"SELECT count(*) FROM {table}")
+
+    def table_rows(self, table: str, after: tuple | None, limit: int) -> list[dict]:
+        """Keyset pages (`(key) > (after)` on the primary key's index): stable and as fast on the
+        last page as on the first, whatever the table holds."""
+        key = ", ".join(TABLE_KEYS[table])
+        where, params = "", []
+        if after is not None:
+            where, params = f" WHERE ({key}) > ({', '.join('?' for _ in after)})", list(after)
+        rows = self._all(f"SELECT * FROM {table}{where} ORDER BY {key} LIMIT ?", [*params, limit])
+        return self._decoded(rows) if table in VALUE_TABLES else rows
+
+    def insert_copied_rows(self, table: str, rows: list[dict]) -> None:
+        if rows:
+            columns = list(rows[0])
+            self._write_many(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) "
+                             f"ON CONFLICT ({', '.join(TABLE_KEYS[table])}) DO NOTHING",
+                             [tuple(row[column] for column in columns) for row in rows])

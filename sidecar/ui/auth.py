@@ -10,7 +10,7 @@ from flask import Response, g, redirect, render_template, request, session, url_
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
-from gatehouse.errors import NotFoundError
+from gatehouse.errors import SERVER_UNAVAILABLE_ERRORS, NotFoundError
 
 from ..admin_auth import (
     TOO_MANY_FAILED_LOGINS,
@@ -109,6 +109,16 @@ def not_found(error: NotFoundError):
 @ui.errorhandler(HTTPException)
 def http_error(error: HTTPException):
     return error_page(error.code or 500, error.description or error.name)
+
+
+def database_unavailable(error: Exception):
+    log.warning("web UI request answered 503: %s", error)
+    return error_page(503, "The database is unavailable right now; try again in a moment.")
+
+
+# The UI's own: its handler of Exception below would otherwise win over the app's 503 (sidecar.app).
+for _unavailable in SERVER_UNAVAILABLE_ERRORS:
+    ui.register_error_handler(_unavailable, database_unavailable)
 
 
 @ui.errorhandler(Exception)
