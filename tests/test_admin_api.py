@@ -59,7 +59,7 @@ class Gatehouse:
     sidecar: object
 
     @property
-    def data_dir(self) -> DataDir:
+    def data_dir(self) -> DataDir | Path:
         return self.broker.data_dir
 
     def registry(self) -> Registry:
@@ -544,7 +544,7 @@ def test_a_device_with_mqtt_basic_credentials_logs_in_with_them(gh, api):
 
 def test_a_device_with_an_x509_certificate_logs_in_over_tls(gh, api, tmp_path):
     name = unique("x509")
-    cert, key = issue_device_certificate(DevelopmentPki.in_directory(gh.data_dir.pki), name, tmp_path)
+    cert, key = issue_device_certificate(DevelopmentPki.in_directory(DataDir.of(gh.data_dir).pki), name, tmp_path)
     device = api.ok("POST", "/api/device-with-credentials", {
         "device": {"name": name}, "credentials": {"credentialsType": "X509_CERTIFICATE",
                                                   "credentialsValue": cert.read_text()}})
