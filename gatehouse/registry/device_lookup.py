@@ -22,8 +22,11 @@ class DeviceLookup:
         return None if row is None else stored_credentials(row)
 
     def prefetched(self, credentials_ids: list[str]) -> Callable[[str], StoredCredentials | None]:
-        """`credentials` for any of `credentials_ids`, all looked up at once (one round trip to a
-        networked store instead of one per id)."""
+        """`credentials` for any of `credentials_ids`, all looked up at once on a networked store
+        (one round trip instead of one per id); on a local one each when asked, as a probe costs
+        microseconds and the first id usually answers (an MQTT basic login: 38 instead of 49 µs)."""
+        if self._store.local:
+            return self.credentials
         digests = {credentials_id: self._key.digest(credentials_id) for credentials_id in credentials_ids}
         rows = self._store.credentials_by_digests(list(digests.values()))
 
