@@ -118,3 +118,12 @@ class DeviceCredentials:
             "credentialsId": self.credentials_id,
             "credentialsValue": self.credentials_value,
         }
+
+
+_JAVA_TRIM = "".join(map(chr, range(0x21)))
+
+
+def java_trim(text: str) -> str:
+    """Java's String.trim, which ThingsBoard applies to names and keys: it strips every
+    character up to U+0020 and nothing else (str.strip would also strip U+0085, U+00A0, ...)."""
+    return text.strip(_JAVA_TRIM)

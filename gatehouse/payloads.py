@@ -37,6 +37,8 @@ from decimal import Decimal, InvalidOperation
 import json5
 import orjson
 
+from .models import java_trim
+
 DEFAULT_MAX_BYTES = 65536
 # Bounds the time json5 can take on one payload (~0.1-0.4 s at 4 KiB); hand-written lenient
 # payloads from small devices are far smaller.
@@ -70,7 +72,6 @@ _LONG_TEXT = re.compile(r"[+-]?\d{1,19}")  # what Java's Long.parseLong accepts
 # the no-break spaces.
 _JAVA_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
                     "\u2008\u2009\u200a\u2028\u2029\u205f\u3000")
-_JAVA_TRIM = "".join(map(chr, range(0x21)))  # Java's String.trim strips every char <= U+0020
 
 
 @dataclass(frozen=True)
@@ -550,6 +551,6 @@ def _key_list(body: dict, field: str) -> tuple[str, ...] | None | PayloadError:
         value = value[0]
     if not isinstance(value, str):
         return PayloadError(f"{field} must be a string of comma-separated keys")
-    keys = (piece.strip(_JAVA_TRIM) for piece in value.split(","))
+    keys = (java_trim(piece) for piece in value.split(","))
     # TB's device actor treats an empty name list like a missing one ("all"), so report it so.
     return tuple(dict.fromkeys(key for key in keys if key)) or None

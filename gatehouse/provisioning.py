@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from .credentials import AccessToken, CredentialsError, MqttBasic, NewCredentials, X509Certificate
-from .models import CredentialsType, DeviceProfile, ProvisionType
+from .models import CredentialsType, DeviceProfile, ProvisionType, java_trim
 
 PROVISION_STATE_KEY = "provisionState"
 PROVISIONED = "provisioned"
@@ -150,7 +150,7 @@ def decide_provision(request: ProvisionRequest, profile: DeviceProfile | None,
                      existing: ExistingDevice | None) -> Decision:
     """ThingsBoard's `provisionDevice`, in its order of checks (SPEC §3.4). The caller looks
     up `profile` by the request's key and `existing` by the trimmed device name."""
-    name = request.device_name.strip()
+    name = java_trim(request.device_name)
     if request.device_name and not name:
         return Failure("device name is blank")
     if not request.provision_device_key or not request.provision_device_secret:

@@ -145,6 +145,16 @@ def test_device_name_is_trimmed(registry, allow):
     assert registry.find_device("padded") is not None
 
 
+def test_device_names_are_trimmed_as_java_trims_them(registry, allow):
+    # Only characters up to U+0020 go: a name that is one too long stays too long after a
+    # leading U+0085, which Python's str.strip (but not Java's String.trim) would remove.
+    assert provision(registry, allow, deviceName="\u00a0nbsp\t").device_name == "\u00a0nbsp"
+    too_long = provision(registry, allow, deviceName="\u0085" + "n" * 255)
+    assert too_long.status is FAILURE and "at most 255 characters" in too_long.reason
+    with pytest.raises(ValidationError, match="at most 255 characters"):
+        registry.create_device("\u0085" + "d" * 255)
+
+
 def test_gateway_flag_is_stored_as_boolean(registry, allow):
     provision(registry, allow, deviceName="gw", gateway=True)
     provision(registry, allow, deviceName="plain")

@@ -10,7 +10,7 @@ from ..clock import now_ms
 from ..credentials import AccessToken, NewCredentials, generate_secret
 from ..errors import GatehouseError
 from ..ids import new_id
-from ..models import AttributeScope
+from ..models import AttributeScope, java_trim
 from ..payloads import KvEntry
 from ..storage import IntegrityError
 from .context import RegistryContext
@@ -139,7 +139,7 @@ class BulkUpsert:
         """Existing devices keep what is not given (profile, label, credentials); attribute and
         telemetry columns are written to them only with `write_data_of_existing`."""
         profile_row = self._profiles.named_or_created(item.profile) if item.profile else None
-        existing = self._store.device(name=(item.name or "").strip())
+        existing = self._store.device(name=java_trim(item.name or ""))
         if existing is None:
             device_id = self._devices.insert(item.name, (profile_row or self._store.default_profile())["id"],
                                              item.label, item.additional_info,

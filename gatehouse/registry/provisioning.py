@@ -9,7 +9,7 @@ from .. import certificates
 from ..clock import now_ms
 from ..credentials import AccessToken, X509Certificate, generate_secret
 from ..errors import ValidationError
-from ..models import AttributeScope, CredentialsType, DeviceProfile
+from ..models import AttributeScope, CredentialsType, DeviceProfile, java_trim
 from ..payloads import KvEntry, ValueKind
 from ..provisioning import (
     PROVISION_STATE_KEY,
@@ -47,10 +47,10 @@ class Provisioning:
         for a key/secret request against an X.509-chain profile, as ThingsBoard does."""
         with self._store.transaction():
             profile = self._profiles.by_provision_key(request.provision_device_key)
-            existing = self._existing_device(request.device_name.strip())
+            existing = self._existing_device(java_trim(request.device_name))
             decision = decide_provision(request, profile, existing)
             result = replace(self._apply(decision, profile), strategy=profile.provision_type if profile else None)
-            self._record_event(result, profile, request.device_name.strip() or None, transport, remote_address)
+            self._record_event(result, profile, java_trim(request.device_name) or None, transport, remote_address)
         return result
 
     def provision_by_certificate(self, cert_der: bytes, *, transport: str | None = "MQTT",

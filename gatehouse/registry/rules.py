@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..errors import ValidationError
-from ..models import ProvisionType
+from ..models import ProvisionType, java_trim
 from ..storage import IntegrityError
 
 DEFAULT_PROFILE_NAME = "default"
@@ -31,7 +31,7 @@ def integrity_error(error: IntegrityError) -> ValidationError:
 
 def checked_name(name: str | None, what: str) -> str:
     """ThingsBoard's name rules (DataValidator.validateString), after trimming."""
-    name = (name or "").strip()
+    name = java_trim(name or "")
     if not name:
         raise ValidationError(f"{what} name should be specified!", field="name")
     if "\x00" in name:
