@@ -12,8 +12,9 @@ reads go to a few reader threads sharing the registry (its store's pool gives ea
 connection), writes to the database thread, so a slow or unreachable database delays answers
 but never the loop.
 
-While the database cannot be reached, the calls that waited behind one that found it so fail
-with it at once (`_Unreachable`), rather than each waiting out the connect timeout in turn.
+While the database cannot be reached, the calls queued behind one that found it so fail at once
+rather than each waiting out the connect timeout in turn: the store fails every call for a moment
+after one found its server away (gatehouse.storage.postgresql).
 
 Telemetry is the write-heavy path and SQLite has one writer at a time, so device data that
 arrives while a commit is running waits for the next one and then shares its transaction
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -32,44 +32,13 @@ from typing import TypeVar
 
 from gatehouse import group_commit
 from gatehouse.data_dir import DataDir
-from gatehouse.errors import StoreBusy, StoreUnavailable
+from gatehouse.errors import StoreBusy
 from gatehouse.group_commit import PendingWrite
 from gatehouse.registry import DeviceDataWrite, Registry
 
 T = TypeVar("T")
 # Reads in flight at once against a store that is not local (logins, attribute requests).
 READER_THREADS = 4
-
-
-class _Unreachable:
-    """The database thread's calls while the database cannot be reached. Each call that tries
-    holds the one thread for the store's whole connect timeout, so the calls queued behind it
-    (device writes, provisioning, housekeeping) would each wait for theirs in turn: a device's
-    telemetry was refused 25 s after it came. Instead a call that was already waiting when one
-    found the database unreachable fails with it at once; a later call tries the database again
-    (and the first that gets through ends this). Used on the database thread only."""
-
-    def __init__(self):
-        self._since: float | None = None  # when a call last found the database unreachable
-        self._error: StoreUnavailable | None = None
-        self._found_in_call = False
-
-    def run(self, submitted: float, call: Callable[[], T]) -> T:
-        if self._since is not None and submitted < self._since:
-            raise StoreUnavailable(str(self._error))
-        self._found_in_call = False
-        try:
-            result = call()
-        except StoreUnavailable as e:
-            self.found(e)
-            raise
-        if not self._found_in_call:
-            self._since = None
-        return result
-
-    def found(self, error: StoreUnavailable) -> None:
-        """The call running now found the database unreachable (and reports it rather than raise)."""
-        self._since, self._error, self._found_in_call = time.monotonic(), error, True
 
 
 class RegistryWorker:
@@ -83,7 +52,6 @@ class RegistryWorker:
         self._loop_writer: Registry | None = None  # short writes from the event loop, never waiting
         self._writes: asyncio.Queue[tuple[PendingWrite, asyncio.Future]] = asyncio.Queue()
         self._writer_task: asyncio.Task | None = None
-        self._unreachable = _Unreachable()  # of the database thread's calls
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -115,8 +83,7 @@ class RegistryWorker:
     async def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """Run `fn(registry, *args, **kwargs)` on the database thread."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._unreachable.run, time.monotonic(),
-            functools.partial(fn, self._registry, *args, **kwargs))
+            self._executor, functools.partial(fn, self._registry, *args, **kwargs))
 
     async def read(self, fn: Callable[..., T], *args, **kwargs) -> T:
         """`fn(registry, *args, **kwargs)` that only reads: on the event loop for a local store,
@@ -155,7 +122,7 @@ class RegistryWorker:
         while True:
             batch = group_commit.take_batch(await self._writes.get(), self._take_waiting)
             try:
-                await self.call(self._commit, [write for write, _ in batch])
+                await self.call(group_commit.commit, [write for write, _ in batch])
             except Exception as e:  # commit() reports each write's outcome; this is the hop failing
                 for write, _ in batch:
                     write.error = e
@@ -166,14 +133,6 @@ class RegistryWorker:
                     done.set_result(None)
                 else:
                     done.set_exception(write.error)
-
-    def _commit(self, registry: Registry, writes: list[PendingWrite]) -> None:
-        """On the database thread: the group commit, which reports each write's outcome rather
-        than raise, and a database found unreachable on the way."""
-        group_commit.commit(registry, writes)
-        unreachable = next((w.error for w in writes if isinstance(w.error, StoreUnavailable)), None)
-        if unreachable is not None:
-            self._unreachable.found(unreachable)
 
     def _take_waiting(self) -> tuple[PendingWrite, asyncio.Future] | None:
         try:

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 DEFAULT_DATA_DIR = Path("gatehouse-data")
 DATABASE_URL_VARIABLE = "GATEHOUSE_DATABASE_URL"
-_SQLITE = "sqlite:///"
+SQLITE_URL_PREFIX = "sqlite:///"
 
 
 def redacted_url(url: str) -> str:
@@ -39,13 +39,13 @@ class DataDir:
     @property
     def database(self) -> str:
         """The database URL."""
-        return self.database_url or _SQLITE + str(self.root / "gatehouse.db")
+        return self.database_url or SQLITE_URL_PREFIX + str(self.root / "gatehouse.db")
 
     @property
     def sqlite_file(self) -> Path | None:
         """The database's file when it is SQLite."""
         url = self.database
-        return Path(url[len(_SQLITE):]) if url.startswith(_SQLITE) else None
+        return Path(url[len(SQLITE_URL_PREFIX):]) if url.startswith(SQLITE_URL_PREFIX) else None
 
     @property
     def database_shown(self) -> str:

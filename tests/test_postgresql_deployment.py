@@ -22,7 +22,6 @@ import pytest
 import requests
 from aiocoap import Code
 
-from broker_plugin.registry_worker import _Unreachable
 from gatehouse.credentials import AccessToken, MqttBasic
 from gatehouse.data_dir import DataDir
 from gatehouse.device_activity import LAST_CONNECT_TIME
@@ -31,6 +30,7 @@ from gatehouse.models import AttributeScope, ProvisionType
 from gatehouse.payloads import kv_entries
 from gatehouse.registry import Registry
 from gatehouse.server_key import ServerKey
+from gatehouse.storage.postgresql import UNAVAILABLE_SECONDS, PostgresStore
 
 from .coap_client import coap
 from .conftest import CHILD_ENV, NO_BLOCKING, start_broker, start_coap_bridge, start_sidecar
@@ -428,24 +428,33 @@ def until(condition, timeout: float = WAIT) -> float:
     return time.monotonic() - started
 
 
-def test_the_broker_fails_calls_queued_behind_one_that_found_the_database_unreachable_at_once():
+def test_calls_queued_behind_one_that_found_the_database_unreachable_fail_at_once(tmp_path):
     # The broker's database thread: each call that tries an unreachable database holds it for the
-    # store's connect timeout, so the calls that were waiting fail with it instead of in turn.
-    unreachable = _Unreachable()
-    tried = []
+    # store's connect timeout, so the calls right after it fail at once instead of in turn; a
+    # call after the pause tries the database again.
+    cluster = PostgresCluster.start_new(tmp_path)
+    store = PostgresStore(cluster.create_database())
+    try:
+        cluster.stop()
+        with pytest.raises(StoreUnavailable):
+            store.count_admin_users()
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="cannot be reached"):  # right behind it: not tried
+            store.count_admin_users()
+        assert time.monotonic() - started < 0.5
+        cluster.start()
+        time.sleep(UNAVAILABLE_SECONDS)
+        assert wait_until(lambda: _answers(store), timeout=WAIT)  # tried, and through
+    finally:
+        store.close()
+        cluster.destroy()
 
-    def unreachable_database():
-        tried.append("unreachable")
-        raise StoreUnavailable("the database cannot be reached")
 
-    waiting_since = time.monotonic()
-    with pytest.raises(StoreUnavailable):
-        unreachable.run(waiting_since, unreachable_database)
-    with pytest.raises(StoreUnavailable, match="cannot be reached"):  # waited behind it: not tried
-        unreachable.run(waiting_since, lambda: tried.append("waiting"))
-    assert unreachable.run(time.monotonic(), lambda: tried.append("later") or "back") == "back"  # tried, and through
-    assert unreachable.run(waiting_since, lambda: "any") == "any"  # reachable again: nothing fails at once
-    assert tried == ["unreachable", "later"]
+def _answers(store: PostgresStore) -> bool:
+    try:
+        return store.count_admin_users() == 0
+    except StoreUnavailable:
+        return False
 
 
 def test_a_database_outage_is_server_unavailable_everywhere_and_service_resumes_by_itself(gh):

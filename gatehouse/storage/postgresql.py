@@ -253,14 +253,21 @@ class PostgresStore(SqlStore):
         return self._execute(sql, params, lambda cursor: cursor.rowcount)
 
     def _write_many(self, sql: str, rows: list[tuple]) -> None:
-        if not rows:
-            return
-        if getattr(self._local, "conn", None) is None:  # one transaction, not a commit per row
-            with self.transaction(exclusive=False):
-                self._write_many(sql, rows)
-            return
+        if rows:
+            with self._many_rows() as conn:
+                conn.cursor().executemany(_dialect(sql), rows)
+
+    @contextmanager
+    def _many_rows(self) -> Iterator[psycopg.Connection]:
+        """The connection for a statement of many rows: the thread's transaction, else one of its
+        own (device data's, not exclusive: one commit, not one per row); a broken rule raised
+        as IntegrityError("table.column")."""
         try:
-            self._local.conn.cursor().executemany(_dialect(sql), rows)
+            if getattr(self._local, "conn", None) is not None:
+                yield self._local.conn
+            else:
+                with self.transaction(exclusive=False):
+                    yield self._local.conn
         except psycopg.errors.IntegrityError as e:
             raise IntegrityError(_constraint_of(e)) from None
 
@@ -315,17 +322,10 @@ class PostgresStore(SqlStore):
         time."""
         if not rows:
             return
-        if getattr(self._local, "conn", None) is None:  # one transaction, as _write_many
-            with self.transaction(exclusive=False):
-                self._copy_rows(table, rows)
-            return
         columns = list(rows[0])
-        try:
-            with self._local.conn.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
-                for row in rows:
-                    copy.write_row([row[column] for column in columns])
-        except psycopg.errors.IntegrityError as e:
-            raise IntegrityError(_constraint_of(e)) from None
+        with self._many_rows() as conn, conn.cursor().copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[column] for column in columns])
 
     # --- device data: many devices' rows at once --------------------------------------------------
 
@@ -391,26 +391,18 @@ class PostgresStore(SqlStore):
         sequence moves past them, so that the next event recorded here gets a new id."""
         if not rows:
             return
-        if getattr(self._local, "conn", None) is None:  # one transaction, as _write_many
-            with self.transaction(exclusive=False):
-                self.insert_copied_rows(table, rows)
-            return
         if table in VALUE_TABLES:
             rows = [{**row, "value": _encoded(row["value"])} for row in rows]
-        conn = self._local.conn
         columns = list(rows[0])
         names, staging = ", ".join(columns), f"copied_{table}"
-        try:
-            if conn.execute("SELECT to_regclass(%s) AS staging", [f"pg_temp.{staging}"]).fetchone()["staging"] is None:
-                conn.execute(f"CREATE TEMPORARY TABLE {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
+        with self._many_rows() as conn:
+            conn.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
             with conn.cursor().copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row([row[column] for column in columns])
             conn.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} "
                          f"ON CONFLICT ({', '.join(TABLE_KEYS[table])}) DO NOTHING")
             conn.execute(f"TRUNCATE {staging}")
-        except psycopg.errors.IntegrityError as e:
-            raise IntegrityError(_constraint_of(e)) from None
-        if table == "provisioning_event":
-            conn.execute("SELECT setval(pg_get_serial_sequence('provisioning_event', 'id'), max(id)) "
-                         "FROM provisioning_event")
+            if table == "provisioning_event":
+                conn.execute("SELECT setval(pg_get_serial_sequence('provisioning_event', 'id'), max(id)) "
+                             "FROM provisioning_event")

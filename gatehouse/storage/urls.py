@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data_dir import SQLITE_URL_PREFIX as _SQLITE
 from ..data_dir import redacted_url
 from ..errors import ValidationError
 from .interfaces import Store
 
-_SQLITE = "sqlite:///"
 _POSTGRESQL = ("postgresql://", "postgres://")
 
 
